@@ -1,0 +1,99 @@
+"""Verb `build`: a causal LM + a vision encoder + a fresh projector -> a self-contained llava-hf checkpoint.
+
+    llavatune build --llm Qwen/Qwen1.5-4B-Chat --vision openai/clip-vit-large-patch14-336 --out models/qwen-clip
+    llavatune build --preset tiny --out models/tiny      # random weights, offline, seconds on a CPU
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import torch
+from rich.console import Console
+
+from llavatune.config import save_run_config
+from llavatune.data.templates import get_template
+from llavatune.errors import LlavatuneError
+from llavatune.model import compose, tiny
+
+console = Console(stderr=True)
+
+
+@dataclasses.dataclass
+class BuildConfig:
+    out: Path                            # the checkpoint folder to write
+    llm: str | None = None               # hub id or folder of a causal LM (llama, qwen2, mistral, phi3, gemma...)
+    vision: str | None = None            # hub id or folder of a vision encoder (CLIP, SigLIP)
+    preset: Literal["tiny", "tiny-qwen"] | None = None  # build random tiny parts instead of loading them
+    projector: str = "mlp2x_gelu"        # linear | mlp2x_gelu
+    feature_layer: int = -2              # hidden state of the tower that feeds the projector (LLaVA-1.5: -2)
+    feature_select: Literal["auto", "default", "full"] = "auto"  # auto: drop CLS when the tower has one
+    image_aspect: Literal["pad", "resize", "crop"] = "pad"       # pad: LLaVA-1.5's pad-to-square
+    template: str = "auto"               # conversation template; auto: hf if the tokenizer has one, else vicuna_v1
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    seed: int = 0                        # seeds the projector init (and the tiny weights)
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.preset is None and not (self.llm and self.vision):
+            raise ValueError("give both --llm and --vision, or --preset tiny")
+        if self.preset is not None and (self.llm or self.vision):
+            raise ValueError("--preset builds its own parts; drop --llm/--vision, or drop --preset")
+
+
+def main(cfg: BuildConfig) -> Path:
+    from llavatune.model.save import check_out_dir, save_pretrained_clean, write_atomically
+
+    check_out_dir(cfg.out, cfg.overwrite)
+    projector = compose.Projector.parse(cfg.projector)
+    torch.manual_seed(cfg.seed)
+    parts = tiny_parts(cfg.preset) if cfg.preset else load_parts(cfg)
+    template = get_template(resolve_template_name(cfg.template, parts.tokenizer))
+    torch.manual_seed(cfg.seed)
+    model, processor = compose.assemble(parts, projector, cfg.feature_layer, cfg.feature_select,
+                                        cfg.image_aspect, template)
+
+    def write(folder: Path) -> None:
+        save_pretrained_clean(model, processor, folder)
+        save_run_config(folder, "build", cfg, model={"template": template.name,
+                                                       "image_tokens": model.config.image_seq_length})
+
+    write_atomically(cfg.out, cfg.overwrite, write)
+    console.print(f"[green]built[/green] {cfg.out}  ({sum(p.numel() for p in model.parameters()):,} parameters, "
+                  f"{model.config.image_seq_length} image tokens, template {template.name})")
+    return cfg.out
+
+
+def resolve_template_name(name: str, tokenizer) -> str:
+    if name != "auto":
+        return name
+    return "hf" if getattr(tokenizer, "chat_template", None) else "vicuna_v1"
+
+
+def load_parts(cfg: BuildConfig) -> compose.Parts:
+    dtype = None if cfg.dtype == "auto" else compose.DTYPES[cfg.dtype]
+    with console.status(f"loading LLM {cfg.llm}"):
+        llm, tokenizer = compose.load_llm(cfg.llm, dtype)
+    with console.status(f"loading vision encoder {cfg.vision}"):
+        tower, mean, std = compose.load_vision(cfg.vision, dtype or next(llm.parameters()).dtype)
+    if next(tower.parameters()).dtype != next(llm.parameters()).dtype:
+        tower = tower.to(next(llm.parameters()).dtype)
+    return compose.Parts(llm, tokenizer, tower, mean, std)
+
+
+def tiny_parts(preset: str) -> compose.Parts:
+    """tiny: Llama-style LLM + CLIP; tiny-qwen: Qwen2-style LLM (no bos, ChatML) + SigLIP. A few MB each."""
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    if preset not in ("tiny", "tiny-qwen"):
+        raise LlavatuneError(f"unknown preset '{preset}': choose tiny or tiny-qwen.")
+    qwen = preset == "tiny-qwen"
+    tokenizer = tiny.tiny_tokenizer("qwen" if qwen else "llama")
+    llm = AutoModelForCausalLM.from_config(tiny.tiny_llm_config("qwen2" if qwen else "llama", len(tokenizer),
+                                                                tokenizer))
+    tower = AutoModel.from_config(tiny.tiny_vision_config("siglip" if qwen else "clip"))
+    mean, std = ([0.5] * 3, [0.5] * 3) if qwen else (list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD))
+    return compose.Parts(llm, tokenizer, tower, mean, std)

@@ -1,0 +1,42 @@
+"""Write a self-contained llava-hf folder atomically: everything goes to a temporary sibling, then one rename."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from llavatune.errors import LlavatuneError
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise LlavatuneError(f"{out} exists and is not empty. Choose another --out, or pass --overwrite to replace it.")
+
+
+def write_atomically(out: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a fresh temporary folder next to `out`, then move it into place.
+    A crash half-way leaves `out` as it was (plus a `.tmp-*` folder that names itself as incomplete)."""
+    out = Path(out)
+    check_out_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def save_pretrained_clean(model, processor, folder: Path) -> None:
+    """save_pretrained both, with no `_name_or_path` pointing back at the folders the parts came from."""
+    for cfg in (model.config, model.config.text_config, model.config.vision_config):
+        cfg._name_or_path = ""
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
