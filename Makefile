@@ -15,7 +15,10 @@ install: $(BIN)/llavatune
 test: install
 	$(BIN)/pytest
 
+# The main job on the embedded tiny default. (The `demo` verb will replace these two steps.)
+OUT ?= runs/demo
 demo: install
-	$(BIN)/llavatune demo
+	$(BIN)/llavatune build --preset tiny --out $(OUT)/tiny-llava --overwrite
+	$(BIN)/llavatune info $(OUT)/tiny-llava
 
 .PHONY: install test demo

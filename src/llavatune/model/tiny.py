@@ -10,11 +10,16 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPVisionConfig,
+    GemmaConfig,
     LlamaConfig,
+    MistralConfig,
+    Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
     SiglipVisionConfig,
 )
+
+LLM_FAMILIES = ("llama", "qwen2", "mistral", "phi3", "gemma")
 
 # A small fixed corpus: enough words for the synthetic data, the templates and the README examples.
 _CORPUS = """
@@ -67,15 +72,21 @@ def tiny_tokenizer(style: str = "llama", vocab_size: int = 600) -> PreTrainedTok
 
 
 def tiny_llm_config(family: str, vocab_size: int, tokenizer: PreTrainedTokenizerFast):
-    """A 2-layer, 64-wide decoder of the given family (llama | qwen2)."""
+    """A 2-layer, 64-wide decoder of one of LLM_FAMILIES (qwen2 and gemma tie their embeddings)."""
     common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=None)
     if family == "llama":
         return LlamaConfig(**common, tie_word_embeddings=False)
     if family == "qwen2":
         return Qwen2Config(**common, tie_word_embeddings=True)
-    raise ValueError(f"tiny LLM family must be 'llama' or 'qwen2', got {family!r}")
+    if family == "mistral":
+        return MistralConfig(**common, tie_word_embeddings=False)
+    if family == "phi3":
+        return Phi3Config(**common, tie_word_embeddings=False)
+    if family == "gemma":
+        return GemmaConfig(**common, head_dim=16, tie_word_embeddings=True)
+    raise ValueError(f"tiny LLM family must be one of {', '.join(LLM_FAMILIES)}, got {family!r}")
 
 
 def tiny_vision_config(family: str = "clip", image_size: int = 32, patch_size: int = 8):

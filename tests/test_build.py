@@ -1,0 +1,119 @@
+"""`build` from local folders of every supported LLM family and encoder; the output stands on its own."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from llavatune.build import BuildConfig, main
+from llavatune.config import read_run_config
+
+PAIRS = [("llama", "clip"), ("qwen2", "siglip"), ("mistral", "clip"), ("phi3", "siglip"), ("gemma", "clip"),
+         ("llama", "clip-dual")]
+
+
+def build_from(parts, tmp_path, llm, vision, **kw):
+    return main(BuildConfig(out=tmp_path / f"{llm}-{vision}", llm=str(parts / f"llm-{llm}"),
+                            vision=str(parts / f"vision-{vision}"), **kw))
+
+
+@pytest.mark.parametrize("llm,vision", PAIRS)
+def test_build_loads_and_generates(tiny_parts_dir, tmp_path, rgb_image, llm, vision):
+    out = build_from(tiny_parts_dir, tmp_path, llm, vision)
+    model = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}],
+        add_generation_prompt=True)
+    inputs = processor(images=rgb_image, text=prompt, return_tensors="pt")
+
+    # The processor expands <image> to exactly as many tokens as the tower yields features.
+    n_placeholders = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    with torch.no_grad():
+        feats = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+    assert n_placeholders == feats[0].shape[0] == model.config.image_seq_length
+    assert n_placeholders == 16  # (32 / 8)^2 patches: CLIP's CLS is dropped, SigLIP has none
+
+    out_ids = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out_ids.shape[1] == inputs["input_ids"].shape[1] + 4
+
+
+def test_build_weights_come_from_the_parts(tiny_parts_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = build_from(tiny_parts_dir, tmp_path, "llama", "clip")
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    llm = AutoModelForCausalLM.from_pretrained(tiny_parts_dir / "llm-llama")
+    layer = "layers.0.self_attn.q_proj.weight"
+    assert torch.equal(model.model.language_model.get_parameter(layer), llm.model.get_parameter(layer))
+    old_rows = llm.get_input_embeddings().weight
+    new_rows = model.get_input_embeddings().weight
+    assert torch.equal(new_rows[: old_rows.shape[0]], old_rows)
+    # <image> and <pad> rows start at the mean of the old rows
+    assert torch.allclose(new_rows[old_rows.shape[0]:], old_rows.mean(0).expand(2, -1))
+
+
+def test_siglip_keeps_every_patch_and_clip_drops_cls(tiny_parts_dir, tmp_path):
+    clip = LlavaForConditionalGeneration.from_pretrained(build_from(tiny_parts_dir, tmp_path, "llama", "clip"))
+    siglip = LlavaForConditionalGeneration.from_pretrained(build_from(tiny_parts_dir, tmp_path, "qwen2", "siglip"))
+    assert clip.config.vision_feature_select_strategy == "default"
+    assert siglip.config.vision_feature_select_strategy == "full"
+
+
+def test_projector_options(tiny_parts_dir, tmp_path, rgb_image):
+    out = build_from(tiny_parts_dir, tmp_path, "llama", "clip", projector="linear")
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    proj = model.model.multi_modal_projector
+    x = torch.randn(3, proj.linear_1.in_features)
+    # 'linear' is one affine map: linear_2 is the identity and the activation is too
+    assert torch.allclose(proj(x), proj.linear_1(x), atol=1e-6)
+
+
+def test_pad_aspect_pads_with_the_mean_colour(tiny_model_dir):
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    assert processor.image_processor.do_pad is True
+
+
+def test_output_needs_nothing_outside_itself(tiny_parts_dir, tmp_path):
+    """Copy the parts, build from the copies, delete them, move the output, and load it in a process that
+    never imports llavatune."""
+    parts = tmp_path / "parts"
+    shutil.copytree(tiny_parts_dir / "llm-qwen2", parts / "llm")
+    shutil.copytree(tiny_parts_dir / "vision-siglip", parts / "vision")
+    built = main(BuildConfig(out=tmp_path / "built", llm=str(parts / "llm"), vision=str(parts / "vision")))
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.move(str(built), moved)
+    shutil.rmtree(parts)
+    for file in moved.iterdir():  # run_config.yaml records the sources on purpose; loading never reads it
+        if file.suffix in (".json", ".jinja"):
+            assert str(parts) not in file.read_text(), f"{file.name} refers to the deleted source folder"
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        from PIL import Image
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        model = LlavaForConditionalGeneration.from_pretrained({str(moved)!r})
+        processor = AutoProcessor.from_pretrained({str(moved)!r})
+        image = Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8))
+        inputs = processor(images=image, text="<image>\\nWhat is this?", return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert "llavatune" not in sys.modules
+        print("generated", out.shape[1] - inputs["input_ids"].shape[1])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "generated 3" in result.stdout
+
+
+def test_run_config_records_the_build(tiny_model_dir):
+    run = read_run_config(tiny_model_dir)
+    assert run["verb"] == "build"
+    assert run["config"]["preset"] == "tiny"
+    assert run["model"] == {"template": "vicuna_v1", "image_tokens": 16}
+    assert run["versions"]["transformers"] >= "5"

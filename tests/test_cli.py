@@ -1,0 +1,89 @@
+"""The command line: verbs listed, examples in every --help, one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llavatune.cli import app, run
+
+VERBS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+
+
+def call(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(argv)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_help_lists_every_verb(capsys):
+    code, out, _ = call(["--help"], capsys)
+    assert code == 0
+    for verb in VERBS:
+        assert verb in out
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_help_has_an_example(verb, capsys):
+    code, out, _ = call([verb, "--help"], capsys)
+    assert code == 0 and "Example" in out and f"llavatune {verb}" in out
+
+
+def one_line_error(argv, capsys, match):
+    code, _, err = call(argv, capsys)
+    assert code not in (0, None)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and match in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_llm_that_is_not_a_causal_lm(tiny_parts_dir, tmp_path, capsys):
+    one_line_error(["build", "--llm", str(tiny_parts_dir / "vision-clip"), "--vision",
+                    str(tiny_parts_dir / "vision-clip"), "--out", str(tmp_path / "o")], capsys,
+                   "not a causal language model")
+
+
+def test_vision_that_is_not_an_encoder(tiny_parts_dir, tmp_path, capsys):
+    one_line_error(["build", "--llm", str(tiny_parts_dir / "llm-llama"), "--vision",
+                    str(tiny_parts_dir / "llm-llama"), "--out", str(tmp_path / "o")], capsys,
+                   "not a vision encoder")
+
+
+def test_missing_folder(tmp_path, capsys):
+    one_line_error(["build", "--llm", str(tmp_path / "nope"), "--vision", str(tmp_path / "nope"),
+                    "--out", str(tmp_path / "o")], capsys, "cannot read a model config")
+
+
+def test_unknown_projector(tmp_path, capsys):
+    one_line_error(["build", "--preset", "tiny", "--projector", "conv3", "--out", str(tmp_path / "o")], capsys,
+                   "unknown projector 'conv3'")
+
+
+def test_out_not_empty_unless_overwrite(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, out)
+    one_line_error(["build", "--preset", "tiny", "--out", str(out)], capsys, "exists and is not empty")
+    run_ok = ["build", "--preset", "tiny", "--out", str(out), "--overwrite"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(run_ok)
+    assert exit_info.value.code in (0, None)
+
+
+def test_unknown_override_key(tmp_path, capsys):
+    one_line_error(["build", "--preset", "tiny", "--out", str(tmp_path / "o"), "projektor=linear"], capsys,
+                   "Did you mean 'projector'")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    """Through the installed console script: --debug lets the exception through."""
+    exe = str(Path(sys.executable).parent / "llavatune")
+    args = ["build", "--preset", "tiny", "--projector", "conv3", "--out", str(tmp_path / "o")]
+    plain = subprocess.run([exe, *args], capture_output=True, text=True)
+    debug = subprocess.run([exe, "--debug", *args], capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

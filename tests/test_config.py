@@ -1,0 +1,78 @@
+"""Typed configs: YAML + flags + key=value overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from llavatune.config import load, read_run_config, save_run_config
+from llavatune.errors import ConfigError
+
+
+@dataclasses.dataclass
+class Optim:
+    lr: float = 1e-4
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclasses.dataclass
+class Run:
+    out: Path
+    steps: int = 10
+    bf16: bool = False
+    method: Literal["lora", "full"] = "lora"
+    name: str | None = None
+    optim: Optim = dataclasses.field(default_factory=Optim)
+
+
+def test_yaml_then_flags_then_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"out": "a", "steps": 5, "optim": {"lr": 0.1}}))
+    cfg = load(Run, recipe, ["optim.lr=1e-3", "bf16=true", "optim.betas=0.8,0.9"], {"steps": 7, "name": None})
+    assert cfg == Run(out=Path("a"), steps=7, bf16=True, optim=Optim(lr=1e-3, betas=[0.8, 0.9]))
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.lrr'. Did you mean 'optim.lr'\? Valid keys in optim: lr, betas"):
+        load(Run, None, ["out=x", "optim.lrr=1"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"'steps' must be an integer, got 'ten'"):
+        load(Run, None, ["out=x", "steps=ten"])
+    with pytest.raises(ConfigError, match=r"'method' must be one of lora, full; got 'loar'. Did you mean 'lora'"):
+        load(Run, None, ["out=x", "method=loar"])
+
+
+def test_missing_required_and_bad_override():
+    with pytest.raises(ConfigError, match="missing required key 'out'"):
+        load(Run, None, [])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load(Run, None, ["out"])
+
+
+def test_optional_takes_null(tmp_path):
+    assert load(Run, None, ["out=x", "name=none"]).name is None
+    assert load(Run, None, ["out=x", "name=exp1"]).name == "exp1"
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load(Run, bad)
+
+
+def test_run_config_round_trip(tmp_path):
+    cfg = load(Run, None, ["out=x", "steps=3"])
+    save_run_config(tmp_path, "train", cfg, data={"rows": 4})
+    run = read_run_config(tmp_path)
+    assert run["verb"] == "train" and run["config"]["steps"] == 3 and run["config"]["out"] == "x"
+    assert run["data"] == {"rows": 4}
+    assert {"python", "torch", "transformers", "llavatune"} <= set(run["versions"])
+    # the saved config loads back into the same typed config
+    assert load(Run, None, [f"{k}={v}" for k, v in run["config"].items() if not isinstance(v, dict)]).steps == 3
