@@ -1,12 +1,16 @@
-"""Conversation templates, byte-identical to the LLaVA code base, plus the tokenizer's own (`hf`).
+"""Conversation templates, byte-identical to the code bases they come from, plus the tokenizer's own (`hf`).
 
-The reference is haotian-liu/LLaVA `llava/conversation.py` (`Conversation.get_prompt()`, the separator styles
-SINGLE, TWO, MPT, LLAMA_2, PLAIN) and `llava/train/train.py` `preprocess_plain` for stage-1 captions. A
-conversation here is a list of `(role, text)` turns with role in {system, user, assistant}; a leading system
-turn replaces the template's default system prompt.
+References: haotian-liu/LLaVA `llava/conversation.py` (`Conversation.get_prompt()`, separator styles SINGLE,
+TWO, MPT, LLAMA_2, PLAIN) with `llava/train/train.py` `preprocess_plain` for stage-1 captions, and InternLM/xtuner
+`xtuner/utils/templates.py` (SYSTEM / INSTRUCTION / SUFFIX / SEP) for `internlm2_chat`, `qwen_chat`, `llama3_chat`.
 
-Each template also exports an equivalent Jinja chat template, so the saved processor's `apply_chat_template`
-produces the very prompt the model was trained on.
+A conversation is a list of `(role, text)` turns, role in {system, user, assistant}; a leading system turn
+replaces the template's default system prompt. Rendering yields *segments* `(text, supervised)` whose
+concatenation is the training text: supervised segments are the assistant replies with their end-of-turn
+text, so labels are read off the same render the model sees (see `data/tokenize.py`).
+
+Each template also exports an equivalent Jinja chat template, so a saved processor's `apply_chat_template`
+builds the prompt the model was trained on.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import Literal
 
 from llavatune.errors import LlavatuneError
 
-Style = Literal["single", "two", "mpt", "llama_2", "plain", "hf"]
+Style = Literal["single", "two", "mpt", "llama_2", "plain", "xtuner", "hf"]
 Turn = tuple[str, str]
+Segment = tuple[str, bool]  # (text, supervised)
 
 _VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                   "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -35,15 +40,23 @@ _MPT_SYSTEM = ("<|im_start|>system\nA conversation between a user and an LLM-bas
 class Template:
     name: str
     style: Style
-    system: str = ""
+    system: str = ""                  # default system prompt (xtuner: none unless the data gives one)
     roles: tuple[str, str] = ("USER", "ASSISTANT")
     sep: str = ""
     sep2: str | None = None
+    system_format: str = ""           # xtuner SYSTEM, with {system}
+    instruction: str = ""             # xtuner INSTRUCTION, with {input}
+    suffix: str = ""                  # xtuner SUFFIX (ends an assistant turn)
 
     @property
     def stop(self) -> str | None:
-        """The text that ends an assistant turn (trained on, and a stop string at generation)."""
-        return {"two": self.sep2, "mpt": self.sep, "single": self.sep, "llama_2": self.sep2}.get(self.style)
+        """The text that ends an assistant turn: supervised in training, a stop string in generation."""
+        return {"two": self.sep2, "mpt": self.sep, "single": self.sep, "llama_2": self.sep2,
+                "xtuner": self.suffix}.get(self.style) or None
+
+
+def _xtuner(name: str, system_format: str, instruction: str, suffix: str, sep: str) -> Template:
+    return Template(name, "xtuner", system_format=system_format, instruction=instruction, suffix=suffix, sep=sep)
 
 
 TEMPLATES: dict[str, Template] = {t.name: t for t in [
@@ -56,6 +69,13 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
     Template("chatml_direct", "mpt", "<|im_start|>system\nAnswer the questions.",
              ("<|im_start|>user\n", "<|im_start|>assistant\n"), "<|im_end|>"),
     Template("mpt", "mpt", _MPT_SYSTEM, ("<|im_start|>user\n", "<|im_start|>assistant\n"), "<|im_end|>"),
+    _xtuner("internlm2_chat", "<|im_start|>system\n{system}<|im_end|>\n",
+            "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>", "\n"),
+    _xtuner("qwen_chat", "\n<|im_start|>system\n{system}<|im_end|>",
+            "\n<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>", "\n"),
+    _xtuner("llama3_chat", "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+            "<|start_header_id|>user<|end_header_id|>\n\n{input}<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>", ""),
     Template("hf", "hf"),
 ]}
 ALIASES = {"v1": "vicuna_v1", "llava_v0": "v0", "mistral_direct": "chatml_direct", "v0_plain": "plain"}
@@ -72,20 +92,29 @@ def get_template(name: str) -> Template:
 
 
 def render(template: Template, turns: list[Turn], generation_prompt: bool = False, tokenizer=None) -> str:
-    """The exact text LLaVA trains on for `turns`; with `generation_prompt`, the text that precedes the last
-    assistant turn (that turn is dropped and the prompt ends where the model starts writing)."""
+    """The exact training text for `turns`; with `generation_prompt`, the text before the last assistant turn
+    (that turn is dropped; the prompt ends where the model starts writing)."""
+    return "".join(text for text, _ in segments(template, turns, generation_prompt, tokenizer))
+
+
+def segments(template: Template, turns: list[Turn], generation_prompt: bool = False,
+             tokenizer=None) -> list[Segment]:
     system, turns = _split_system(template, turns)
+    for role, _ in turns:
+        _role_index(role)
     if generation_prompt:
         if not turns or turns[-1][0] != "assistant":
             raise LlavatuneError("a generation prompt needs a conversation that ends with an assistant turn.")
         turns = turns[:-1]
     if template.style == "hf":
-        return _render_hf(tokenizer, system, turns, generation_prompt)
+        return _hf(tokenizer, system, turns, generation_prompt)
+    if template.style == "plain":
+        return _plain(template, turns, generation_prompt)
+    if template.style == "xtuner":
+        return _xtuner_segments(template, system, turns)
     messages: list[tuple[str, str | None]] = [(template.roles[_role_index(r)], text) for r, text in turns]
     if generation_prompt:
         messages.append((template.roles[1], None))
-    if template.style == "plain":
-        return _render_plain(template, turns, generation_prompt)
     return _STYLES[template.style](template, system, messages)
 
 
@@ -102,30 +131,40 @@ def _role_index(role: str) -> int:
     return 0 if role == "user" else 1
 
 
-def _single(t: Template, system: str, messages) -> str:
-    out = system + t.sep
-    for role, msg in messages:
-        out += f"{role}: {msg}{t.sep}" if msg else f"{role}:"
-    return out
-
-
-def _two(t: Template, system: str, messages) -> str:
-    seps = [t.sep, t.sep2]
-    out = system + seps[0]
+# In get_prompt() an empty message (None or "") prints only the role; the index parity picks user/assistant.
+def _single(t: Template, system: str, messages) -> list[Segment]:
+    out = [(system + t.sep, False)]
     for i, (role, msg) in enumerate(messages):
-        out += f"{role}: {msg}{seps[i % 2]}" if msg else f"{role}:"
+        if not msg:
+            out.append((f"{role}:", False))
+        else:
+            out += [(f"{role}: ", False), (msg + t.sep, i % 2 == 1)]
     return out
 
 
-def _mpt(t: Template, system: str, messages) -> str:
-    out = system + t.sep
-    for role, msg in messages:
-        out += f"{role}{msg}{t.sep}" if msg else role
+def _two(t: Template, system: str, messages) -> list[Segment]:
+    seps = [t.sep, t.sep2]
+    out = [(system + seps[0], False)]
+    for i, (role, msg) in enumerate(messages):
+        if not msg:
+            out.append((f"{role}:", False))
+        else:
+            out += [(f"{role}: ", False), (msg + seps[i % 2], i % 2 == 1)]
     return out
 
 
-def _llama_2(t: Template, system: str, messages) -> str:
-    out = ""
+def _mpt(t: Template, system: str, messages) -> list[Segment]:
+    out = [(system + t.sep, False)]
+    for i, (role, msg) in enumerate(messages):
+        if not msg:
+            out.append((role, False))
+        else:
+            out += [(role, False), (msg + t.sep, i % 2 == 1)]
+    return out
+
+
+def _llama_2(t: Template, system: str, messages) -> list[Segment]:
+    out: list[Segment] = []
     for i, (role, msg) in enumerate(messages):
         if i == 0 and (not msg or role != t.roles[0]):
             raise LlavatuneError("a llama_2-style conversation must start with a non-empty user turn.")
@@ -133,36 +172,77 @@ def _llama_2(t: Template, system: str, messages) -> str:
             continue
         if i == 0 and system:
             msg = f"<<SYS>>\n{system}\n<</SYS>>\n\n{msg}"
-        out += f"{t.sep}[INST] {msg} [/INST]" if i % 2 == 0 else f" {msg} {t.sep2}"
-    return out.lstrip(t.sep) if t.sep else out
+        if i % 2 == 0:
+            out.append((("" if i == 0 else t.sep) + f"[INST] {msg} [/INST]", False))  # get_prompt lstrips sep
+        else:
+            out += [(" ", False), (f"{msg} {t.sep2}", True)]
+    return out
 
 
-def _render_plain(t: Template, turns: list[Turn], generation_prompt: bool) -> str:
-    """Stage-1 captions: LLaVA's preprocess_plain trains on '<image>' + caption + sep, dropping the prompt;
+def _plain(t: Template, turns: list[Turn], generation_prompt: bool) -> list[Segment]:
+    """Stage-1 captions: preprocess_plain trains on '<image>' + caption + sep (the question is dropped);
     generation follows get_prompt(): the user text, then sep."""
     if generation_prompt:
-        return "".join(text + t.sep for role, text in turns if role == "user")
-    if len(turns) != 2 or "<image>" not in turns[0][1]:
+        return [(text + t.sep, False) for role, text in turns if role == "user"]
+    if len(turns) != 2 or turns[0][0] != "user" or "<image>" not in turns[0][1]:
         raise LlavatuneError("the plain template takes exactly one user turn containing <image> and one "
                              "assistant caption (LLaVA stage-1 data).")
-    return "<image>" + turns[1][1] + t.sep
+    return [("<image>", False), (turns[1][1] + t.sep, True)]
 
 
-def _render_hf(tokenizer, system: str, turns: list[Turn], generation_prompt: bool) -> str:
+def _xtuner_segments(t: Template, system: str, turns: list[Turn]) -> list[Segment]:
+    """xtuner: per round, [SYSTEM (first round, when given)] + INSTRUCTION, then output + SUFFIX (supervised),
+    then SEP between rounds (not after the last)."""
+    out: list[Segment] = []
+    pending_system = system
+    for i, (role, text) in enumerate(turns):
+        if role == "user":
+            head = t.system_format.format(system=pending_system) if pending_system else ""
+            out.append((head + t.instruction.format(input=text), False))
+            pending_system = ""
+        else:
+            out.append((text + (t.suffix if text else ""), True))
+            if i < len(turns) - 1:
+                out.append((t.sep, False))
+    return [s for s in out if s[0]]
+
+
+def _hf(tokenizer, system: str, turns: list[Turn], generation_prompt: bool) -> list[Segment]:
+    """The tokenizer's own template, rendered growing turn by turn: each assistant reply is what its render
+    adds after the render of the turns before it with the generation prompt."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise LlavatuneError("template 'hf' uses the tokenizer's own chat template, and this tokenizer has "
                              "none. Pick a named template (for example vicuna_v1 or chatml_direct).")
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": r, "content": text} for r, text in turns]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    head = [{"role": "system", "content": system}] if system else []
+    messages = head + [{"role": r, "content": text} for r, text in turns]
+
+    def apply(msgs, gen):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    out: list[Segment] = []
+    done = ""
+    for k, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prompt, full = apply(messages[:k], True), apply(messages[: k + 1], False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise LlavatuneError("this tokenizer's chat template rewrites earlier turns, so replies cannot be "
+                                 "located for the loss; pick a named template instead of 'hf'.")
+        reply = full[len(prompt):]
+        body = reply.rstrip()
+        out += [(prompt[len(done):], False), (body, True), (reply[len(body):], False)]
+        done = full
+    end = apply(messages, generation_prompt) if messages else ""
+    out.append((end[len(done):], False))
+    return [s for s in out if s[0]]
 
 
 _STYLES = {"single": _single, "two": _two, "mpt": _mpt, "llama_2": _llama_2}
 
 
-# Jinja equivalents for processor.apply_chat_template. Message content may be a string or a list of
-# {"type": "image"} / {"type": "text", "text": ...} parts; images render as "<image>\n" before the text, the
-# way LLaVA data places them.
+# --- Jinja equivalents for processor.apply_chat_template -------------------------------------------------
+# Message content may be a string or a list of {"type": "image"} / {"type": "text"} parts; images render as
+# "<image>\n" before the text, the way LLaVA data places them.
 _CONTENT = (
     "{%- macro llavatune_text(m) -%}{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}"
     "{%- for p in m['content'] if p['type'] == 'image' -%}{{ '<image>\\n' }}{%- endfor -%}"
@@ -173,38 +253,41 @@ _CONTENT = (
 _FLATTEN = ("{%- set ns = namespace(messages=[]) -%}{%- for m in messages -%}"
             "{%- set ns.messages = ns.messages + [{'role': m['role'], 'content': llavatune_text(m) | string}] -%}"
             "{%- endfor -%}{%- set messages = ns.messages -%}")
-_SYSTEM = ("{%- if messages and messages[0]['role'] == 'system' -%}{%- set system = llavatune_text(messages[0]) -%}"
-           "{%- set turns = messages[1:] -%}{%- else -%}{%- set system = DEFAULT -%}{%- set turns = messages -%}"
-           "{%- endif -%}")
+_SYSTEM = ("{%- if messages and messages[0]['role'] == 'system' -%}"
+           "{%- set system = llavatune_text(messages[0]) -%}{%- set turns = messages[1:] -%}"
+           "{%- else -%}{%- set system = DEFAULT -%}{%- set turns = messages -%}{%- endif -%}")
 
 
 def to_jinja(template: Template, tokenizer=None) -> str | None:
-    """A Jinja chat template that renders like `render()` (the `hf` style returns the tokenizer's own)."""
+    """A Jinja chat template that renders like `render()` (the `hf` style wraps the tokenizer's own)."""
     if template.style == "hf":
         own = getattr(tokenizer, "chat_template", None)
         return _CONTENT + _FLATTEN + own if own else None
     q = _jinja_str
     u, a = template.roles
+    user_or_assistant = "{%- for m in turns -%}{%- if m['role'] == 'user' -%}"
     if template.style == "plain":
-        body = ("{%- for m in turns -%}{%- if m['role'] == 'user' -%}{{ llavatune_text(m) }}" + q(template.sep)
-                + "{%- else -%}{{ llavatune_text(m) }}{%- endif -%}{%- endfor -%}")
-    elif template.style == "single":
-        body = ("{{ system }}" + q(template.sep) + "{%- for m in turns -%}{%- if m['role'] == 'user' -%}"
-                + q(u + ": ") + "{%- else -%}" + q(a + ": ") + "{%- endif -%}{{ llavatune_text(m) }}" + q(template.sep)
-                + "{%- endfor -%}{%- if add_generation_prompt -%}" + q(a + ":") + "{%- endif -%}")
-    elif template.style == "two":
-        body = ("{{ system }}" + q(template.sep) + "{%- for m in turns -%}{%- if m['role'] == 'user' -%}"
-                + q(u + ": ") + "{{ llavatune_text(m) }}" + q(template.sep) + "{%- else -%}" + q(a + ": ")
-                + "{{ llavatune_text(m) }}" + q(template.sep2) + "{%- endif -%}{%- endfor -%}"
-                + "{%- if add_generation_prompt -%}" + q(a + ":") + "{%- endif -%}")
+        body = user_or_assistant + "{{ llavatune_text(m) }}" + q(template.sep) + (
+            "{%- else -%}{{ llavatune_text(m) }}{%- endif -%}{%- endfor -%}")
+    elif template.style in ("single", "two"):
+        user_end, asst_end = template.sep, template.sep2 if template.style == "two" else template.sep
+        body = ("{{ system }}" + q(template.sep) + user_or_assistant + q(u + ": ") + "{{ llavatune_text(m) }}"
+                + q(user_end) + "{%- else -%}" + q(a + ": ") + "{{ llavatune_text(m) }}" + q(asst_end)
+                + "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}" + q(a + ":") + "{%- endif -%}")
     elif template.style == "mpt":
-        body = ("{{ system }}" + q(template.sep) + "{%- for m in turns -%}{%- if m['role'] == 'user' -%}"
-                + q(u) + "{%- else -%}" + q(a) + "{%- endif -%}{{ llavatune_text(m) }}" + q(template.sep)
-                + "{%- endfor -%}{%- if add_generation_prompt -%}" + q(a) + "{%- endif -%}")
+        body = ("{{ system }}" + q(template.sep) + user_or_assistant + q(u) + "{%- else -%}" + q(a)
+                + "{%- endif -%}{{ llavatune_text(m) }}" + q(template.sep) + "{%- endfor -%}"
+                + "{%- if add_generation_prompt -%}" + q(a) + "{%- endif -%}")
+    elif template.style == "xtuner":
+        head = _jinja_format(template.system_format, "system", "system")
+        instruction = _jinja_format(template.instruction, "input", "llavatune_text(m)")
+        body = (user_or_assistant + "{%- if loop.first and system -%}{{ " + head + " }}{%- endif -%}{{ "
+                + instruction + " }}{%- else -%}{{ llavatune_text(m) }}" + q(template.suffix)
+                + "{%- if not loop.last -%}" + q(template.sep) + "{%- endif -%}{%- endif -%}{%- endfor -%}")
     else:  # llama_2
-        body = ("{%- for m in turns -%}{%- if m['role'] == 'user' -%}"
-                "{%- if loop.first and system -%}{%- set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + "
-                "llavatune_text(m) -%}{%- else -%}{%- set text = llavatune_text(m) -%}{%- endif -%}"
+        body = (user_or_assistant + "{%- if loop.first and system -%}"
+                "{%- set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + llavatune_text(m) -%}"
+                "{%- else -%}{%- set text = llavatune_text(m) -%}{%- endif -%}"
                 "{%- if not loop.first -%}" + q(template.sep) + "{%- endif -%}{{ '[INST] ' + text + ' [/INST]' }}"
                 "{%- else -%}{{ ' ' + llavatune_text(m) + ' ' }}" + q(template.sep2) + "{%- endif -%}{%- endfor -%}")
     return _CONTENT + "{%- set DEFAULT = " + _jinja_literal(template.system) + " -%}" + _SYSTEM + body
@@ -212,6 +295,12 @@ def to_jinja(template: Template, tokenizer=None) -> str | None:
 
 def _jinja_literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _jinja_format(fmt: str, field: str, expr: str) -> str:
+    """'a{field}b' -> a Jinja expression 'a' + expr + 'b'."""
+    before, _, after = fmt.partition("{" + field + "}")
+    return f"{_jinja_literal(before)} + {expr} + {_jinja_literal(after)}"
 
 
 def _jinja_str(text: str | None) -> str:

@@ -1,0 +1,256 @@
+"""Read conversation datasets into `Record`s, one at a time.
+
+Formats (detected per row, so mixed files work):
+- LLaVA: {"id", "image": "a.jpg" | ["a.jpg", ...] (optional), "conversations": [{"from"|"role": ..., "value"|"content": ...}]}
+  with roles human/gpt/user/assistant/system;
+- ShareGPT: the same with "conversations" of {"from", "value"} and optional "images";
+- OpenAI messages: {"messages": [{"role", "content": str | [{"type": "text"|"image_url", ...}]}]}, images as
+  data URIs or file paths; `<image>` tags are inserted where the image parts were;
+- files: .json (a list, streamed object by object), .jsonl, and HF datasets on disk (.parquet / .arrow, or a
+  `save_to_disk` folder) whose image column holds bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from llavatune.errors import LlavatuneError
+
+IMAGE_TAG = "<image>"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+         "bot": "assistant", "model": "assistant"}
+
+
+class DataError(LlavatuneError):
+    """Bad input data; the message names the file and row."""
+
+
+@dataclasses.dataclass
+class Record:
+    """One sample: turns are (role, text) with role in user/assistant/system; `images` are paths relative to the
+    image folder, or `bytes` for embedded images (data URIs, HF datasets)."""
+    id: str
+    turns: list[tuple[str, str]]
+    images: list[str | bytes] = dataclasses.field(default_factory=list)
+    source: str = ""   # file:row, for error messages
+    raw: dict | None = None  # the original row, kept for tools that rewrite files (filter, sample, ...)
+
+
+def read_records(path: Path | str, strict: bool = True) -> Iterator[Record]:
+    """Yield records from a file; a malformed row raises DataError naming `file:row` (strict) or is skipped."""
+    path = Path(path)
+    for row_number, row in iter_rows(path):
+        try:
+            yield to_record(row, f"{path}:{row_number}")
+        except DataError:
+            if strict:
+                raise
+
+
+def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(row number from 1, row dict) for .json / .jsonl / .parquet / .arrow files and dataset folders."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found.")
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix in (".parquet", ".arrow"):
+        yield from _iter_table(path)
+    elif suffix == ".jsonl":
+        yield from _iter_jsonl(path)
+    else:
+        yield from _iter_json_array(path)
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}).") from None
+
+
+def _iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[tuple[int, dict]]:
+    """Stream the objects of a top-level JSON list without holding the whole file (bounded memory)."""
+    decoder = json.JSONDecoder()
+    with path.open(encoding="utf-8") as f:
+        buf, pos, n = f.read(chunk_size), 0, 0
+        pos = _skip_ws(buf, pos)
+        if buf[pos:pos + 1] != "[":
+            if buf[pos:pos + 1] == "{":  # a file of JSON lines saved as .json
+                yield from _iter_jsonl(path)
+                return
+            raise DataError(f"{path}: expected a JSON list of samples ('[' first), found {buf[pos:pos + 20]!r}.")
+        pos += 1
+        while True:
+            pos = _skip_ws(buf, pos)
+            if pos >= len(buf):
+                more = f.read(chunk_size)
+                if not more:
+                    raise DataError(f"{path}: the JSON list is not closed (no ']' after row {n}).")
+                buf, pos = buf[pos:] + more, 0
+                continue
+            if buf[pos] == "]":
+                return
+            if buf[pos] == ",":
+                pos += 1
+                continue
+            try:
+                obj, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as err:  # a row cut by the chunk boundary, or a bad row
+                more = f.read(chunk_size)
+                if not more:
+                    raise DataError(f"{path}: row {n + 1}: not valid JSON ({err.msg}).") from None
+                buf, pos = buf[pos:] + more, 0
+                continue
+            n += 1
+            yield n, obj
+            pos = end
+            if pos > chunk_size:
+                buf, pos = buf[pos:], 0
+
+
+def _skip_ws(buf: str, pos: int) -> int:
+    while pos < len(buf) and buf[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _iter_table(path: Path) -> Iterator[tuple[int, dict]]:
+    try:
+        import pyarrow.parquet as pq
+        import pyarrow as pa
+    except ImportError:
+        raise DataError(f"{path}: reading parquet/arrow needs pyarrow: pip install pyarrow") from None
+    files = sorted(path.glob("**/*.parquet")) + sorted(path.glob("**/*.arrow")) if path.is_dir() else [path]
+    n = 0
+    for file in files:
+        if file.suffix == ".parquet":
+            batches = pq.ParquetFile(file).iter_batches(batch_size=256)
+        else:
+            batches = _arrow_batches(pa, file)
+        for batch in batches:
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+
+
+def _arrow_batches(pa, file: Path):
+    with pa.memory_map(str(file)) as source:
+        try:
+            reader = pa.ipc.open_stream(source)
+        except pa.ArrowInvalid:
+            reader = pa.ipc.open_file(source)
+            yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
+            return
+        yield from reader
+
+
+def to_record(row: Any, where: str) -> Record:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a sample must be a JSON object, found {type(row).__name__}.")
+    if "messages" in row:
+        turns, images = _openai_turns(row["messages"], where)
+    elif "conversations" in row:
+        turns = _llava_turns(row["conversations"], where)
+        images = _images_field(row, where)
+    else:
+        raise DataError(f"{where}: no 'conversations' (LLaVA/ShareGPT) or 'messages' (OpenAI) key; found keys "
+                        f"{', '.join(map(str, row)) or 'none'}.")
+    return Record(id=str(row.get("id", where.rsplit(":", 1)[-1])), turns=turns, images=images, source=where,
+                  raw=row)
+
+
+def _llava_turns(conversations: Any, where: str) -> list[tuple[str, str]]:
+    if not isinstance(conversations, list) or not conversations:
+        raise DataError(f"{where}: 'conversations' must be a non-empty list of turns.")
+    turns = []
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: turn {i} must be an object with 'from' and 'value'.")
+        role = turn.get("from", turn.get("role"))
+        text = turn.get("value", turn.get("content"))
+        if role not in ROLES:
+            raise DataError(f"{where}: turn {i} has unknown role {role!r}; use one of "
+                            f"{', '.join(sorted(ROLES))}.")
+        if not isinstance(text, str):
+            raise DataError(f"{where}: turn {i} has no text ('value' must be a string).")
+        turns.append((ROLES[role], text))
+    return turns
+
+
+def _images_field(row: dict, where: str) -> list[str | bytes]:
+    value = row.get("image", row.get("images"))
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out: list[str | bytes] = []
+    for item in items:
+        if isinstance(item, dict):  # HF datasets Image feature: {"bytes": ..., "path": ...}
+            item = item.get("bytes") or item.get("path")
+        if isinstance(item, (bytes, bytearray)):
+            out.append(bytes(item))
+        elif isinstance(item, str) and item:
+            out.append(_decode_data_uri(item, where) if item.startswith("data:") else item)
+        else:
+            raise DataError(f"{where}: 'image' must be a path, a list of paths or image bytes; got {item!r:.60}.")
+    return out
+
+
+def _openai_turns(messages: Any, where: str) -> tuple[list[tuple[str, str]], list[str | bytes]]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list.")
+    turns, images = [], []
+    for i, msg in enumerate(messages):
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role not in ROLES:
+            raise DataError(f"{where}: message {i} has unknown role {role!r}; use system, user or assistant.")
+        content = msg.get("content")
+        if isinstance(content, str):
+            turns.append((ROLES[role], content))
+            continue
+        if not isinstance(content, list):
+            raise DataError(f"{where}: message {i} content must be a string or a list of parts.")
+        text = ""
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                text += part.get("text", "")
+            elif kind in ("image_url", "image"):
+                url = part.get("image_url", {}).get("url") if kind == "image_url" else part.get("image")
+                images.append(_decode_data_uri(url, where) if str(url).startswith("data:") else url)
+                text += IMAGE_TAG + "\n"
+            else:
+                raise DataError(f"{where}: message {i} has a part of unknown type {kind!r} (text or image_url).")
+        turns.append((ROLES[role], text))
+    return turns, images
+
+
+def _decode_data_uri(uri: str, where: str) -> bytes:
+    header, _, data = uri.partition(",")
+    if ";base64" not in header:
+        raise DataError(f"{where}: image data URI must be base64 encoded (data:image/png;base64,...).")
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError:
+        raise DataError(f"{where}: image data URI is not valid base64.") from None
+
+
+def llava_row(record: Record) -> dict:
+    """A record as a LLaVA JSON row (image bytes cannot be written this way and raise)."""
+    row: dict[str, Any] = {"id": record.id}
+    if any(isinstance(im, bytes) for im in record.images):
+        raise DataError(f"{record.source}: embedded image bytes cannot be written as LLaVA JSON; "
+                        "extract them to files first.")
+    if len(record.images) == 1:
+        row["image"] = record.images[0]
+    elif record.images:
+        row["image"] = list(record.images)
+    names = {"user": "human", "assistant": "gpt", "system": "system"}
+    row["conversations"] = [{"from": names[r], "value": t} for r, t in record.turns]
+    return row
