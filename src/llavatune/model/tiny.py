@@ -7,6 +7,8 @@ specials, its own chat template, no pad).
 
 from __future__ import annotations
 
+import string
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPVisionConfig,
@@ -48,22 +50,29 @@ QWEN_CHAT_TEMPLATE = (
 
 
 def tiny_tokenizer(style: str = "llama", vocab_size: int = 600) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on a fixed corpus: deterministic, offline, encodes any text."""
-    if style not in ("llama", "qwen"):
-        raise ValueError(f"tokenizer style must be 'llama' or 'qwen', got {style!r}")
-    specials = LLAMA_SPECIALS if style == "llama" else QWEN_SPECIALS
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    """Deterministic, offline tokenizers trained on a fixed corpus.
+
+    llama: SentencePiece-like (Unigram + Metaspace '▁', a bos token, `</s>` eos, unknown characters -> <unk>);
+    qwen: byte-level BPE (no bos, ChatML specials, its own chat template; encodes any text)."""
     if style == "llama":
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=LLAMA_SPECIALS, unk_token="<unk>",
+                                          initial_alphabet=list(string.printable), show_progress=False)
+        tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
         bos = tok.token_to_id("<s>")
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                            special_tokens=[("<s>", bos)])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                       unk_token="<unk>", add_bos_token=True)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    if style != "qwen":
+        raise ValueError(f"tokenizer style must be 'llama' or 'qwen', got {style!r}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                    additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
