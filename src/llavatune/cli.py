@@ -73,6 +73,167 @@ def info(
     verb.main(cfglib.load(verb.InfoConfig, config, overrides, dict(model=model, json=json or None)))
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Prepare, check and inspect training data.")
+app.add_typer(data_app, name="data")
+
+
+def _ok(n: int, out) -> None:
+    if str(out) != "-":
+        print(f"wrote {n:,} rows to {out}", file=sys.stderr)
+
+
+@data_app.command("validate", epilog="Example:\n\n  llavatune data validate data/qa.json --images data "
+                  "--model models/tiny")
+def data_validate(
+    data: Path = typer.Argument(..., help="data file (.json, .jsonl, .parquet, .arrow) or dataset folder"),
+    images: Optional[Path] = typer.Option(None, help="folder that image paths are relative to"),
+    model: Optional[Path] = typer.Option(None, help="llava-hf folder: also check tokens and lengths"),
+    template: Optional[str] = typer.Option(None, help="template (default: the model's)"),
+    max_length: Optional[int] = typer.Option(None, help="token budget per sample, image tokens included"),
+    no_decode: bool = typer.Option(False, "--no-decode", help="check that images exist but do not decode them"),
+    report: Optional[Path] = typer.Option(None, help="file for the bad rows (default: DATA.errors.txt)"),
+):
+    """Check every row: schema, roles, images, <image> tags, duplicates, tokens; exit 2 on problems."""
+    from llavatune.data import checks
+    checks.main(cfglib.load(checks.ValidateConfig, None, None, dict(
+        data=data, images=images, model=model, template=template, max_length=max_length,
+        decode=False if no_decode else None, report=report)))
+
+
+@data_app.command("stats", epilog="Example:\n\n  llavatune data stats data/qa.json --model models/tiny")
+def data_stats(
+    data: Path = typer.Argument(..., help="data file or dataset folder"),
+    model: Optional[Path] = typer.Option(None, help="count tokens with this model (else words)"),
+    plot: Optional[Path] = typer.Option(None, help="PNG for the length histogram"),
+    limit: Optional[int] = typer.Option(None, help="only the first N rows"),
+):
+    """Counts, text-only share and a length histogram (with image tokens) as a table and a PNG."""
+    from llavatune.data import stats
+    stats.stats(cfglib.load(stats.StatsConfig, None, None, dict(data=data, model=model, plot=plot, limit=limit)))
+
+
+@data_app.command("preview", epilog="Example:\n\n  llavatune data preview data/qa.json --model models/tiny --index 0")
+def data_preview(
+    data: Path = typer.Argument(..., help="data file"),
+    model: Path = typer.Option(..., help="llava-hf folder (tokenizer and template)"),
+    index: int = typer.Option(0, help="row number, from 0"),
+    template: Optional[str] = typer.Option(None, help="template (default: the model's)"),
+):
+    """Show one sample as it is trained on: supervised text in green, token counts."""
+    from llavatune.data import stats
+    stats.preview(cfglib.load(stats.PreviewConfig, None, None, dict(data=data, model=model, index=index,
+                                                                     template=template)))
+
+
+@data_app.command("render", epilog="Example:\n\n  echo '[{\"from\": \"human\", \"value\": \"Hi\"}, "
+                  "{\"from\": \"gpt\", \"value\": \"Hello\"}]' | llavatune data render --template vicuna_v1")
+def data_render(
+    template: str = typer.Option(..., help="template name (vicuna_v1, plain, chatml_direct, hf, ...)"),
+    generation_prompt: bool = typer.Option(False, "--generation-prompt",
+                                           help="print the prompt that generates the last assistant turn"),
+    model: Optional[Path] = typer.Option(None, help="model folder whose tokenizer the hf template uses"),
+):
+    """Read a conversation (JSON list of {"from", "value"}) on stdin; print exactly the text trained on."""
+    from llavatune.data import tools
+    sys.stdout.write(tools.render_conversation(sys.stdin.read(), template, generation_prompt, model))
+    sys.stdout.flush()
+
+
+@data_app.command("sample", epilog="Example:\n\n  llavatune data sample data/qa.json --n 100 --seed 0 --out data/qa100.json")
+def data_sample(
+    data: str = typer.Argument(..., help="data file, or - for JSON lines on stdin"),
+    n: int = typer.Option(..., help="rows to keep"),
+    seed: int = typer.Option(0, help="random seed"),
+    out: str = typer.Option(..., help="output .json / .jsonl, or - for JSON lines on stdout"),
+):
+    """Keep N rows chosen uniformly with a seed (input order preserved)."""
+    from llavatune.data import tools
+    _ok(tools.write_rows(out, tools.sample(tools.rows_of(data), n, seed)), out)
+
+
+@data_app.command("filter", epilog="Example:\n\n  llavatune data filter llava_v1_5_mix665k.json "
+                  "--image-prefix textvqa/ --out textvqa.json")
+def data_filter(
+    data: str = typer.Argument(..., help="data file, or - for JSON lines on stdin"),
+    image_prefix: Optional[str] = typer.Option(None, help="keep rows with an image path starting with this"),
+    text_only: Optional[bool] = typer.Option(None, "--text-only/--with-images", help="keep only text-only rows, "
+                                             "or only rows with images"),
+    contains: Optional[str] = typer.Option(None, help="keep rows whose JSON contains this text"),
+    out: str = typer.Option(..., help="output .json / .jsonl, or - for stdout"),
+):
+    """Keep the rows that match every given condition."""
+    from llavatune.data import tools
+    _ok(tools.write_rows(out, tools.filter_rows(tools.rows_of(data), image_prefix, text_only, contains)), out)
+
+
+@data_app.command("repeat", epilog="Example:\n\n  llavatune data repeat data/qa.json --times 3 --out data/qa-x3.json")
+def data_repeat(data: str = typer.Argument(...), times: int = typer.Option(..., help="copies of the data"),
+                out: str = typer.Option(...)):
+    """Write the data N times over (for tiny datasets, as in xtuner's repeat)."""
+    from llavatune.data import tools
+    _ok(tools.write_rows(out, tools.repeat(data, times)), out)
+
+
+@data_app.command("split", epilog="Example:\n\n  llavatune data split data/qa.json --val 0.1 --seed 0 --out data/split")
+def data_split(data: str = typer.Argument(...), val: float = typer.Option(0.1, help="validation fraction"),
+               seed: int = typer.Option(0), out: Path = typer.Option(..., help="folder for train.json and val.json")):
+    """Seeded train/validation split with an exact validation size."""
+    from llavatune.data import tools
+    train, val_rows = tools.split(data, val, seed)
+    _ok(tools.write_rows(out / "train.json", train), out / "train.json")
+    _ok(tools.write_rows(out / "val.json", val_rows), out / "val.json")
+
+
+@data_app.command("mix", epilog="Example:\n\n  llavatune data mix data/qa.json:1 data/captions.json:0.5 --out data/mix.json")
+def data_mix(sources: list[str] = typer.Argument(..., help="FILE or FILE:WEIGHT (0.5 = half, 2 = twice)"),
+             seed: int = typer.Option(0), out: str = typer.Option(...)):
+    """Mix datasets with weights, shuffled with a seed."""
+    from llavatune.data import tools
+    _ok(tools.write_rows(out, tools.mix(sources, seed)), out)
+
+
+@data_app.command("convert", epilog="Example:\n\n  llavatune data convert data/qa.json --to messages --out data/qa.jsonl")
+def data_convert(data: str = typer.Argument(...), to: str = typer.Option(..., help="llava | sharegpt | messages"),
+                 out: str = typer.Option(...)):
+    """Convert between LLaVA JSON, ShareGPT and OpenAI messages."""
+    from llavatune.data import tools
+    if to not in ("llava", "sharegpt", "messages"):
+        raise LlavatuneError(f"--to must be llava, sharegpt or messages, got '{to}'.")
+    _ok(tools.write_rows(out, tools.convert(tools.rows_of(data), to)), out)
+
+
+@data_app.command("from-folders", epilog="Example:\n\n  llavatune data from-folders data/defects "
+                  "--question \"Is this part OK or NG?\" --answer OK=OK --answer NG=NG --out data/okng.json")
+def data_from_folders(
+    root: Path = typer.Argument(..., help="folder with one sub-folder per class"),
+    question: str = typer.Option(..., help="the question asked about every image"),
+    answer: Optional[list[str]] = typer.Option(None, help="CLASS=answer text (default: the class name)"),
+    out: str = typer.Option(...),
+):
+    """Turn class folders of photos into question/answer rows (image paths relative to ROOT)."""
+    from llavatune.data import tools
+    answers = dict(a.split("=", 1) for a in answer or [] if "=" in a)
+    if len(answers) != len(answer or []):
+        raise LlavatuneError("--answer must be CLASS=text, for example --answer NG=\"a scratch\".")
+    _ok(tools.write_rows(out, tools.from_folders(root, question, answers)), out)
+
+
+@data_app.command("synth", epilog="Example:\n\n  llavatune data synth --kind shapes --n 200 --out data/shapes")
+def data_synth(
+    out: Path = typer.Option(..., help="folder to write images and JSON into"),
+    kind: Optional[str] = typer.Option(None, help="shapes | defects"),
+    n: Optional[int] = typer.Option(None, help="images (defects: per class)"),
+    seed: Optional[int] = typer.Option(None),
+    tasks: Optional[str] = typer.Option(None, help="comma list of colour, shape, count, position"),
+    overrides: Optional[list[str]] = OVERRIDES,
+):
+    """Write a deterministic synthetic dataset (LLaVA JSON + PNG files)."""
+    from llavatune.data import synth
+    synth.main(cfglib.load(synth.SynthConfig, None, overrides, dict(out=out, kind=kind, n=n, seed=seed,
+                                                                     tasks=tasks)))
+    print(f"wrote {kind or 'shapes'} data to {out}", file=sys.stderr)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print as one line (exit 2), tracebacks only with --debug."""
     argv = sys.argv[1:] if argv is None else argv

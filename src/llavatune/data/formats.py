@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,7 +53,11 @@ def read_records(path: Path | str, strict: bool = True) -> Iterator[Record]:
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(row number from 1, row dict) for .json / .jsonl / .parquet / .arrow files and dataset folders."""
+    """(row number from 1, row dict) for .json / .jsonl / .parquet / .arrow files, dataset folders, and JSON
+    lines on standard input when the path is '-'."""
+    if str(path) == "-":
+        yield from _iter_lines(sys.stdin, "<stdin>")
+        return
     if not path.exists():
         raise DataError(f"{path}: file not found.")
     suffix = path.suffix.lower()
@@ -66,13 +71,17 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}).") from None
+        yield from _iter_lines(f, str(path))
+
+
+def _iter_lines(lines, name: str) -> Iterator[tuple[int, dict]]:
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{name}:{n}: not valid JSON ({err.msg} at column {err.colno}).") from None
 
 
 def _iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[tuple[int, dict]]:

@@ -1,0 +1,137 @@
+"""`data stats` (counts, length histogram with image tokens, a PNG) and `data preview` (one rendered sample,
+supervised text highlighted, token counts)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from llavatune.data.formats import DataError, iter_rows, to_record
+from llavatune.errors import LlavatuneError
+
+console = Console()
+
+
+@dataclasses.dataclass
+class StatsConfig:
+    data: Path
+    model: Path | None = None      # counts tokens (with image tokens) with this model's tokenizer and template
+    plot: Path | None = None       # PNG of the length histogram (default: DATA.lengths.png)
+    limit: int | None = None       # only the first N rows
+
+
+@dataclasses.dataclass
+class PreviewConfig:
+    data: Path
+    model: Path
+    index: int = 0                 # row number, from 0
+    template: str | None = None
+    max_length: int = 2048
+
+
+def stats(cfg: StatsConfig) -> dict:
+    text_side = _text_side(cfg.model)
+    counts: collections.Counter = collections.Counter()
+    lengths: list[int] = []
+    for n, (row_number, row) in enumerate(iter_rows(Path(cfg.data))):
+        if cfg.limit is not None and n >= cfg.limit:
+            break
+        try:
+            record = to_record(row, f"{cfg.data}:{row_number}")
+        except DataError:
+            counts["unreadable"] += 1
+            continue
+        counts["rows"] += 1
+        counts["text-only" if not record.images else "multi-image" if len(record.images) > 1 else "one image"] += 1
+        counts["turns"] += len(record.turns)
+        lengths.append(_length(record, text_side))
+    unit = "tokens (with image tokens)" if text_side else "words (pass --model for tokens)"
+    result = {"rows": counts["rows"], "text_only": counts["text-only"], "one_image": counts["one image"],
+              "multi_image": counts["multi-image"], "unreadable": counts["unreadable"],
+              "mean_turns": counts["turns"] / max(1, counts["rows"]), "length_unit": unit,
+              **_percentiles(lengths)}
+    _print_stats(cfg.data, result)
+    plot = cfg.plot or Path(str(cfg.data) + ".lengths.png")
+    _plot(lengths, unit, plot)
+    console.print(f"length histogram: {plot}")
+    return result
+
+
+def _text_side(model):
+    if model is None:
+        return None
+    from llavatune.model.meta import load_text_side
+    return load_text_side(model)
+
+
+def _length(record, text_side) -> int:
+    if text_side is None:
+        return sum(len(text.split()) for _, text in record.turns)
+    from llavatune.data.tokenize import Dropped, tokenize_turns
+    out = tokenize_turns(record.turns, text_side.template, text_side.tokenizer, text_side.image_token_id,
+                         text_side.image_seq_length, max_length=10**9)
+    return 0 if isinstance(out, Dropped) else len(out.input_ids)
+
+
+def _percentiles(lengths: list[int]) -> dict:
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"length_mean": sum(ordered) / len(ordered), "length_p50": pick(0.5), "length_p95": pick(0.95),
+            "length_max": ordered[-1]}
+
+
+def _print_stats(data, result: dict) -> None:
+    table = Table(title=str(data), show_header=False)
+    for key, value in result.items():
+        table.add_row(key, f"{value:,.1f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int)
+                      else str(value))
+    console.print(table)
+
+
+def _plot(lengths: list[int], unit: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(lengths or [0], bins=50, color="#3b6ea8")
+    ax.set_xlabel(f"length in {unit}")
+    ax.set_ylabel("samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def preview(cfg: PreviewConfig) -> dict:
+    from llavatune.data.templates import segments
+    from llavatune.data.tokenize import Dropped, tokenize_turns
+    from llavatune.model.meta import load_text_side
+
+    text_side = load_text_side(cfg.model, cfg.template)
+    for n, (row_number, row) in enumerate(iter_rows(Path(cfg.data))):
+        if n == cfg.index:
+            break
+    else:
+        raise LlavatuneError(f"{cfg.data}: --index {cfg.index} is past the last row (there are {n + 1 if n else 0}).")
+    record = to_record(row, f"{cfg.data}:{row_number}")
+    shown = Text()
+    for text, supervised in segments(text_side.template, record.turns, tokenizer=text_side.tokenizer):
+        shown.append(text, style="bold green" if supervised else "dim")
+    console.print(shown)
+    out = tokenize_turns(record.turns, text_side.template, text_side.tokenizer, text_side.image_token_id,
+                         text_side.image_seq_length, cfg.max_length)
+    if isinstance(out, Dropped):
+        console.print(f"[red]dropped in training[/red]: {out.reason} ({out.detail})")
+        return {"dropped": out.reason}
+    info = {"tokens": len(out.input_ids), "supervised": out.n_supervised,
+            "image_tokens": out.n_images * text_side.image_seq_length, "images": record.images}
+    console.print(f"template {text_side.template.name}: {info['tokens']} tokens "
+                  f"({info['image_tokens']} image, {info['supervised']} supervised, shown in green)")
+    return info

@@ -1,0 +1,207 @@
+"""Row-level data tools: sample, filter, repeat, split, mix, convert, from-folders.
+
+They read any supported format (streamed) and write LLaVA JSON (`.json`), JSON lines (`.jsonl`), or JSON lines on
+standard output for `-`, so they chain: `data filter mix.json --image-prefix textvqa/ --out - | data sample - --n
+1000 --seed 0 --out subset.json`. Seeded tools give the same rows for the same input and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from llavatune.data.formats import DataError, Record, iter_rows, llava_row, to_record
+from llavatune.errors import LlavatuneError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def write_rows(path: Path | str, rows: Iterable[dict]) -> int:
+    """Write rows as a JSON list (.json) or JSON lines (.jsonl, or stdout for '-'); atomic for files."""
+    if str(path) == "-":
+        n = 0
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+        sys.stdout.flush()
+        return n
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        lines = path.suffix == ".jsonl"
+        f.write("" if lines else "[\n")
+        for row in rows:
+            f.write(("" if lines or n == 0 else ",\n") + json.dumps(row, ensure_ascii=False) + ("\n" if lines else ""))
+            n += 1
+        f.write("" if lines else "\n]\n")
+    tmp.replace(path)
+    return n
+
+
+def rows_of(path: Path | str) -> Iterator[dict]:
+    for _, row in iter_rows(Path(path)):
+        yield row
+
+
+def sample(rows: Iterable[dict], n: int, seed: int) -> list[dict]:
+    """n rows chosen uniformly (reservoir sampling, one pass, O(n) memory), kept in their input order."""
+    rng = random.Random(seed)
+    reservoir: list[tuple[int, dict]] = []
+    for i, row in enumerate(rows):
+        if i < n:
+            reservoir.append((i, row))
+        else:
+            j = rng.randrange(i + 1)
+            if j < n:
+                reservoir[j] = (i, row)
+    return [row for _, row in sorted(reservoir, key=lambda pair: pair[0])]
+
+
+def image_list(row: dict) -> list[str]:
+    value = row.get("image", row.get("images"))
+    if value is None:
+        return []
+    return [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+
+
+def has_image(row: dict) -> bool:
+    if image_list(row) or row.get("image") or row.get("images"):
+        return True
+    return any(isinstance(m.get("content"), list) and any(p.get("type") in ("image_url", "image")
+                                                           for p in m["content"] if isinstance(p, dict))
+               for m in row.get("messages") or [] if isinstance(m, dict))
+
+
+def keep(row: dict, image_prefix: str | None, text_only: bool | None, contains: str | None) -> bool:
+    images = image_list(row)
+    if image_prefix is not None and not any(im.startswith(image_prefix) for im in images):
+        return False
+    if text_only is not None and text_only == has_image(row):
+        return False
+    if contains is not None and contains not in json.dumps(row, ensure_ascii=False):
+        return False
+    return True
+
+
+def filter_rows(rows: Iterable[dict], image_prefix=None, text_only=None, contains=None) -> Iterator[dict]:
+    return (row for row in rows if keep(row, image_prefix, text_only, contains))
+
+
+def repeat(path: Path | str, times: int) -> Iterator[dict]:
+    if times < 1:
+        raise LlavatuneError(f"--times must be at least 1, got {times}.")
+    for _ in range(times):
+        yield from rows_of(path)
+
+
+def split(path: Path | str, val: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """An exact split: round(N * val) rows, chosen with the seed, go to validation."""
+    if not 0 < val < 1:
+        raise LlavatuneError(f"--val must be a fraction between 0 and 1, got {val}.")
+    rows = list(rows_of(path))
+    n_val = max(1, round(len(rows) * val))
+    chosen = set(random.Random(seed).sample(range(len(rows)), n_val))
+    return ([r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen])
+
+
+def mix(sources: list[str], seed: int) -> list[dict]:
+    """Sources as FILE or FILE:WEIGHT; weight 0.5 keeps a seeded half of the rows, 2 repeats them twice,
+    2.5 twice plus a seeded half. The result is shuffled with the seed."""
+    rng = random.Random(seed)
+    out: list[dict] = []
+    for source in sources:
+        path, _, weight_text = source.rpartition(":") if ":" in source else (source, "", "1")
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            raise LlavatuneError(f"mix source '{source}': the weight after ':' must be a number.") from None
+        rows = list(rows_of(path))
+        whole, frac = int(weight), weight - int(weight)
+        out += rows * whole + rng.sample(rows, round(len(rows) * frac))
+    rng.shuffle(out)
+    return out
+
+
+def convert(rows: Iterable[dict], to: str) -> Iterator[dict]:
+    for n, row in enumerate(rows, 1):
+        record = to_record(row, f"row {n}")
+        yield {"llava": llava_row, "sharegpt": sharegpt_row, "messages": messages_row}[to](record)
+
+
+def sharegpt_row(record: Record) -> dict:
+    row = llava_row(record)
+    images = row.pop("image", None)
+    if images is not None:
+        row["images"] = images if isinstance(images, list) else [images]
+    return row
+
+
+def messages_row(record: Record) -> dict:
+    """OpenAI messages; each `<image>` tag becomes an image_url part naming the file."""
+    images = iter(record.images)
+    messages = []
+    for role, text in record.turns:
+        if "<image>" not in text:
+            messages.append({"role": role, "content": text})
+            continue
+        parts = []
+        for k, piece in enumerate(text.split("<image>")):
+            if k > 0:
+                ref = next(images)
+                if isinstance(ref, bytes):
+                    raise DataError(f"{record.source}: embedded image bytes cannot be converted; extract them first.")
+                parts.append({"type": "image_url", "image_url": {"url": ref}})
+            piece = piece.removeprefix("\n") if k > 0 else piece
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        messages.append({"role": role, "content": parts})
+    return {"id": record.id, "messages": messages}
+
+
+def from_folders(root: Path, question: str, answers: dict[str, str]) -> list[dict]:
+    """Class folders (root/OK/*.png, root/NG/*.png, ...) -> one Q/A row per image; the answer is the class's
+    --answer text, or the class name. Image paths are relative to root (use --images root)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LlavatuneError(f"{root}: not a folder of class folders.")
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise LlavatuneError(f"{root}: no class folders inside (expected for example {root}/OK and {root}/NG).")
+    unknown = set(answers) - {c.name for c in classes}
+    if unknown:
+        raise LlavatuneError(f"--answer names class(es) {', '.join(sorted(unknown))} with no folder under {root}; "
+                             f"classes found: {', '.join(c.name for c in classes)}.")
+    rows = []
+    for folder in classes:
+        files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        for f in files:
+            rel = f.relative_to(root).as_posix()
+            rows.append({"id": rel, "image": rel, "conversations": [
+                {"from": "human", "value": f"<image>\n{question}"},
+                {"from": "gpt", "value": answers.get(folder.name, folder.name)}]})
+    return rows
+
+
+def render_conversation(conversation_json: str, template_name: str, generation_prompt: bool,
+                        model: Path | None = None) -> str:
+    """The `data render` contract: a JSON list of {"from", "value"} turns -> the exact training text (or the
+    generation prompt for the last assistant turn)."""
+    from llavatune.data.formats import _llava_turns
+    from llavatune.data.templates import get_template, render
+
+    try:
+        turns = json.loads(conversation_json)
+    except json.JSONDecodeError as err:
+        raise DataError(f"<stdin>: not valid JSON ({err.msg}); expected a list of {{\"from\", \"value\"}} turns.") from None
+    if isinstance(turns, dict):
+        turns = turns.get("conversations", turns.get("messages"))
+    tokenizer = None
+    if model is not None:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    return render(get_template(template_name), _llava_turns(turns, "<stdin>"), generation_prompt, tokenizer)

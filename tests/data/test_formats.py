@@ -1,0 +1,87 @@
+"""Readers: LLaVA JSON/JSONL (from or role), ShareGPT, OpenAI messages, parquet with image bytes; streamed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from llavatune.data.formats import DataError, _iter_json_array, iter_rows, read_records
+
+
+def png_bytes(colour=(255, 0, 0)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_llava_json_with_from_or_role(tmp_path):
+    rows = [{"id": "a", "image": "x.jpg", "conversations": [{"from": "human", "value": "<image>\nQ"},
+                                                              {"from": "gpt", "value": "A"}]},
+            {"id": "b", "conversations": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                                          {"role": "assistant", "content": "A"}]}]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(rows))
+    a, b = read_records(path)
+    assert a.turns == [("user", "<image>\nQ"), ("assistant", "A")] and a.images == ["x.jpg"]
+    assert b.turns == [("system", "S"), ("user", "Q"), ("assistant", "A")] and b.images == []
+    lines = tmp_path / "d.jsonl"
+    lines.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert [r.turns for r in read_records(lines)] == [a.turns, b.turns]
+
+
+def test_sharegpt_images_list_and_multi_image(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps([{"conversations": [{"from": "human", "value": "<image><image>\nCompare"},
+                                                   {"from": "gpt", "value": "Same"}], "images": ["1.png", "2.png"]}]))
+    (record,) = read_records(path)
+    assert record.images == ["1.png", "2.png"]
+
+
+def test_openai_messages_with_data_uri_and_path(tmp_path):
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    row = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
+                                                     {"type": "text", "text": "What colour?"}]},
+                        {"role": "assistant", "content": "red"},
+                        {"role": "user", "content": [{"type": "text", "text": "And this? "},
+                                                     {"type": "image_url", "image_url": {"url": "b.png"}}]},
+                        {"role": "assistant", "content": "blue"}]}
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (record,) = read_records(path)
+    assert record.turns[0] == ("user", "<image>\nWhat colour?")
+    assert record.turns[2] == ("user", "And this? <image>\n")
+    assert record.images[0] == png_bytes() and record.images[1] == "b.png"
+
+
+def test_parquet_with_image_bytes(tmp_path):
+    table = pa.table({"id": ["0", "1"], "image": [{"bytes": png_bytes(), "path": None}] * 2,
+                      "conversations": [[{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]] * 2})
+    pq.write_table(table, tmp_path / "train.parquet")
+    records = list(read_records(tmp_path))  # a dataset folder
+    assert len(records) == 2 and records[0].images == [png_bytes()]
+
+
+def test_json_array_is_streamed_across_chunk_boundaries(tmp_path):
+    rows = [{"id": str(i), "conversations": [{"from": "human", "value": "q" * (i % 37)},
+                                             {"from": "gpt", "value": "a"}]} for i in range(500)]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(rows, indent=2))
+    assert [r for _, r in _iter_json_array(path, chunk_size=64)] == rows
+
+
+def test_bad_rows_name_file_and_row(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+                                {"conversations": [{"from": "robot", "value": "Q"}]}]))
+    with pytest.raises(DataError, match=r"bad.json:2: turn 0 has unknown role 'robot'"):
+        list(read_records(path))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"conversations": []}\n{oops\n')
+    with pytest.raises(DataError, match=r"broken.jsonl:2: not valid JSON"):
+        list(iter_rows(broken))
