@@ -1,0 +1,116 @@
+"""sample / filter / repeat / split / mix / convert / from-folders, and the render contract."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llavatune.data import tools
+from llavatune.data.formats import read_records
+from llavatune.data.synth import SynthConfig
+from llavatune.data.synth import main as synth
+
+SOURCES = ["coco/1.jpg", "textvqa/train_images/2.jpg", None, "textvqa/train_images/3.jpg", "gqa/4.jpg"]
+
+
+def mix_file(tmp_path, n=200) -> Path:
+    rows = []
+    for i in range(n):
+        src = SOURCES[i % len(SOURCES)]
+        row = {"id": str(i), "conversations": [{"from": "human", "value": ("<image>\n" if src else "") + f"Q{i}"},
+                                               {"from": "gpt", "value": f"A{i}"}]}
+        if src:
+            row["image"] = src
+        rows.append(row)
+    path = tmp_path / "mix.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def llavatune(*args, stdin=None):
+    exe = str(Path(sys.executable).parent / "llavatune")
+    result = subprocess.run([exe, *args], input=stdin, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_scenario1_subset_pipeline_is_deterministic(tmp_path):
+    data = mix_file(tmp_path)
+    piped = llavatune("data", "filter", str(data), "--image-prefix", "textvqa/", "--out", "-")
+    for attempt in range(2):
+        out = tmp_path / f"subset{attempt}.json"
+        llavatune("data", "sample", "-", "--n", "10", "--seed", "0", "--out", str(out), stdin=piped)
+    first, second = (json.loads((tmp_path / f"subset{k}.json").read_text()) for k in range(2))
+    assert first == second and len(first) == 10
+    assert all(row["image"].startswith("textvqa/") for row in first)
+    other_seed = tools.sample(tools.filter_rows(tools.rows_of(data), image_prefix="textvqa/"), 10, seed=1)
+    assert other_seed != first
+
+
+def test_filter_text_only_and_repeat_and_split(tmp_path):
+    data = mix_file(tmp_path)
+    text_only = list(tools.filter_rows(tools.rows_of(data), text_only=True))
+    assert len(text_only) == 40 and all("image" not in r for r in text_only)
+    assert sum(1 for _ in tools.repeat(data, 3)) == 600
+    train, val = tools.split(data, 0.1, seed=0)
+    assert len(val) == 20 and len(train) == 180
+    assert {r["id"] for r in train}.isdisjoint({r["id"] for r in val})
+    assert tools.split(data, 0.1, seed=0) == (train, val)
+
+
+def test_mix_weights(tmp_path):
+    data = mix_file(tmp_path, n=10)
+    mixed = tools.mix([f"{data}:2", f"{data}:0.5"], seed=0)
+    assert len(mixed) == 25
+
+
+def test_convert_round_trip(tmp_path):
+    data = mix_file(tmp_path, n=10)
+    messages = tmp_path / "m.jsonl"
+    tools.write_rows(messages, tools.convert(tools.rows_of(data), "messages"))
+    back = tmp_path / "back.json"
+    tools.write_rows(back, tools.convert(tools.rows_of(messages), "llava"))
+    assert [(r.turns, r.images) for r in read_records(back)] == [(r.turns, r.images) for r in read_records(data)]
+    sharegpt = list(tools.convert(tools.rows_of(data), "sharegpt"))
+    assert sharegpt[0]["images"] == ["coco/1.jpg"]
+
+
+def test_from_folders(tmp_path):
+    root = synth(SynthConfig(out=tmp_path / "parts", kind="defects", n=3))
+    rows = tools.from_folders(root, "Is this part OK or NG?", {"NG": "NG: scratch"})
+    assert len(rows) == 6
+    assert {r["conversations"][1]["value"] for r in rows} == {"OK", "NG: scratch"}
+    assert all((root / r["image"]).is_file() for r in rows)
+    with pytest.raises(Exception, match="no folder"):
+        tools.from_folders(root, "q", {"BAD": "x"})
+
+
+def test_render_contract_prints_only_the_text():
+    conversation = json.dumps([{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Hello"}])
+    out = llavatune("data", "render", "--template", "vicuna_v1", stdin=conversation)
+    assert out.endswith("USER: <image>\nHi ASSISTANT: Hello</s>")
+    prompt = llavatune("data", "render", "--template", "vicuna_v1", "--generation-prompt", stdin=conversation)
+    assert prompt.endswith("USER: <image>\nHi ASSISTANT:")
+
+
+def test_synth_is_deterministic_and_answers_match_pixels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from llavatune.data.synth import COLOURS
+
+    a = synth(SynthConfig(out=tmp_path / "a", n=12, tasks=["colour"]))
+    b = synth(SynthConfig(out=tmp_path / "b", n=12, tasks=["colour"]))
+    assert (a / "qa.json").read_bytes() == (b / "qa.json").read_bytes()
+    assert (a / "images/shape_00007.png").read_bytes() == (b / "images/shape_00007.png").read_bytes()
+    for row in json.loads((a / "qa.json").read_text()):
+        pixels = np.asarray(Image.open(a / row["image"])).reshape(-1, 3).astype(int)
+        answer = row["conversations"][1]["value"]
+        # the answer's colour is drawn; no other palette colour is
+        hits = {name: int((np.abs(pixels - rgb).sum(1) < 30).sum()) for name, rgb in COLOURS.items()}
+        assert hits[answer] > 20 and all(v == 0 for k, v in hits.items() if k != answer)
