@@ -1,0 +1,118 @@
+"""Records -> tokenized samples -> padded batches, and LLaVA's modality-length grouped order.
+
+A sample is tokenized when it is drawn (cheap next to the forward pass). A sample whose image is missing or
+corrupt is skipped and counted (`on_bad_image: skip`) or stops the run with its file and row (`stop`);
+samples the tokenizer drops (image tokens do not fit, nothing supervised) are counted the same way.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import random
+from pathlib import Path
+
+import torch
+
+from llavatune.data import images as imagelib
+from llavatune.data.formats import DataError, Record, read_records
+from llavatune.data.tokenize import IGNORE_INDEX, Dropped, tokenize_turns
+from llavatune.errors import LlavatuneError
+
+
+@dataclasses.dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor | None   # (n_images, 3, H, W)
+
+
+class SupervisedDataset(torch.utils.data.Dataset):
+    """Holds the records (text only, small); images are opened and tokens made per item."""
+
+    def __init__(self, path: Path, image_dir: Path | None, processor, template, image_token_id: int,
+                 image_seq_length: int, max_length: int, on_bad_image: str = "skip"):
+        self.records: list[Record] = list(read_records(path))
+        if not self.records:
+            raise LlavatuneError(f"{path}: no samples.")
+        self.image_dir, self.processor, self.template = image_dir, processor, template
+        self.image_token_id, self.image_seq_length, self.max_length = image_token_id, image_seq_length, max_length
+        self.on_bad_image = on_bad_image
+        self.skipped: collections.Counter = collections.Counter()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def length(self, i: int) -> int:
+        """A cheap length estimate for grouping: words plus image tokens; negative for text-only (LLaVA)."""
+        record = self.records[i]
+        words = sum(len(text.split()) for _, text in record.turns)
+        return words + len(record.images) * self.image_seq_length if record.images else -words
+
+    def __getitem__(self, i: int) -> Encoded | None:
+        record = self.records[i]
+        out = tokenize_turns(record.turns, self.template, self.processor.tokenizer, self.image_token_id,
+                             self.image_seq_length, self.max_length)
+        if isinstance(out, Dropped):
+            self.skipped[out.reason] += 1
+            return None
+        if out.n_images != len(record.images):
+            return self._bad(record, f"{out.n_images} <image> tag(s) but {len(record.images)} image(s)")
+        pixel_values = None
+        if record.images:
+            try:
+                pil = [imagelib.load(ref, self.image_dir, record.source) for ref in record.images]
+            except DataError as err:
+                return self._bad(record, str(err))
+            pixel_values = self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
+        return Encoded(out.input_ids, out.labels, pixel_values)
+
+    def _bad(self, record: Record, message: str) -> None:
+        if self.on_bad_image == "stop":
+            raise LlavatuneError(f"{message} (set on_bad_image=skip to skip such samples, and run "
+                                 "`llavatune data validate` to list them all)")
+        self.skipped["bad image"] += 1
+        return None
+
+
+def collate(items: list[Encoded | None], pad_id: int) -> dict[str, torch.Tensor] | None:
+    """Right-pad to the longest sample; pad positions get attention 0 and label -100."""
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    width = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it.input_ids)
+        ids[row, :n] = torch.tensor(it.input_ids)
+        labels[row, :n] = torch.tensor(it.labels)
+        mask[row, :n] = 1
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    pixels = [it.pixel_values for it in items if it.pixel_values is not None]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+    return batch
+
+
+def batch_order(lengths: list[int], batch_size: int, seed: int, group_by_length: bool) -> list[list[int]]:
+    """Index batches for one epoch, a pure function of (lengths, batch_size, seed) so resume can replay it.
+
+    group_by_length (LLaVA's modality-length grouping): image and text-only samples never share a batch;
+    within megabatches of 50 batches, samples are sorted by length so padding stays small; batch order is
+    shuffled."""
+    rng = random.Random(seed)
+    indices = list(range(len(lengths)))
+    if not group_by_length:
+        rng.shuffle(indices)
+        return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    batches = []
+    for group in ([i for i in indices if lengths[i] > 0], [i for i in indices if lengths[i] <= 0]):
+        rng.shuffle(group)
+        mega = batch_size * 50
+        for start in range(0, len(group), mega):
+            chunk = sorted(group[start:start + mega], key=lambda i: -abs(lengths[i]))
+            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches

@@ -1,0 +1,95 @@
+"""Verb `train`: one run of stage pretrain|finetune with method full|freeze|lora|qlora.
+
+    llavatune train recipe.yaml [key=value ...]
+    llavatune train recipe.yaml resume=auto
+    llavatune train recipe.yaml --dry-run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+
+@dataclasses.dataclass
+class LoraSpec:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])  # or ["all"]
+    regex: str | None = None         # full-match on module names; replaces targets (still LLM-only)
+    vision: bool = False             # also put LoRA on the vision tower's attention/MLP
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: Path                      # llava-hf folder (e.g. from `llavatune build`, or a stage-1 run's final/)
+    data: Path                       # training data (LLaVA JSON/JSONL, ShareGPT, messages, parquet)
+    out: Path                        # run folder
+    images: Path | None = None       # folder the data's image paths are relative to
+    stage: Literal["pretrain", "finetune"] = "finetune"
+    method: Literal["full", "freeze", "lora", "qlora"] = "lora"
+    template: str | None = None      # default: the model's (plain for pretrain)
+    lora: LoraSpec = dataclasses.field(default_factory=LoraSpec)
+    train_vision: bool = False       # unfreeze the vision tower (full/freeze) or train it next to LoRA
+    trainable_layers: int = 0        # method freeze: how many last LLM layers train
+    lr: float = 2e-4
+    projector_lr: float | None = None
+    weight_decay: float = 0.0
+    optimizer: Literal["auto", "adamw", "adamw_8bit"] = "auto"  # auto: 8-bit when bitsandbytes and a GPU are there
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    batch_size: int = 4              # per device, per micro-batch
+    grad_accum: int = 1
+    steps: int | None = None         # optimizer steps; default: `epochs` over the data
+    epochs: float = 1.0
+    max_length: int = 2048
+    max_grad_norm: float = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True     # LLaVA's modality-length grouping
+    seed: int = 0
+    save_every: int = 200            # steps; 0 = only at the end
+    keep_last: int = 3               # checkpoints kept (0 = all)
+    log_every: int = 1
+    report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb
+    nan_patience: int = 5            # stop after this many non-finite steps in a row
+    on_bad_image: Literal["skip", "stop"] = "skip"
+    resume: str | None = None        # auto | a checkpoint folder
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    dry_run: bool = False            # print the plan (model, data, trainable counts, steps, memory) and stop
+
+
+def main(cfg: TrainConfig) -> Path:
+    from llavatune.training.runner import Run
+
+    if cfg.dry_run:
+        from llavatune.training.plan import dry_run
+        return dry_run(cfg)
+    return Run(cfg).execute()
+
+
+def data_manifest(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"file": str(Path(path).resolve()), "sha256": digest.hexdigest()}
+
+
+def total_steps(cfg: TrainConfig, n_batches_per_epoch: int) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * n_batches_per_epoch / cfg.grad_accum))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+

@@ -1,0 +1,74 @@
+"""Run logging: metrics.jsonl always, TensorBoard when installed, W&B only when asked; loss/lr curve PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class RunLogger:
+    def __init__(self, out: Path, report_to: list[str], config: dict, resume_step: int = 0):
+        self.path = Path(out) / "metrics.jsonl"
+        self.rows = _read(self.path, upto=resume_step) if resume_step else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self.tb = self.wandb = None
+        self.notes: list[str] = []
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(Path(out) / "tensorboard"))
+            except ImportError:
+                self.notes.append("TensorBoard logging skipped: pip install tensorboard")
+        if "wandb" in report_to:
+            import wandb  # asked for explicitly: a missing package is the user's error to see
+            self.wandb = wandb.init(project="llavatune", name=Path(out).name, config=config)
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                if self.tb is not None:
+                    self.tb.add_scalar(f"train/{key}", value, row["step"])
+        if self.wandb is not None:
+            self.wandb.log(row, step=row["step"])
+
+    def plot(self, path: Path) -> None:
+        plot_curves(self.rows, path)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _read(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("step", 0) <= upto]
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Loss (and eval loss when logged) and learning rate against optimizer steps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows if "loss" in r]
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot(steps, [r["loss"] for r in rows if "loss" in r], label="train loss", color="#3b6ea8")
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if evals:
+        ax_loss.plot(*zip(*evals), "o-", label="eval loss", color="#c0504d")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    ax_lr.plot(steps, [r["lr"] for r in rows if "loss" in r], color="#4f8a3a")
+    ax_lr.set_xlabel("step")
+    ax_lr.set_ylabel("learning rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

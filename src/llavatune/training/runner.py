@@ -1,0 +1,158 @@
+"""Wire one training run: model + what trains, data, optimizer, resume, logging, the loop, checkpoints."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from llavatune.config import save_run_config, to_dict
+from llavatune.data.dataset import SupervisedDataset, batch_order
+from llavatune.data.templates import get_template
+from llavatune.errors import LlavatuneError
+from llavatune.model import load as loadlib
+from llavatune.model import trainable
+from llavatune.model.meta import template_name
+from llavatune.train import TrainConfig, data_manifest, pick_device, total_steps
+from llavatune.training import checkpoint, loop
+from llavatune.training.logging import RunLogger
+from llavatune.training.optim import build_optimizer, build_scheduler
+
+console = Console(stderr=True)
+PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Run:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.device = pick_device(cfg.device)
+        self.dtype = PRECISION[cfg.precision]
+
+    def execute(self) -> Path:
+        cfg = self.cfg
+        resume_from = self._resume_folder()
+        _seed(cfg.seed)
+        self.base = loadlib.resolve(cfg.model)
+        if loadlib.is_adapter(self.base):
+            raise LlavatuneError(f"{self.base} is an adapter checkpoint; merge it first (llavatune merge) and "
+                                 "train on the merged model.")
+        self.model, self.processor = self._model(resume_from)
+        self.template = get_template(cfg.template or ("plain" if cfg.stage == "pretrain" else template_name(self.base)))
+        self.dataset = SupervisedDataset(cfg.data, cfg.images, self.processor, self.template,
+                                         self.model.config.image_token_id, self.model.config.image_seq_length,
+                                         cfg.max_length, cfg.on_bad_image)
+        lengths = [self.dataset.length(i) for i in range(len(self.dataset))]
+        order = lambda epoch: batch_order(lengths, cfg.batch_size, cfg.seed + epoch, cfg.group_by_length)  # noqa: E731
+        steps = total_steps(cfg, len(order(0)))
+        optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.projector_lr, cfg.weight_decay)
+        scheduler = build_scheduler(optimizer, cfg.schedule, round(cfg.warmup_ratio * steps), steps)
+        state = loop.State()
+        if resume_from is not None:
+            state = _restore(resume_from, optimizer, scheduler)
+            console.print(f"resuming from {resume_from} at step {state.step}")
+        self._describe(steps)
+        logger = RunLogger(self.out, cfg.report_to, to_dict(cfg), resume_step=state.step)
+        for note in logger.notes:
+            console.print(note)
+        plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience)
+
+        def save(st: loop.State, name: str | None = None) -> None:
+            self._save(self.out / (name or f"checkpoint-{st.step}"), st, optimizer, scheduler)
+            checkpoint.prune(self.out, cfg.keep_last)
+            logger.plot(self.out / "loss.png")
+
+        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
+        state = loop.train(self.model, self.dataset, order, optimizer, scheduler, plan, state, device=self.device,
+                           autocast_dtype=None if cfg.precision == "fp32" else self.dtype,
+                           pad_id=self.processor.tokenizer.pad_token_id, logger=logger, save=save, scaler=scaler)
+        save(state, "final")
+        logger.close()
+        dropped = dict(self.dataset.skipped)
+        console.print(f"[green]done[/green]: {state.step} steps, final checkpoint {self.out / 'final'}"
+                      + (f"; samples dropped: {dropped}" if dropped else ""))
+        return self.out / "final"
+
+    def _resume_folder(self) -> Path | None:
+        cfg = self.cfg
+        if cfg.resume is None:
+            if checkpoint.checkpoints(self.out) or (self.out / "final").exists():
+                raise LlavatuneError(f"{self.out} already holds a run; continue it with resume=auto, or choose "
+                                     "another out.")
+            return None
+        folder = checkpoint.latest(self.out) if cfg.resume == "auto" else Path(cfg.resume)
+        if folder is None:
+            console.print(f"resume=auto: no complete checkpoint in {self.out}; starting from step 0")
+            return None
+        if not checkpoint.is_complete(folder):
+            raise LlavatuneError(f"{folder}: not a complete checkpoint (checkpoint.json missing or files differ).")
+        return folder
+
+    def _model(self, resume_from: Path | None):
+        cfg = self.cfg
+        full_weights = cfg.method not in ("lora", "qlora") or cfg.stage == "pretrain"
+        source = resume_from if (resume_from is not None and full_weights) else self.base
+        model, processor = loadlib.load_base(source, self.dtype, load_4bit=cfg.method == "qlora",
+                                             device=str(self.device))
+        if cfg.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = trainable.apply(model, cfg.stage, cfg.method, cfg.lora, cfg.train_vision, cfg.trainable_layers)
+        if self.dtype != torch.float32 and cfg.method != "full":
+            for p in model.parameters():  # small trained parts keep fp32 master weights
+                if p.requires_grad:
+                    p.data = p.data.float()
+        if resume_from is not None and not full_weights:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+            set_peft_model_state_dict(model, load_file(resume_from / "adapter_model.safetensors"))
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        return model.to(self.device), processor
+
+    def run_doc(self) -> dict:
+        return {"model": {"base": str(self.base.resolve()), "template": self.template.name,
+                          "image_tokens": self.model.config.image_seq_length},
+                "data": {**data_manifest(self.cfg.data), "rows": len(self.dataset)}}
+
+    def _describe(self, steps: int) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        report = trainable.report(self.model)
+        names = sorted(trainable.trainable_names(self.model))
+        (self.out / "trainable.txt").write_text(report + "\n\n" + "\n".join(names) + "\n")
+        cfg = self.cfg
+        global_batch = cfg.batch_size * cfg.grad_accum
+        save_run_config(self.out, "train", cfg, **self.run_doc(), plan={"steps": steps, "global_batch": global_batch})
+        console.print(f"stage {cfg.stage}, method {cfg.method}, template {self.template.name}, {len(self.dataset):,} "
+                      f"samples, {steps} steps of {global_batch} samples, device {self.device}\n{report}")
+
+    def _save(self, folder: Path, state: loop.State, optimizer, scheduler) -> None:
+        trainer_state = {"loop": state.__dict__, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "rng": loop.rng_state()}
+
+        def payload(tmp: Path) -> None:
+            self.model.save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
+            (tmp / "trainable.txt").write_text((self.out / "trainable.txt").read_text())
+            save_run_config(tmp, "train", self.cfg, **self.run_doc(), checkpoint={"step": state.step})
+
+        checkpoint.save(folder, state.step, payload, trainer_state)
+
+
+def _restore(folder: Path, optimizer, scheduler) -> loop.State:
+    saved = checkpoint.load_state(folder)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    loop.set_rng_state(saved["rng"])
+    return loop.State(**saved["loop"])
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
