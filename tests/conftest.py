@@ -70,3 +70,20 @@ def tiny_model_dir(tmp_path_factory):
 def rgb_image():
     rng = np.random.default_rng(0)
     return Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory):
+    """40 synthetic shape images with captions (stage 1) and colour/shape questions (stage 2)."""
+    from llavatune.data.synth import SynthConfig, main
+
+    return main(SynthConfig(out=tmp_path_factory.mktemp("data") / "shapes", n=40))
+
+
+def train_config(model, data_dir, out, *overrides):
+    """A TrainConfig for the tiny model on the synthetic data; `overrides` are key=value strings."""
+    from llavatune.config import load
+    from llavatune.train import TrainConfig
+
+    return load(TrainConfig, None, [f"model={model}", f"data={data_dir / 'qa.json'}", f"images={data_dir}",
+                                    f"out={out}", "batch_size=4", "report_to=[]", "lr=1e-3", *overrides])

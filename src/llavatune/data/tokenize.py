@@ -37,12 +37,20 @@ class Dropped:
 
 
 def supervised_mask(segs: list[tuple[str, bool]]) -> tuple[str, bytearray]:
-    """(text, one byte per character: 1 where the character belongs to a supervised segment)."""
+    """(text, one byte per character: 1 where the character belongs to a supervised segment).
+
+    A supervised span also takes the spaces right before it ("ASSISTANT: yellow"): SentencePiece-style
+    tokenizers may emit that space as a token of its own ('▁', 'yellow'), and a model that is never taught
+    to emit it cannot start the reply."""
     text, mask = [], bytearray()
     for seg, sup in segs:
         text.append(seg)
         mask += (b"\x01" if sup else b"\x00") * len(seg)
-    return "".join(text), mask
+    joined = "".join(text)
+    for i in range(len(mask) - 1, 0, -1):
+        if mask[i] and not mask[i - 1] and joined[i - 1] == " ":
+            mask[i - 1] = 1
+    return joined, mask
 
 
 def tokenize_turns(turns: list[Turn], template: Template, tokenizer, image_token_id: int,

@@ -81,9 +81,13 @@ def tiny_tokenizer(style: str = "llama", vocab_size: int = 600) -> PreTrainedTok
 
 
 def tiny_llm_config(family: str, vocab_size: int, tokenizer: PreTrainedTokenizerFast):
-    """A 2-layer, 64-wide decoder of one of LLM_FAMILIES (qwen2 and gemma tie their embeddings)."""
+    """A 2-layer, 64-wide decoder of one of LLM_FAMILIES (qwen2 and gemma tie their embeddings).
+
+    initializer_range is 0.2, not the usual 0.02: with 0.02 a random 64-wide LLM emits near-uniform logits
+    (|lm_head row| x |normed hidden| ~ 1) that no LoRA can sharpen while lm_head stays frozen, so LoRA
+    could never learn on the tiny model; pretrained LLMs do not have this problem."""
     common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.2,
                   eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=None)
     if family == "llama":
         return LlamaConfig(**common, tie_word_embeddings=False)

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from llavatune.config import save_run_config, to_dict
 from llavatune.data.dataset import SupervisedDataset, batch_order
-from llavatune.data.templates import get_template
+from llavatune.data.templates import get_template, to_jinja
 from llavatune.errors import LlavatuneError
 from llavatune.model import load as loadlib
 from llavatune.model import trainable
@@ -41,6 +41,8 @@ class Run:
                                  "train on the merged model.")
         self.model, self.processor = self._model(resume_from)
         self.template = get_template(cfg.template or ("plain" if cfg.stage == "pretrain" else template_name(self.base)))
+        if cfg.stage == "finetune":  # saved processors prompt in the template the model is tuned on
+            self.processor.chat_template = to_jinja(self.template, self.processor.tokenizer)
         self.dataset = SupervisedDataset(cfg.data, cfg.images, self.processor, self.template,
                                          self.model.config.image_token_id, self.model.config.image_seq_length,
                                          cfg.max_length, cfg.on_bad_image)
@@ -114,8 +116,10 @@ class Run:
         return model.to(self.device), processor
 
     def run_doc(self) -> dict:
-        return {"model": {"base": str(self.base.resolve()), "template": self.template.name,
-                          "image_tokens": self.model.config.image_seq_length},
+        # the template the checkpoint answers in: stage 1 (plain captions) leaves the base's chat template
+        template = self.template.name if self.cfg.stage == "finetune" else template_name(self.base)
+        return {"model": {"base": str(self.base.resolve()), "template": template,
+                          "train_template": self.template.name, "image_tokens": self.model.config.image_seq_length},
                 "data": {**data_manifest(self.cfg.data), "rows": len(self.dataset)}}
 
     def _describe(self, steps: int) -> None:

@@ -1,0 +1,58 @@
+"""Batched generation with the model's own template: left padding, so batched greedy answers equal
+one-by-one greedy answers; stops at the template's end-of-turn text."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from llavatune.data.templates import Template, render
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0          # 0 = greedy
+    top_p: float = 1.0
+    stop: list[str] = dataclasses.field(default_factory=list)
+    seed: int | None = None
+
+
+def prompt_text(template: Template, turns: list[tuple[str, str]], tokenizer) -> str:
+    """The generation prompt for a conversation that ends with a user turn."""
+    return render(template, [*turns, ("assistant", "x")], generation_prompt=True, tokenizer=tokenizer)
+
+
+@torch.no_grad()
+def generate(model, processor, template: Template, conversations: list[list[tuple[str, str]]],
+             images: list[list], cfg: GenerationConfig, device: torch.device | str = "cpu") -> list[str]:
+    """One answer per conversation. `images[i]` are the PIL images of conversation i, one per <image> tag."""
+    tokenizer = processor.tokenizer
+    prompts = [prompt_text(template, turns, tokenizer) for turns in conversations]
+    flat_images = [im for ims in images for im in ims]
+    tokenizer.padding_side = "left"
+    add_special = template.style != "hf"  # the tokenizer's own template writes its own bos
+    inputs = processor(images=flat_images or None, text=prompts, return_tensors="pt", padding=True,
+                       add_special_tokens=add_special)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    if cfg.seed is not None:
+        torch.manual_seed(cfg.seed)
+    sampling = cfg.temperature > 0
+    stop = [s for s in [*cfg.stop, template.stop] if s]
+    out = model.generate(**inputs, max_new_tokens=cfg.max_new_tokens, do_sample=sampling,
+                         temperature=cfg.temperature if sampling else None, top_p=cfg.top_p if sampling else None,
+                         pad_token_id=tokenizer.pad_token_id, stop_strings=stop or None, tokenizer=tokenizer)
+    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
+    return [clean(text, stop, tokenizer.all_special_tokens) for text in texts]
+
+
+def clean(text: str, stop: list[str], specials: list[str]) -> str:
+    """Cut at the first stop string, then drop special-token residue (pad, eos)."""
+    for s in stop:
+        if s in text:
+            text = text[: text.index(s)]
+    for token in specials:
+        text = text.replace(token, "")
+    return text.strip()

@@ -1,0 +1,136 @@
+"""What trains, exact resume, guards, checkpoints that merge and generate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import train_config
+from llavatune.errors import LlavatuneError
+from llavatune.merge import MergeConfig
+from llavatune.merge import main as merge
+from llavatune.train import main as train
+from llavatune.training import checkpoint
+
+
+def weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def losses(run):
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pretrain_changes_only_the_projector(tiny_model_dir, shapes_data, tmp_path):
+    out = train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "stage=pretrain", "steps=3",
+                             f"data={shapes_data / 'captions.json'}"))
+    before, after = weights(tiny_model_dir), weights(out)
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("multi_modal_projector" in k for k in changed)
+    assert "plain" in (tmp_path / "run" / "run_config.yaml").read_text()
+
+
+def test_lora_trains_only_adapters_and_projector(tiny_model_dir, shapes_data, tmp_path):
+    run = tmp_path / "run"
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=2", "lora.targets=all"))
+    names = (run / "trainable.txt").read_text().split("\n\n", 1)[1].split()
+    assert names and all("lora_" in n or "multi_modal_projector.modules_to_save" in n for n in names)
+    assert not any("vision_tower" in n for n in names)  # 'all' stays inside the LLM
+    saved = load_file(run / "final" / "adapter_model.safetensors")
+    assert any("multi_modal_projector" in k for k in saved) and any("lora_A" in k for k in saved)
+
+
+def test_resume_is_exact(tiny_model_dir, shapes_data, tmp_path):
+    common = ["steps=6", "save_every=3", "keep_last=0", "lora.dropout=0.1", "grad_accum=2"]
+    whole = tmp_path / "whole"
+    train(train_config(tiny_model_dir, shapes_data, whole, *common))
+    part = tmp_path / "part"
+    train(train_config(tiny_model_dir, shapes_data, part, *common))
+    # pretend the run died after step 3: drop what came later, then resume
+    shutil.rmtree(part / "final")
+    rows = (part / "metrics.jsonl").read_text().splitlines()
+    (part / "metrics.jsonl").write_text("\n".join(rows[:3]) + "\n")
+    train(train_config(tiny_model_dir, shapes_data, part, *common, "resume=auto"))
+    assert losses(part) == losses(whole) and len(losses(whole)) == 6
+    a, b = (load_file(r / "final" / "adapter_model.safetensors") for r in (whole, part))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_auto_skips_a_truncated_checkpoint(tiny_model_dir, shapes_data, tmp_path):
+    run = tmp_path / "run"
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=4", "save_every=2", "keep_last=0"))
+    newest = run / "checkpoint-4"
+    shutil.copytree(run / "final", newest)
+    (newest / "adapter_model.safetensors").write_bytes(b"truncated")
+    assert checkpoint.latest(run) == run / "checkpoint-2"
+    with pytest.raises(LlavatuneError, match="already holds a run"):
+        train(train_config(tiny_model_dir, shapes_data, run, "steps=4"))
+
+
+def test_nan_loss_is_skipped_and_weights_stay_finite(tiny_model_dir, shapes_data, tmp_path, monkeypatch):
+    from transformers import LlavaForConditionalGeneration
+
+    forward = LlavaForConditionalGeneration.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in (2, 3):
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(LlavaForConditionalGeneration, "forward", poisoned)
+    run = tmp_path / "run"
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=5", "method=full"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["skipped_steps"] == 2 and "loss" not in rows[1] and "loss" not in rows[2]
+    assert all(torch.isfinite(t).all() for t in weights(run / "final").values())
+
+    calls["n"] = -100  # from now on every step is poisoned
+    monkeypatch.setattr(LlavaForConditionalGeneration, "forward",
+                        lambda self, *a, **k: _nan(forward(self, *a, **k)))
+    with pytest.raises(LlavatuneError, match="3 non-finite steps in a row"):
+        train(train_config(tiny_model_dir, shapes_data, tmp_path / "stop", "steps=5", "nan_patience=3"))
+
+
+def _nan(out):
+    out.loss = out.loss * float("nan")
+    return out
+
+
+def test_middle_checkpoint_merges_and_generates(tiny_model_dir, shapes_data, tmp_path, rgb_image):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from llavatune.model import load as loadlib
+
+    run = tmp_path / "run"
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=4", "save_every=2"))
+    merged = merge(MergeConfig(run=run / "checkpoint-2", out=tmp_path / "merged"))
+    model = LlavaForConditionalGeneration.from_pretrained(merged).eval()
+    processor = AutoProcessor.from_pretrained(merged)
+    inputs = processor(images=rgb_image, text="<image>\nWhat colour is the shape?", return_tensors="pt")
+    with torch.no_grad():
+        merged_logits = model(**inputs).logits
+        adapter_model, _ = loadlib.load(run / "checkpoint-2")
+        adapter_logits = adapter_model(**inputs).logits
+    assert torch.allclose(merged_logits, adapter_logits, atol=1e-4)
+    assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_bad_image_skips_or_stops(tiny_model_dir, shapes_data, tmp_path):
+    data = tmp_path / "bad.json"
+    rows = json.loads((shapes_data / "qa.json").read_text())[:8]
+    rows[3]["image"] = "images/missing.png"
+    data.write_text(json.dumps(rows))
+    train(train_config(tiny_model_dir, shapes_data, tmp_path / "skip", "steps=2", f"data={data}"))
+    metrics = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["dropped_samples"] >= 1
+    with pytest.raises(LlavatuneError, match="missing.png' not found"):
+        train(train_config(tiny_model_dir, shapes_data, tmp_path / "stop", "steps=2", f"data={data}",
+                           "on_bad_image=stop"))
