@@ -73,6 +73,64 @@ def info(
     verb.main(cfglib.load(verb.InfoConfig, config, overrides, dict(model=model, json=json or None)))
 
 
+@app.command(epilog="Examples:\n\n"
+             "  llavatune train tiny-lora.yaml steps=100 lr=1e-3\n\n"
+             "  llavatune train tiny-lora.yaml resume=auto\n\n"
+             "  llavatune train qwen15-4b-clip336-lora --dry-run")
+def train(
+    recipe: str = typer.Argument(..., help="a recipe YAML file, or the name of a shipped recipe (llavatune configs list)"),
+    overrides: Optional[list[str]] = OVERRIDES,
+    dry_run: bool = typer.Option(False, "--dry-run", help="print model, data, trainable counts, steps and memory; "
+                                                          "load no weights"),
+    resume: Optional[str] = typer.Option(None, help="auto (newest complete checkpoint) or a checkpoint folder"),
+):
+    """Train one stage (pretrain | finetune) with one method (full | freeze | lora | qlora)."""
+    from llavatune import configs
+    from llavatune import train as verb
+    verb.main(cfglib.load(verb.TrainConfig, configs.resolve(recipe), overrides,
+                          dict(dry_run=dry_run or None, resume=resume)))
+
+
+@app.command(epilog="Example:\n\n  llavatune merge runs/tiny-lora --out models/tiny-tuned")
+def merge(
+    run: Path = typer.Argument(..., help="a LoRA run folder (its final/ or newest checkpoint) or a checkpoint"),
+    out: Path = typer.Option(..., "--out", help="folder for the merged llava-hf checkpoint"),
+    dtype: Optional[str] = typer.Option(None, help="float32 (default) | bfloat16 | float16; never 4-bit"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+):
+    """Fold a LoRA adapter into its base model: a plain llava-hf checkpoint."""
+    from llavatune import merge as verb
+    verb.main(cfglib.load(verb.MergeConfig, None, None, dict(run=run, out=out, dtype=dtype,
+                                                             overwrite=overwrite or None)))
+
+
+configs_app = typer.Typer(no_args_is_help=True, help="List, show and copy the shipped training recipes.")
+app.add_typer(configs_app, name="configs")
+
+
+@configs_app.command("list", epilog="Example:\n\n  llavatune configs list")
+def configs_list():
+    """Every shipped recipe with its one-line summary."""
+    from llavatune import configs
+    for name in configs.names():
+        print(f"{name:<34} {configs.summary(name)}")
+
+
+@configs_app.command("show", epilog="Example:\n\n  llavatune configs show tiny-lora")
+def configs_show(name: str = typer.Argument(..., help="recipe name")):
+    """Print a recipe."""
+    from llavatune import configs
+    print(configs.path_of(name).read_text(), end="")
+
+
+@configs_app.command("copy", epilog="Example:\n\n  llavatune configs copy tiny-lora my-recipe.yaml")
+def configs_copy(name: str = typer.Argument(...), dst: Path = typer.Argument(..., help="file or folder"),
+                 overwrite: bool = typer.Option(False, "--overwrite")):
+    """Copy a recipe to edit it."""
+    from llavatune import configs
+    print(f"copied {name} to {configs.copy(name, dst, overwrite)}", file=sys.stderr)
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Prepare, check and inspect training data.")
 app.add_typer(data_app, name="data")
 

@@ -27,11 +27,23 @@ class LoraSpec:
 
 
 @dataclasses.dataclass
+class BuildSpec:
+    """Assemble `model` first when that folder does not exist yet (same options as `llavatune build`)."""
+    llm: str
+    vision: str
+    projector: str = "mlp2x_gelu"
+    template: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+@dataclasses.dataclass
 class TrainConfig:
-    model: Path                      # llava-hf folder (e.g. from `llavatune build`, or a stage-1 run's final/)
+    model: Path                      # llava-hf folder (from `llavatune build`, a stage-1 run's final/, or a hub id)
     data: Path                       # training data (LLaVA JSON/JSONL, ShareGPT, messages, parquet)
     out: Path                        # run folder
     images: Path | None = None       # folder the data's image paths are relative to
+    build: BuildSpec | None = None   # build `model` from an LLM and an encoder if it is not there yet
+    shape: str | None = None         # --dry-run only: architecture (llava15-7b, qwen15-4b, ...) when `model` is not on disk yet
     stage: Literal["pretrain", "finetune"] = "finetune"
     method: Literal["full", "freeze", "lora", "qlora"] = "lora"
     template: str | None = None      # default: the model's (plain for pretrain)
@@ -65,12 +77,16 @@ class TrainConfig:
     dry_run: bool = False            # print the plan (model, data, trainable counts, steps, memory) and stop
 
 
-def main(cfg: TrainConfig) -> Path:
-    from llavatune.training.runner import Run
-
+def main(cfg: TrainConfig) -> Path | dict:
+    """Train and return the final checkpoint folder; with dry_run, return the plan instead."""
     if cfg.dry_run:
         from llavatune.training.plan import dry_run
         return dry_run(cfg)
+    if cfg.build is not None and not Path(cfg.model).exists():
+        from llavatune import build
+        build.main(build.BuildConfig(out=Path(cfg.model), llm=cfg.build.llm, vision=cfg.build.vision,
+                                     projector=cfg.build.projector, template=cfg.build.template, dtype=cfg.build.dtype))
+    from llavatune.training.runner import Run
     return Run(cfg).execute()
 
 

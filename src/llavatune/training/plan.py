@@ -1,0 +1,111 @@
+"""`train --dry-run`: the run plan without loading weights: model, data, what trains, steps, memory.
+
+The model is built on the meta device from its config (a folder's config.json, or the known shapes of
+model/shapes.py for hub ids and build specs), so even a 13B plan costs no memory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from llavatune.data.formats import iter_rows
+from llavatune.errors import LlavatuneError
+from llavatune.model import shapes, trainable
+from llavatune.train import TrainConfig, total_steps
+
+console = Console()
+GIB = 2**30
+
+
+def model_config(cfg: TrainConfig):
+    from transformers import AutoConfig
+
+    folder = Path(cfg.model)
+    if (folder / "config.json").is_file():
+        return AutoConfig.from_pretrained(folder)
+    if cfg.build is not None and cfg.build.llm in shapes.LLM and cfg.build.vision in shapes.VISION:
+        return shapes.llava_config(cfg.build.llm, cfg.build.vision)
+    config = shapes.known(cfg.shape or str(cfg.model))
+    if config is None:
+        raise LlavatuneError(f"--dry-run: {cfg.model} is not on disk and its architecture is not among the known "
+                             f"shapes ({', '.join([*shapes.LLAVA, *shapes.SHAPES])}); build or download it first.")
+    return config
+
+
+def meta_model(cfg: TrainConfig):
+    from transformers import LlavaForConditionalGeneration
+
+    config = model_config(cfg)
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    return trainable.apply(model, cfg.stage, cfg.method, cfg.lora, cfg.train_vision, cfg.trainable_layers), config
+
+
+def count_rows(path: Path) -> int | None:
+    if not Path(path).exists():
+        return None
+    return sum(1 for _ in iter_rows(Path(path)))
+
+
+def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[str, float]:
+    """GiB per device, rough: weights, gradients, optimizer states, activations (at max_length), logits."""
+    half = cfg.precision in ("bf16", "fp16")
+    b = 2 if half else 4
+    c = trainable.counts(model)
+    frozen = sum(v["total"] - v["trainable"] for v in c.values())
+    trained = sum(v["trainable"] for v in c.values())
+    if cfg.method == "qlora":  # LLM linear weights in nf4 (~0.55 byte with double-quantized scales)
+        llm_frozen = c.get("llm", {}).get("total", 0) - c.get("llm", {}).get("trainable", 0)
+        weights = (frozen - llm_frozen) * b + llm_frozen * 0.55
+    else:
+        weights = frozen * b
+    master = 4 if (cfg.method != "full" or not half) else b  # small trained parts keep fp32 weights
+    weights += trained * master
+    grads = trained * master
+    optim_bytes = 2 if cfg.optimizer == "adamw_8bit" else 2 * master
+    text = config.text_config
+    tokens = cfg.batch_size * cfg.max_length
+    per_layer = (2 if cfg.gradient_checkpointing else 34) * text.hidden_size * b  # bytes per token per layer
+    acts = tokens * per_layer * text.num_hidden_layers
+    if cfg.gradient_checkpointing:
+        acts += tokens * 34 * text.hidden_size * b  # one layer recomputed at a time
+    logits = tokens * text.vocab_size * 4 * 2  # fp32 logits and their gradient
+    parts = {"weights": weights, "gradients": grads, "optimizer": trained * optim_bytes, "activations": acts,
+             "logits": logits}
+    out = {k: v / GIB for k, v in parts.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def dry_run(cfg: TrainConfig) -> dict:
+    model, config = meta_model(cfg)
+    rows = count_rows(cfg.data)
+    steps = total_steps(cfg, math.ceil(rows / cfg.batch_size)) if rows else cfg.steps
+    counts = trainable.counts(model)
+    memory = memory_estimate(model, config, cfg)
+    plan = {"model": str(cfg.model), "llm": config.text_config.model_type, "vision": config.vision_config.model_type,
+            "image_tokens": config.image_seq_length, "stage": cfg.stage, "method": cfg.method,
+            "parameters": counts, "data_rows": rows, "steps": steps,
+            "global_batch": cfg.batch_size * cfg.grad_accum, "memory_gib": memory}
+    _print(plan, cfg)
+    return plan
+
+
+def _print(plan: dict, cfg: TrainConfig) -> None:
+    table = Table(title=f"dry run: {cfg.out}", show_header=False)
+    table.add_row("model", f"{plan['model']} ({plan['llm']} + {plan['vision']}, {plan['image_tokens']} image tokens)")
+    table.add_row("stage / method", f"{plan['stage']} / {plan['method']}")
+    for comp, v in sorted(plan["parameters"].items()):
+        table.add_row(f"  {comp}", f"{v['trainable']:,} trainable of {v['total']:,}")
+    table.add_row("data", f"{cfg.data}: " + (f"{plan['data_rows']:,} rows" if plan["data_rows"] is not None
+                                             else "not found (steps from `steps`)"))
+    table.add_row("steps", f"{plan['steps']} optimizer steps of {plan['global_batch']} samples")
+    mem = plan["memory_gib"]
+    table.add_row("memory (rough)", f"{mem['total']:.1f} GiB per device = " + ", ".join(
+        f"{k} {v:.1f}" for k, v in mem.items() if k != "total"))
+    console.print(table)
