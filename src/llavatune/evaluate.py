@@ -1,0 +1,132 @@
+"""Verb `eval`: answer an evaluation set with one or two models (greedy by default), score, write results.
+
+    llavatune eval models/tiny --data data/val.json --images data --compare models/tiny-tuned --out runs/eval
+
+Writes predictions.jsonl (one row per sample and model) and metrics.json:
+{"n": N, "models": {"<label>": {"exact_match": ...}}}, labels `base` and `finetuned` when comparing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from llavatune.data import images as imagelib
+from llavatune.data.formats import Record, read_records
+from llavatune.errors import LlavatuneError
+from llavatune.inference.generate import GenerationConfig, generate
+from llavatune.metrics import exact_match
+
+console = Console(stderr=True)
+METRICS = {"em": ("exact_match", exact_match)}
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    model: Path
+    data: Path
+    out: Path
+    images: Path | None = None
+    compare: Path | None = None      # a second model (the fine-tuned one): labels base / finetuned
+    adapter: Path | None = None      # or: the same model with this adapter as the second model
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])
+    limit: int | None = None
+    batch_size: int = 1              # batch 1 by default for comparability; batched answers are identical
+    max_new_tokens: int = 32
+    template: str | None = None      # default: each model's own
+    device: str = "auto"
+
+
+@dataclasses.dataclass
+class Sample:
+    record: Record
+    question_turns: list[tuple[str, str]]   # every turn before the last answer
+    answer: str                             # the reference (last assistant turn)
+
+
+def samples(cfg: EvalConfig) -> list[Sample]:
+    out = []
+    for record in read_records(cfg.data):
+        if not record.turns or record.turns[-1][0] != "assistant":
+            raise LlavatuneError(f"{record.source}: an evaluation sample must end with the reference answer.")
+        out.append(Sample(record, record.turns[:-1], record.turns[-1][1]))
+        if cfg.limit is not None and len(out) >= cfg.limit:
+            break
+    return out
+
+
+def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg: EvalConfig) -> list[str]:
+    from llavatune.data.templates import get_template
+    from llavatune.model import load as loadlib
+    from llavatune.model.meta import template_name
+    from llavatune.train import pick_device
+
+    device = pick_device(cfg.device)
+    model, processor = loadlib.load(model_path, adapter=adapter, device=str(device))
+    source = loadlib.resolve(adapter or model_path)
+    template = get_template(cfg.template or template_name(source))
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
+    answers: list[str] = []
+    for start in range(0, len(items), cfg.batch_size):
+        batch = items[start:start + cfg.batch_size]
+        pil = [[imagelib.load(ref, cfg.images, s.record.source) for ref in s.record.images] for s in batch]
+        answers += generate(model, processor, template, [s.question_turns for s in batch], pil, gen, device)
+    del model
+    return answers
+
+
+def score(preds: list[str], refs: list[str], metrics: list[str]) -> dict[str, float]:
+    out = {}
+    for name in metrics:
+        if name not in METRICS:
+            raise LlavatuneError(f"unknown metric '{name}'; available: {', '.join(METRICS)}.")
+        key, fn = METRICS[name]
+        out[key] = sum(fn(p, r) for p, r in zip(preds, refs)) / max(1, len(refs))
+    return out
+
+
+def main(cfg: EvalConfig) -> dict:
+    if cfg.compare is not None and cfg.adapter is not None:
+        raise LlavatuneError("give either --compare MODEL2 or --adapter RUN, not both.")
+    items = samples(cfg)
+    runs = {"base" if (cfg.compare or cfg.adapter) else "model": (cfg.model, None)}
+    if cfg.compare is not None:
+        runs["finetuned"] = (cfg.compare, None)
+    elif cfg.adapter is not None:
+        runs["finetuned"] = (cfg.model, cfg.adapter)
+    refs = [s.answer for s in items]
+    predictions, result = {}, {"n": len(items), "models": {}}
+    for label, (model_path, adapter) in runs.items():
+        with torch.no_grad():
+            predictions[label] = answer_all(model_path, adapter, items, cfg)
+        result["models"][label] = score(predictions[label], refs, cfg.metrics)
+    write(cfg.out, items, predictions, result)
+    print_table(result)
+    return result
+
+
+def write(out: Path, items: list[Sample], predictions: dict[str, list[str]], result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "predictions.jsonl").open("w") as f:
+        for i, s in enumerate(items):
+            row = {"id": s.record.id, "question": s.question_turns[-1][1], "reference": s.answer,
+                   "images": [im if isinstance(im, str) else "<bytes>" for im in s.record.images]}
+            row.update({label: preds[i] for label, preds in predictions.items()})
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def print_table(result: dict) -> None:
+    table = Table(title=f"{result['n']} samples")
+    table.add_column("model")
+    keys = sorted({k for m in result["models"].values() for k in m})
+    for key in keys:
+        table.add_column(key, justify="right")
+    for label, values in result["models"].items():
+        table.add_row(label, *[f"{values[k]:.3f}" for k in keys])
+    Console().print(table)
