@@ -134,3 +134,41 @@ def test_bad_image_skips_or_stops(tiny_model_dir, shapes_data, tmp_path):
     with pytest.raises(LlavatuneError, match="missing.png' not found"):
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "stop", "steps=2", f"data={data}",
                            "on_bad_image=stop"))
+
+
+def test_ctrl_c_saves_and_resume_continues(tiny_model_dir, shapes_data, tmp_path, monkeypatch):
+    from llavatune.training import loop
+
+    real = loop._update
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_update", interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(LlavatuneError, match="interrupted after step 2"):
+        train(train_config(tiny_model_dir, shapes_data, run, "steps=4"))
+    assert checkpoint.latest(run) == run / "checkpoint-2"
+    monkeypatch.setattr(loop, "_update", real)
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=4", "resume=auto"))
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_qlora_on_cpu_says_what_it_needs(tiny_model_dir, shapes_data, tmp_path):
+    with pytest.raises(LlavatuneError, match="needs"):
+        train(train_config(tiny_model_dir, shapes_data, tmp_path / "q", "steps=1", "method=qlora"))
+
+
+def test_cli_train_with_a_shipped_recipe_name(tiny_model_dir, shapes_data, tmp_path):
+    from llavatune.cli import run as cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["train", "tiny-full", f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}",
+             f"images={shapes_data}", f"out={tmp_path / 'run'}", "steps=2", "save_every=0"])
+    assert exit_info.value.code in (0, None)
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "loss.png").is_file()

@@ -104,7 +104,8 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
         table.add_row(f"  {comp}", f"{v['trainable']:,} trainable of {v['total']:,}")
     table.add_row("data", f"{cfg.data}: " + (f"{plan['data_rows']:,} rows" if plan["data_rows"] is not None
                                              else "not found (steps from `steps`)"))
-    table.add_row("steps", f"{plan['steps']} optimizer steps of {plan['global_batch']} samples")
+    steps = plan["steps"] if plan["steps"] is not None else "unknown until the data is there"
+    table.add_row("steps", f"{steps} optimizer steps of {plan['global_batch']} samples")
     mem = plan["memory_gib"]
     table.add_row("memory (rough)", f"{mem['total']:.1f} GiB per device = " + ", ".join(
         f"{k} {v:.1f}" for k, v in mem.items() if k != "total"))
