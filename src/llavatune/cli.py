@@ -104,6 +104,28 @@ def merge(
                                                              overwrite=overwrite or None)))
 
 
+@app.command("eval", epilog="Example:\n\n  llavatune eval models/tiny --compare models/tiny-tuned "
+             "--data data/val.json --images data --out runs/eval")
+def eval_(
+    model: Path = typer.Argument(..., help="model, run or checkpoint folder (the base when comparing)"),
+    data: Path = typer.Option(..., help="evaluation set; the last assistant turn of each sample is the reference"),
+    out: Path = typer.Option(..., "--out", help="folder for predictions.jsonl and metrics.json"),
+    images: Optional[Path] = typer.Option(None, help="folder the image paths are relative to"),
+    compare: Optional[Path] = typer.Option(None, help="a second (fine-tuned) model: labels base / finetuned"),
+    adapter: Optional[Path] = typer.Option(None, help="or: MODEL with this LoRA run as the second model"),
+    metrics: Optional[str] = typer.Option(None, help="comma list; em (default)"),
+    limit: Optional[int] = typer.Option(None, help="only the first N samples"),
+    batch_size: Optional[int] = typer.Option(None, help="default 1; batched answers are the same"),
+    max_new_tokens: Optional[int] = typer.Option(None),
+    overrides: Optional[list[str]] = OVERRIDES,
+):
+    """Answer an evaluation set greedily with one or two models and score the answers."""
+    from llavatune import evaluate as verb
+    verb.main(cfglib.load(verb.EvalConfig, None, overrides, dict(
+        model=model, data=data, out=out, images=images, compare=compare, adapter=adapter, metrics=metrics,
+        limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)))
+
+
 configs_app = typer.Typer(no_args_is_help=True, help="List, show and copy the shipped training recipes.")
 app.add_typer(configs_app, name="configs")
 
