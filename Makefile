@@ -15,10 +15,9 @@ install: $(BIN)/llavatune
 test: install
 	$(BIN)/pytest
 
-# The main job on the embedded tiny default. (The `demo` verb will replace these two steps.)
+# The main job, offline on the embedded tiny default: data, stage 1, LoRA stage 2, merge, before/after eval.
 OUT ?= runs/demo
 demo: install
-	$(BIN)/llavatune build --preset tiny --out $(OUT)/tiny-llava --overwrite
-	$(BIN)/llavatune info $(OUT)/tiny-llava
+	$(BIN)/llavatune demo --out $(OUT)
 
 .PHONY: install test demo

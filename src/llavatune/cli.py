@@ -126,6 +126,16 @@ def eval_(
         limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)))
 
 
+@app.command(epilog="Example:\n\n  llavatune demo --out runs/demo")
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for everything the demo makes (runs/demo)"),
+    overrides: Optional[list[str]] = OVERRIDES,
+):
+    """Offline end to end on the tiny model: data, stage 1, LoRA stage 2, merge, before/after evaluation."""
+    from llavatune import demo as verb
+    verb.main(cfglib.load(verb.DemoConfig, None, overrides, dict(out=out)))
+
+
 configs_app = typer.Typer(no_args_is_help=True, help="List, show and copy the shipped training recipes.")
 app.add_typer(configs_app, name="configs")
 

@@ -2,8 +2,9 @@
 
     llavatune eval models/tiny --data data/val.json --images data --compare models/tiny-tuned --out runs/eval
 
-Writes predictions.jsonl (one row per sample and model) and metrics.json:
-{"n": N, "models": {"<label>": {"exact_match": ...}}}, labels `base` and `finetuned` when comparing.
+Writes predictions.jsonl (one row per sample and model), metrics.json
+({"n": N, "models": {"<label>": {"exact_match": ...}}}, labels `base` and `finetuned` when comparing),
+report.md / report.html / metrics.png, and answers-<label>.jsonl in LLaVA's benchmark-script layout.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from llavatune.data.formats import Record, read_records
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, generate
 from llavatune.metrics import exact_match
+from llavatune.report import trained_count, write_all
 
 console = Console(stderr=True)
 METRICS = {"em": ("exact_match", exact_match)}
@@ -60,7 +62,8 @@ def samples(cfg: EvalConfig) -> list[Sample]:
     return out
 
 
-def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg: EvalConfig) -> list[str]:
+def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg: EvalConfig) -> tuple[list[str], dict]:
+    """The model's answers, and its parameter counts (total; trained in the run that made it, when known)."""
     from llavatune.data.templates import get_template
     from llavatune.model import load as loadlib
     from llavatune.model.meta import template_name
@@ -76,8 +79,10 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
         batch = items[start:start + cfg.batch_size]
         pil = [[imagelib.load(ref, cfg.images, s.record.source) for ref in s.record.images] for s in batch]
         answers += generate(model, processor, template, [s.question_turns for s in batch], pil, gen, device)
+    params = {"total": sum(p.numel() for n, p in model.named_parameters() if "original_module" not in n),
+              "trained": trained_count(source)}
     del model
-    return answers
+    return answers, params
 
 
 def score(preds: list[str], refs: list[str], metrics: list[str]) -> dict[str, float]:
@@ -100,13 +105,15 @@ def main(cfg: EvalConfig) -> dict:
     elif cfg.adapter is not None:
         runs["finetuned"] = (cfg.model, cfg.adapter)
     refs = [s.answer for s in items]
-    predictions, result = {}, {"n": len(items), "models": {}}
+    predictions, params, result = {}, {}, {"n": len(items), "models": {}}
     for label, (model_path, adapter) in runs.items():
         with torch.no_grad():
-            predictions[label] = answer_all(model_path, adapter, items, cfg)
+            predictions[label], params[label] = answer_all(model_path, adapter, items, cfg)
         result["models"][label] = score(predictions[label], refs, cfg.metrics)
     write(cfg.out, items, predictions, result)
+    write_all(cfg.out, items, predictions, result, params, cfg.images)
     print_table(result)
+    console.print(f"report: {cfg.out / 'report.html'} (and report.md, metrics.png, predictions.jsonl)")
     return result
 
 

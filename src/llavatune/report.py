@@ -1,0 +1,127 @@
+"""Evaluation reports: report.md, report.html (thumbnails, answers, right or wrong), metrics.png, and the
+answers in the jsonl layout LLaVA's benchmark scripts consume."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from llavatune.data import images as imagelib
+from llavatune.metrics import exact_match
+
+
+def trained_count(folder: Path | None) -> int | None:
+    """Parameters trained in the run that produced `folder` (its trainable.txt, or the one it was merged from)."""
+    from llavatune.config import read_run_config
+
+    if folder is None:
+        return None
+    run = read_run_config(folder) or {}
+    source = Path((run.get("model") or {}).get("merged_from", folder))
+    path = source / "trainable.txt"
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith("all "):
+            return int(line.split()[1].replace(",", ""))
+    return None
+
+
+def write_all(out: Path, items, predictions: dict[str, list[str]], result: dict, params: dict[str, dict],
+              image_dir: Path | None) -> None:
+    plot_metrics(result, out / "metrics.png")
+    (out / "report.md").write_text(markdown(items, predictions, result, params))
+    (out / "report.html").write_text(page(items, predictions, result, params, image_dir))
+    for label, preds in predictions.items():
+        with (out / f"answers-{label}.jsonl").open("w") as f:
+            for s, text in zip(items, preds):
+                f.write(json.dumps({"question_id": s.record.id, "prompt": s.question_turns[-1][1], "text": text,
+                                    "answer_id": f"{label}-{s.record.id}", "model_id": label, "metadata": {}}) + "\n")
+
+
+def _params_line(label: str, p: dict) -> str:
+    trained = f", {p['trained']:,} trained" if p.get("trained") else ""
+    return f"{label}: {p['total']:,} parameters{trained}"
+
+
+def markdown(items, predictions, result, params) -> str:
+    labels = list(predictions)
+    lines = [f"# Evaluation: {result['n']} samples", ""]
+    lines += [f"- {_params_line(label, params[label])}" for label in labels] + [""]
+    keys = sorted({k for m in result["models"].values() for k in m})
+    lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(f"{result['models'][label][k]:.3f}" for k in keys) + " |" for label in labels]
+    lines += ["", "![metrics](metrics.png)", "", "| id | question | reference | " + " | ".join(labels) + " |",
+              "|---" * (3 + len(labels)) + "|"]
+    for i, s in enumerate(items):
+        cells = [f"{_md(predictions[label][i])} {'✓' if exact_match(predictions[label][i], s.answer) else '✗'}"
+                 for label in labels]
+        lines.append(f"| {s.record.id} | {_md(s.question_turns[-1][1])} | {_md(s.answer)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").replace("<image>", "")
+
+
+def page(items, predictions, result, params, image_dir) -> str:
+    labels = list(predictions)
+    keys = sorted({k for m in result["models"].values() for k in m})
+    rows = []
+    for i, s in enumerate(items):
+        cells = "".join(
+            f"<td class='{'ok' if exact_match(predictions[label][i], s.answer) else 'bad'}'>"
+            f"{html.escape(predictions[label][i])}</td>" for label in labels)
+        rows.append(f"<tr><td>{_thumb(s.record, image_dir)}</td><td>{html.escape(s.question_turns[-1][1])}</td>"
+                    f"<td>{html.escape(s.answer)}</td>{cells}</tr>")
+    summary = "".join(f"<tr><td>{label}</td>" + "".join(f"<td>{result['models'][label][k]:.3f}</td>" for k in keys)
+                      + f"<td>{html.escape(_params_line(label, params[label]))}</td></tr>" for label in labels)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>llavatune evaluation</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:4px 8px}}.ok{{background:#e3f4e1}}.bad{{background:#fbe3e1}}img{{width:64px;height:64px;image-rendering:pixelated}}
+</style></head><body><h1>Evaluation: {result['n']} samples</h1>
+<table><tr><th>model</th>{''.join(f'<th>{k}</th>' for k in keys)}<th>parameters</th></tr>{summary}</table>
+<p><img src="metrics.png" style="width:480px;height:auto"></p>
+<table><tr><th>image</th><th>question</th><th>reference</th>{''.join(f'<th>{label}</th>' for label in labels)}</tr>
+{''.join(rows)}</table></body></html>
+"""
+
+
+def _thumb(record, image_dir) -> str:
+    if not record.images:
+        return ""
+    try:
+        img = imagelib.load(record.images[0], image_dir, record.source)
+    except Exception:  # a report still renders when one image went missing since evaluation
+        return "(image unavailable)"
+    img.thumbnail((96, 96))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return f"<img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+
+
+def plot_metrics(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(result["models"])
+    keys = sorted({k for m in result["models"].values() for k in m})
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(keys) * len(labels), 3.2))
+    width = 0.8 / max(1, len(labels))
+    colours = ["#9aa7b8", "#3b6ea8", "#4f8a3a"]
+    for j, label in enumerate(labels):
+        xs = [i + j * width for i in range(len(keys))]
+        values = [result["models"][label][k] for k in keys]
+        ax.bar(xs, values, width, label=label, color=colours[j % len(colours)])
+        for x, v in zip(xs, values):
+            ax.text(x, v + 0.02, f"{v:.2f}", ha="center", fontsize=8)
+    ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(keys))], keys)
+    ax.set_ylim(0, 1.1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

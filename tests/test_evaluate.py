@@ -1,0 +1,25 @@
+"""Evaluation: batched greedy answers equal one-by-one answers; comparison labels; adapter as second model."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import train_config
+from llavatune.evaluate import EvalConfig, main
+from llavatune.train import main as train
+
+
+def test_batched_equals_one_by_one_and_adapter_compare(tiny_model_dir, shapes_data, tmp_path):
+    run = tmp_path / "run"
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=30", "lora.targets=all"))
+    common = dict(model=tiny_model_dir, adapter=run, data=shapes_data / "qa.json", images=shapes_data, limit=12,
+                  max_new_tokens=5)
+    one = main(EvalConfig(out=tmp_path / "b1", batch_size=1, **common))
+    many = main(EvalConfig(out=tmp_path / "b5", batch_size=5, **common))
+    rows1 = [json.loads(line) for line in (tmp_path / "b1" / "predictions.jsonl").read_text().splitlines()]
+    rows5 = [json.loads(line) for line in (tmp_path / "b5" / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["base"], r["finetuned"]) for r in rows1] == [(r["base"], r["finetuned"]) for r in rows5]
+    assert one == many and set(one["models"]) == {"base", "finetuned"} and one["n"] == 12
+    # the two models do answer differently: the adapter is really attached
+    assert any(r["base"] != r["finetuned"] for r in rows1)
+    assert "trained" in (tmp_path / "b1" / "report.md").read_text()
