@@ -21,11 +21,11 @@ from llavatune.data import images as imagelib
 from llavatune.data.formats import Record, read_records
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, generate
-from llavatune.metrics import exact_match
+from llavatune.metrics import choice_accuracy, exact_match, vqa_accuracy, yesno_scores
 from llavatune.report import trained_count, write_all
 
 console = Console(stderr=True)
-METRICS = {"em": ("exact_match", exact_match)}
+METRICS = ("em", "vqa", "yesno", "choice")
 
 
 @dataclasses.dataclass
@@ -36,7 +36,7 @@ class EvalConfig:
     images: Path | None = None
     compare: Path | None = None      # a second model (the fine-tuned one): labels base / finetuned
     adapter: Path | None = None      # or: the same model with this adapter as the second model
-    metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])  # em, vqa, yesno, choice
     limit: int | None = None
     batch_size: int = 1              # batch 1 by default for comparability; batched answers are identical
     max_new_tokens: int = 32
@@ -85,13 +85,27 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
     return answers, params
 
 
-def score(preds: list[str], refs: list[str], metrics: list[str]) -> dict[str, float]:
-    out = {}
-    for name in metrics:
-        if name not in METRICS:
-            raise LlavatuneError(f"unknown metric '{name}'; available: {', '.join(METRICS)}.")
-        key, fn = METRICS[name]
-        out[key] = sum(fn(p, r) for p, r in zip(preds, refs)) / max(1, len(refs))
+def gt_answers(sample: Sample) -> list[str]:
+    """The human answers of a VQA row ("answers": 10 strings or {"answer": ...} dicts), else the reference."""
+    raw = (sample.record.raw or {}).get("answers")
+    if not raw:
+        return [sample.answer]
+    return [a["answer"] if isinstance(a, dict) else str(a) for a in raw]
+
+
+def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str, float]:
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise LlavatuneError(f"unknown metric '{unknown[0]}'; available: {', '.join(METRICS)}.")
+    refs, n, out = [s.answer for s in items], max(1, len(items)), {}
+    if "em" in metrics:
+        out["exact_match"] = sum(exact_match(p, r) for p, r in zip(preds, refs)) / n
+    if "vqa" in metrics:
+        out["vqa_accuracy"] = sum(vqa_accuracy(p, gt_answers(s)) for p, s in zip(preds, items)) / n
+    if "yesno" in metrics:
+        out.update(yesno_scores(preds, refs))
+    if "choice" in metrics:
+        out["choice_accuracy"] = choice_accuracy(preds, refs)
     return out
 
 
@@ -104,12 +118,11 @@ def main(cfg: EvalConfig) -> dict:
         runs["finetuned"] = (cfg.compare, None)
     elif cfg.adapter is not None:
         runs["finetuned"] = (cfg.model, cfg.adapter)
-    refs = [s.answer for s in items]
     predictions, params, result = {}, {}, {"n": len(items), "models": {}}
     for label, (model_path, adapter) in runs.items():
         with torch.no_grad():
             predictions[label], params[label] = answer_all(model_path, adapter, items, cfg)
-        result["models"][label] = score(predictions[label], refs, cfg.metrics)
+        result["models"][label] = score(predictions[label], items, cfg.metrics)
     write(cfg.out, items, predictions, result)
     write_all(cfg.out, items, predictions, result, params, cfg.images)
     print_table(result)

@@ -1,5 +1,9 @@
-"""Scores as pure functions: exact match (and, with the evaluation issue, VQA accuracy, yes/no, choice)."""
+"""Scores as pure functions: exact match, VQA accuracy (official normalisation), yes/no (POPE), choice."""
 
+from llavatune.metrics.choice import choice_accuracy, extract_choice
 from llavatune.metrics.exact import exact_match, normalize_answer
+from llavatune.metrics.vqa import normalize_vqa_answer, vqa_accuracy
+from llavatune.metrics.yesno import yes_or_no, yesno_scores
 
-__all__ = ["exact_match", "normalize_answer"]
+__all__ = ["exact_match", "normalize_answer", "normalize_vqa_answer", "vqa_accuracy", "yes_or_no", "yesno_scores",
+           "extract_choice", "choice_accuracy"]
