@@ -126,6 +126,49 @@ def eval_(
         limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)))
 
 
+@app.command(epilog="Examples:\n\n  llavatune chat runs/demo/models/tiny-tuned --image "
+             "runs/demo/data/images/shape_00000.png\n\n  llavatune chat runs/demo/runs/lora --image "
+             "runs/demo/data/images/shape_00000.png --prompt \"What colour is the shape? Answer with one word.\"")
+def chat(
+    model: Path = typer.Argument(..., help="llava-hf folder, run or checkpoint"),
+    adapter: Optional[Path] = typer.Option(None, help="a LoRA run or checkpoint to apply to MODEL"),
+    image: Optional[Path] = typer.Option(None, help="an image for the first question"),
+    prompt: Optional[str] = typer.Option(None, help="answer this once and exit"),
+    load_4bit: bool = typer.Option(False, "--load-4bit", help="load the LLM in 4-bit (CUDA + bitsandbytes)"),
+    max_new_tokens: Optional[int] = typer.Option(None),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy (default)"),
+):
+    """Chat in the terminal (streamed; /image PATH, /reset, /quit), or answer one --prompt."""
+    from llavatune import chat as verb
+    verb.main(cfglib.load(verb.ChatConfig, None, None, dict(
+        model=model, adapter=adapter, image=image, prompt=prompt, load_4bit=load_4bit or None,
+        max_new_tokens=max_new_tokens, temperature=temperature)))
+
+
+@app.command(epilog="Example:\n\n  llavatune serve runs/demo/models/tiny --compare runs/demo/models/tiny-tuned "
+             "--data runs/demo/data/val.json --images runs/demo/data")
+def serve(
+    model: Path = typer.Argument(..., help="llava-hf folder, run or checkpoint"),
+    compare: Optional[Path] = typer.Option(None, help="a second model shown next to the first"),
+    adapter: Optional[Path] = typer.Option(None, help="or: MODEL with this LoRA run as the second model"),
+    host: Optional[str] = typer.Option(None, help="address to bind (default 127.0.0.1: this machine only)"),
+    port: Optional[int] = typer.Option(None, help="default 8000"),
+    api_key: Optional[str] = typer.Option(None, help="require `Authorization: Bearer KEY`"),
+    max_image_mb: Optional[float] = typer.Option(None, help="largest accepted image (default 10)"),
+    allow_remote_images: bool = typer.Option(False, "--allow-remote-images", help="fetch http(s) image URLs"),
+    data: Optional[Path] = typer.Option(None, help="dataset for the page's sample tab"),
+    images: Optional[Path] = typer.Option(None, help="its image folder"),
+    load_4bit: bool = typer.Option(False, "--load-4bit"),
+    engine: Optional[str] = typer.Option(None, help="transformers (default) | vllm"),
+):
+    """OpenAI-compatible API and a web page comparing two models, in one process."""
+    from llavatune import serve as verb
+    verb.main(cfglib.load(verb.ServeConfig, None, None, dict(
+        model=model, compare=compare, adapter=adapter, host=host, port=port, api_key=api_key,
+        max_image_mb=max_image_mb, allow_remote_images=allow_remote_images or None, data=data, images=images,
+        load_4bit=load_4bit or None, engine=engine)))
+
+
 @app.command(epilog="Example:\n\n  llavatune demo --out runs/demo")
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", help="folder for everything the demo makes (runs/demo)"),

@@ -1,0 +1,72 @@
+"""Verb `chat`: talk to a model in the terminal, with images; streamed answers.
+
+    llavatune chat runs/tiny-lora --image photo.png
+    llavatune chat models/tiny-tuned --image photo.png --prompt "What colour is the shape?"
+
+In the conversation: /image PATH attaches an image to the next question, /reset starts over, /quit leaves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from llavatune.data import images as imagelib
+
+
+@dataclasses.dataclass
+class ChatConfig:
+    model: Path
+    adapter: Path | None = None
+    image: Path | None = None
+    prompt: str | None = None        # answer this once and exit (for scripts)
+    load_4bit: bool = False
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+def _open(path: Path):
+    path = Path(path)
+    return imagelib.load(path.name, path.parent, str(path))
+
+
+def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
+    from llavatune.inference.api import load
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    model = load(cfg.model, adapter=cfg.adapter, load_4bit=cfg.load_4bit)
+    generation = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    pending = [_open(cfg.image)] if cfg.image else []
+    if cfg.prompt is not None:
+        stdout.write(model.chat(cfg.prompt, images=pending, **generation) + "\n")
+        return
+    history: list[dict] = []
+    images: list = []
+    stdout.write(f"chatting with {model.name} (template {model.template.name}); /image PATH, /reset, /quit\n")
+    for line in stdin:
+        line = line.strip()
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            history, images, pending = [], [], []
+            stdout.write("(conversation reset)\n")
+            continue
+        if line.startswith("/image "):
+            pending.append(_open(Path(line[7:].strip())))
+            stdout.write("(image attached to your next message)\n")
+            continue
+        if not line:
+            continue
+        text = "<image>\n" * len(pending) + line
+        images += pending
+        pending = []
+        history.append({"role": "user", "content": text})
+        answer = ""
+        for piece in model.stream(history, images=images, **generation):
+            stdout.write(piece)
+            stdout.flush()
+            answer += piece
+        stdout.write("\n")
+        history.append({"role": "assistant", "content": answer.strip()})

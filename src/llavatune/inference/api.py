@@ -1,0 +1,111 @@
+"""The Python API: `llavatune.load(path_or_run)` -> a `Model` that chats, generates in batches and streams.
+
+    import llavatune
+    model = llavatune.load("runs/tiny-lora")              # a run, a checkpoint (adapter) or a llava-hf folder
+    model.chat("What colour is the shape?", images=[img])  # -> "red"
+    model.generate(["Describe it.", "How many?"], images=[[a], [b]], max_new_tokens=32)
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from PIL import Image
+
+from llavatune.data.formats import IMAGE_TAG
+from llavatune.data.templates import Template, get_template
+from llavatune.inference.generate import GenerationConfig, clean, generate, prompt_text
+from llavatune.model import load as loadlib
+from llavatune.model.meta import template_name
+
+Turns = list[tuple[str, str]]
+
+
+class Model:
+    """A loaded model with its processor and conversation template."""
+
+    def __init__(self, model, processor, template: Template, device: torch.device, name: str):
+        self.model, self.processor, self.template, self.device, self.name = model, processor, template, device, name
+
+    def generate(self, conversations: list, images: list[list[Image.Image]] | None = None, **generation) -> list[str]:
+        """Answers for a batch (left-padded: greedy answers equal one-by-one answers). Each conversation is a
+        prompt string or a list of {"role", "content"} messages."""
+        images = images or [[] for _ in conversations]
+        turns = [as_turns(c, len(ims)) for c, ims in zip(conversations, images)]
+        return generate(self.model, self.processor, self.template, turns, images, GenerationConfig(**generation),
+                        self.device)
+
+    def chat(self, messages_or_prompt, images: list[Image.Image] | None = None, **generation) -> str:
+        return self.generate([messages_or_prompt], [list(images or [])], **generation)[0]
+
+    def stream(self, messages_or_prompt, images: list[Image.Image] | None = None, **generation) -> Iterator[str]:
+        """Yield the answer piece by piece as it is generated."""
+        from transformers import TextIteratorStreamer
+
+        images = list(images or [])
+        cfg = GenerationConfig(**generation)
+        tokenizer = self.processor.tokenizer
+        prompt = prompt_text(self.template, as_turns(messages_or_prompt, len(images)), tokenizer)
+        inputs = self.processor(images=images or None, text=[prompt], return_tensors="pt",
+                                add_special_tokens=self.template.style != "hf").to(self.device)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = [s for s in [*cfg.stop, self.template.stop] if s]
+        kwargs = dict(**inputs, streamer=streamer, max_new_tokens=cfg.max_new_tokens,
+                      pad_token_id=tokenizer.pad_token_id, stop_strings=stop or None, tokenizer=tokenizer)
+        if cfg.temperature > 0:
+            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+        else:
+            kwargs.update(do_sample=False)
+        if cfg.seed is not None:
+            torch.manual_seed(cfg.seed)
+        thread = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
+        thread.start()
+        yield from _until_stop(streamer, stop)
+        thread.join()
+
+
+def _until_stop(pieces, stop: list[str]) -> Iterator[str]:
+    """Pass text through up to the first stop string; hold back a tail that may be a stop string's start."""
+    buffer, emitted, stopped = "", 0, False
+    hold = max((len(s) for s in stop), default=1) - 1
+    for piece in pieces:
+        if stopped:
+            continue  # drain, so the generating thread can finish
+        buffer += piece
+        hits = [buffer.find(s) for s in stop if s in buffer]
+        end = min(hits) if hits else len(buffer) - hold
+        if end > emitted:
+            yield buffer[emitted:end]
+            emitted = end
+        stopped = bool(hits)
+    if not stopped and emitted < len(buffer):
+        yield buffer[emitted:]
+
+
+def as_turns(conversation, n_images: int) -> Turns:
+    """A prompt string or OpenAI-style messages (string contents) -> (role, text) turns; an image given without
+    an <image> tag is placed before the first user text, as LLaVA data does."""
+    if isinstance(conversation, str):
+        turns = [("user", conversation)]
+    else:
+        turns = [(m["role"], m["content"]) for m in conversation]
+    tags = sum(text.count(IMAGE_TAG) for _, text in turns)
+    if n_images and tags == 0:
+        first = next(i for i, (role, _) in enumerate(turns) if role == "user")
+        turns[first] = ("user", IMAGE_TAG * n_images + "\n" + turns[first][1])
+    return turns
+
+
+def load(path: str | Path, adapter: str | Path | None = None, load_4bit: bool = False, device: str = "auto",
+         dtype: str = "auto", template: str | None = None) -> Model:
+    """Load a llava-hf folder, a run (its final/ or newest checkpoint) or an adapter checkpoint."""
+    from llavatune.train import pick_device
+
+    dev = pick_device(device)
+    torch_dtype = (torch.bfloat16 if dev.type == "cuda" else torch.float32) if dtype == "auto" else loadlib.DTYPES[dtype]
+    model, processor = loadlib.load(path, adapter=adapter, dtype=torch_dtype, load_4bit=load_4bit, device=str(dev))
+    source = loadlib.resolve(adapter or path)
+    return Model(model, processor, get_template(template or template_name(source)), dev, Path(path).name)

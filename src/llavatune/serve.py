@@ -1,0 +1,292 @@
+"""Verb `serve`: one process with an OpenAI-compatible API and a web page comparing two models.
+
+    llavatune serve models/tiny --compare models/tiny-tuned --data data/val.json --images data
+
+- POST /v1/chat/completions (text and image_url parts as base64 data URIs; stream=true as server-sent events
+  ending with `data: [DONE]`; temperature, top_p, max_tokens, stop, seed), GET /v1/models, GET /health;
+- GET / : a page with two tabs: a dataset sample by index, or an uploaded image, answered by both models.
+Binds 127.0.0.1 unless told otherwise, caps image sizes, asks for the API key when one is set, queues
+requests so one model never runs two generations at once, and reads no file outside --images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import io
+import json
+import threading
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+
+try:  # the [serve] extra; a clear message when it is missing
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+except ImportError as err:  # pragma: no cover
+    raise ImportError("llavatune serve needs the serve extra: pip install 'llavatune[serve]'") from err
+
+from llavatune.errors import LlavatuneError
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    model: Path
+    compare: Path | None = None      # a second model (e.g. the fine-tuned one) for the side-by-side page
+    adapter: Path | None = None      # or: MODEL with this LoRA run as the second model
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None       # when set, requests need `Authorization: Bearer KEY`
+    max_image_mb: float = 10.0
+    allow_remote_images: bool = False
+    data: Path | None = None         # a dataset for the page's sample tab
+    images: Path | None = None       # its image folder; the only folder the server reads images from
+    load_4bit: bool = False
+    engine: str = "transformers"     # transformers | vllm (GPU, merged checkpoints)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclasses.dataclass
+class Slot:
+    """A loaded model and the lock that queues its generations."""
+    name: str
+    model: object
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+def load_slots(cfg: ServeConfig) -> dict[str, Slot]:
+    if cfg.engine != "transformers":
+        raise LlavatuneError("--engine vllm is not available in this build yet; use --engine transformers.")
+    from llavatune.inference.api import load
+
+    first = Slot(_label(cfg.model, "base" if (cfg.compare or cfg.adapter) else None),
+                 load(cfg.model, load_4bit=cfg.load_4bit))
+    slots = {first.name: first}
+    if cfg.compare is not None or cfg.adapter is not None:
+        second = load(cfg.compare or cfg.model, adapter=cfg.adapter, load_4bit=cfg.load_4bit)
+        slots["finetuned"] = Slot("finetuned", second)
+    return slots
+
+
+def _label(path: Path, fallback: str | None) -> str:
+    return fallback or Path(path).name
+
+
+def decode_image(url: str, cfg: ServeConfig):
+    """A data URI (or, when allowed, an http(s) URL) -> RGB image, within the size cap."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = int(cfg.max_image_mb * 2**20)
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        if ";base64" not in header:
+            raise ApiError(400, "image data URIs must be base64 encoded (data:image/png;base64,...)", param="image_url")
+        if len(payload) * 3 // 4 > limit:
+            raise ApiError(413, f"image larger than the {cfg.max_image_mb:g} MB limit", param="image_url")
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "image_url holds invalid base64", param="image_url") from None
+    elif url.startswith(("http://", "https://")):
+        if not cfg.allow_remote_images:
+            raise ApiError(400, "remote image URLs are refused; send a base64 data URI, or start the server with "
+                                "--allow-remote-images", param="image_url")
+        raw = _fetch(url, limit)
+    else:
+        raise ApiError(400, "image_url must be a base64 data URI (file paths are never read)", param="image_url")
+    if len(raw) > limit:
+        raise ApiError(413, f"image larger than the {cfg.max_image_mb:g} MB limit", param="image_url")
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        raise ApiError(400, "image_url does not hold a decodable image", param="image_url") from None
+
+
+def _fetch(url: str, limit: int) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (opt-in by --allow-remote-images)
+        raw = response.read(limit + 1)
+    return raw
+
+
+def parse_messages(body: dict, cfg: ServeConfig) -> tuple[list[dict], list]:
+    """OpenAI messages -> (messages with string contents and <image> tags, images)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list", param="messages")
+    out, images = [], []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
+            raise ApiError(400, f"messages[{i}] needs a role of system, user or assistant", param="messages")
+        content = msg.get("content")
+        if isinstance(content, str):
+            out.append({"role": msg["role"], "content": content})
+            continue
+        if not isinstance(content, list):
+            raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", param="messages")
+        text = ""
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                text += str(part.get("text", ""))
+            elif kind == "image_url":
+                url = (part.get("image_url") or {}).get("url", "")
+                images.append(decode_image(url, cfg))
+                text += "<image>\n"
+            else:
+                raise ApiError(400, f"messages[{i}] has a part of unknown type {kind!r}", param="messages")
+        out.append({"role": msg["role"], "content": text})
+    if out[-1]["role"] != "user":
+        raise ApiError(400, "the last message must come from the user", param="messages")
+    return out, images
+
+
+def generation_args(body: dict) -> dict:
+    args = {"max_new_tokens": int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
+            "temperature": float(body.get("temperature") or 0.0), "top_p": float(body.get("top_p") or 1.0)}
+    stop = body.get("stop")
+    if stop:
+        args["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("seed") is not None:
+        args["seed"] = int(body["seed"])
+    return args
+
+
+def create_app(cfg: ServeConfig, slots: dict[str, Slot]) -> FastAPI:
+    app = FastAPI(title="llavatune", docs_url=None, redoc_url=None)
+    default = next(iter(slots))
+
+    @app.exception_handler(ApiError)
+    async def api_error(_, err: ApiError):
+        return JSONResponse(err.body(), status_code=err.status)
+
+    def authorize(request: Request) -> None:
+        if cfg.api_key and request.headers.get("authorization") != f"Bearer {cfg.api_key}":
+            raise ApiError(401, "invalid or missing API key", kind="authentication_error", code="invalid_api_key")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": list(slots)}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        now = int(time.time())
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": now, "owned_by": "llavatune"}
+                                           for n in slots]}
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request):
+        authorize(request)
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        name = body.get("model") or default
+        if name not in slots:
+            raise ApiError(404, f"model '{name}' not found; available: {', '.join(slots)}", param="model",
+                           code="model_not_found")
+        messages, images = parse_messages(body, cfg)
+        args = generation_args(body)
+        slot = slots[name]
+        if body.get("stream"):
+            return StreamingResponse(_sse(slot, messages, images, args), media_type="text/event-stream")
+        text = await asyncio.to_thread(_locked, slot, lambda: slot.model.chat(messages, images=images, **args))
+        return _completion(name, text)
+
+    @app.get("/api/sample/{index}")
+    async def sample(index: int):
+        return _sample(cfg, index)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return (resources.files("llavatune") / "web" / "index.html").read_text()
+
+    return app
+
+
+def _locked(slot: Slot, fn):
+    with slot.lock:  # one generation at a time per model; others wait their turn
+        return fn()
+
+
+def _completion(name: str, text: str) -> dict:
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                        "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+
+async def _sse(slot: Slot, messages, images, args):
+    """OpenAI chunks: a role delta, content deltas, a finish chunk, then [DONE]."""
+    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def chunk(delta: dict, finish=None) -> str:
+        return "data: " + json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
+                                      "model": slot.name, "choices": [{"index": 0, "delta": delta,
+                                                                       "finish_reason": finish}]}) + "\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    queue: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def produce():
+        try:
+            for piece in slot.model.stream(messages, images=images, **args):
+                loop.call_soon_threadsafe(queue.put_nowait, piece)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    task = asyncio.create_task(asyncio.to_thread(_locked, slot, produce))
+    while (piece := await queue.get()) is not None:
+        yield chunk({"content": piece})
+    await task
+    yield chunk({}, "stop")
+    yield "data: [DONE]\n\n"
+
+
+def _sample(cfg: ServeConfig, index: int) -> dict:
+    from llavatune.data import images as imagelib
+    from llavatune.data.formats import read_records
+
+    if cfg.data is None:
+        raise ApiError(404, "no dataset: start the server with --data FILE --images DIR")
+    for i, record in enumerate(read_records(cfg.data)):
+        if i == index:
+            break
+    else:
+        raise ApiError(404, f"sample {index} is past the end of {cfg.data}")
+    image_uri = None
+    if record.images:
+        img = imagelib.load(record.images[0], cfg.images, record.source)  # stays inside --images
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        image_uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    user = [t for r, t in record.turns if r == "user"]
+    reference = record.turns[-1][1] if record.turns[-1][0] == "assistant" else ""
+    return {"index": index, "image": image_uri, "question": user[0].replace("<image>", "").strip() if user else "",
+            "reference": reference}
+
+
+def main(cfg: ServeConfig) -> None:
+    import uvicorn
+
+    slots = load_slots(cfg)
+    print(f"serving {', '.join(slots)} on http://{cfg.host}:{cfg.port}  (OpenAI API at /v1, page at /)")
+    uvicorn.run(create_app(cfg, slots), host=cfg.host, port=cfg.port, log_level="warning")

@@ -1,0 +1,153 @@
+"""The server over real HTTP on loopback: the OpenAI API (plain, streamed, with images), every error case,
+concurrency, the official openai client, and the page's endpoints."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import train_config
+from llavatune.serve import ServeConfig, create_app, load_slots
+from llavatune.train import main as train
+
+KEY = "test-key"
+
+
+def png_uri(colour=(200, 30, 30), size=48) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, shapes_data, tmp_path_factory):
+    import uvicorn
+
+    run = tmp_path_factory.mktemp("serve") / "run"
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=20", "lora.targets=all"))
+    cfg = ServeConfig(model=tiny_model_dir, adapter=run, api_key=KEY, max_image_mb=0.05,
+                      data=shapes_data / "qa.json", images=shapes_data)
+    app = create_app(cfg, load_slots(cfg))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def post(base, body, key=KEY, raw=None):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{base}/v1/chat/completions", headers=headers, content=raw if raw is not None
+                      else json.dumps(body), timeout=60)
+
+
+def user(*parts):
+    return {"messages": [{"role": "user", "content": list(parts)}], "max_tokens": 5}
+
+
+def test_models_and_health(server):
+    assert httpx.get(f"{server}/health").json()["models"] == ["base", "finetuned"]
+    data = httpx.get(f"{server}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    assert [m["id"] for m in data] == ["base", "finetuned"]
+
+
+def test_text_and_image_completions(server):
+    text = post(server, {"model": "base", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
+    assert text.status_code == 200 and text.json()["choices"][0]["message"]["role"] == "assistant"
+    image = post(server, {"model": "finetuned", **user({"type": "image_url", "image_url": {"url": png_uri()}},
+                                                       {"type": "text", "text": "What colour is the shape?"})})
+    assert image.status_code == 200
+    assert isinstance(image.json()["choices"][0]["message"]["content"], str)
+
+
+def test_streaming_is_openai_sse(server):
+    body = {"model": "finetuned", "stream": True, **user({"type": "image_url", "image_url": {"url": png_uri()}},
+                                                         {"type": "text", "text": "Which shape is it?"})}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      content=json.dumps(body), timeout=60) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    plain = post(server, {k: v for k, v in body.items() if k != "stream"}).json()["choices"][0]["message"]["content"]
+    assert streamed.strip() == plain
+
+
+@pytest.mark.parametrize("case,status", [
+    ("bad json", 400), ("no messages", 400), ("bad base64", 400), ("not an image", 400), ("too big", 413),
+    ("unknown model", 404), ("wrong key", 401), ("remote url", 400), ("file path", 400)])
+def test_errors_in_openai_shape(server, case, status):
+    image = lambda url: user({"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "hi"})  # noqa: E731
+    requests = {
+        "bad json": dict(raw=b"{not json"),
+        "no messages": dict(body={"model": "base"}),
+        "bad base64": dict(body=image("data:image/png;base64,@@@")),
+        "not an image": dict(body=image("data:image/png;base64," + base64.b64encode(b"hello").decode())),
+        "too big": dict(body=image(png_uri(size=400) + "A" * 80_000)),
+        "unknown model": dict(body={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
+        "wrong key": dict(body={"messages": [{"role": "user", "content": "hi"}]}, key="wrong"),
+        "remote url": dict(body=image("https://example.com/cat.png")),
+        "file path": dict(body=image("/etc/passwd")),
+    }
+    kwargs = requests[case]
+    response = post(server, kwargs.get("body"), key=kwargs.get("key", KEY), raw=kwargs.get("raw"))
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+
+
+def test_two_concurrent_requests_are_both_answered(server):
+    results = []
+
+    def ask():
+        results.append(post(server, {"model": "base", "messages": [{"role": "user", "content": "Hi"}],
+                                     "max_tokens": 8}).status_code)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200, 200]
+
+
+def test_official_openai_client(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server}/v1", api_key=KEY)
+    content = [{"type": "image_url", "image_url": {"url": png_uri()}}, {"type": "text", "text": "Colour?"}]
+    reply = client.chat.completions.create(model="finetuned", messages=[{"role": "user", "content": content}],
+                                           max_tokens=4, temperature=0)
+    assert reply.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "Hi"}],
+                                            max_tokens=4, stream=True)
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream]
+    assert len(pieces) >= 2
+    assert [m.id for m in client.models.list()] == ["base", "finetuned"]
+
+
+def test_page_and_sample_endpoint(server):
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200 and "Dataset sample" in page.text and "Upload an image" in page.text
+    sample = httpx.get(f"{server}/api/sample/0").json()
+    assert sample["image"].startswith("data:image/png;base64,") and sample["question"] and sample["reference"]
+    assert httpx.get(f"{server}/api/sample/100000").status_code == 404
