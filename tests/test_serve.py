@@ -151,3 +151,39 @@ def test_page_and_sample_endpoint(server):
     sample = httpx.get(f"{server}/api/sample/0").json()
     assert sample["image"].startswith("data:image/png;base64,") and sample["question"] and sample["reference"]
     assert httpx.get(f"{server}/api/sample/100000").status_code == 404
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def test_page_in_a_real_headless_browser(server, tmp_path):
+    """Load the page, upload an image, ask: both models answer. (.ci/run installs Debian's chromium.)"""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    image = tmp_path / "shape.png"
+    Image.new("RGB", (64, 64), (40, 80, 220)).save(image)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1100, "height": 700})
+        page.goto(server)
+        page.fill("#api_key", KEY)
+        page.click("#tab-upload-btn")
+        page.set_input_files("#file", str(image))
+        page.wait_for_function("document.getElementById('upload-image').src.startsWith('data:')")
+        page.fill("#question", "What colour is the shape?")
+        page.click("#ask")
+        page.wait_for_function("document.querySelectorAll('#upload-answers .answer').length == 2 && "
+                               "[...document.querySelectorAll('#upload-answers .text')].every(e => e.textContent != '…')",
+                               timeout=60_000)
+        answers = page.locator("#upload-answers .answer h3").all_inner_texts()
+        texts = page.locator("#upload-answers .text").all_inner_texts()
+        page.screenshot(path=str(tmp_path / "page.png"))
+        browser.close()
+    assert answers == ["base", "finetuned"]
+    assert all(not t.startswith("error") for t in texts)

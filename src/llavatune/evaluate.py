@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
 from llavatune.data.formats import Record, read_records
 from llavatune.errors import LlavatuneError
@@ -124,6 +125,7 @@ def main(cfg: EvalConfig) -> dict:
             predictions[label], params[label] = answer_all(model_path, adapter, items, cfg)
         result["models"][label] = score(predictions[label], items, cfg.metrics)
     write(cfg.out, items, predictions, result)
+    save_run_config(cfg.out, "eval", cfg, result=result)
     write_all(cfg.out, items, predictions, result, params, cfg.images)
     print_table(result)
     console.print(f"report: {cfg.out / 'report.html'} (and report.md, metrics.png, predictions.jsonl)")

@@ -168,7 +168,9 @@ def test_cli_train_with_a_shipped_recipe_name(tiny_model_dir, shapes_data, tmp_p
 
     with pytest.raises(SystemExit) as exit_info:
         cli(["train", "tiny-full", f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}",
-             f"images={shapes_data}", f"out={tmp_path / 'run'}", "steps=2", "save_every=0"])
+             f"images={shapes_data}", f"out={tmp_path / 'run'}", "steps=2", "save_every=0",
+             "report_to=[tensorboard]"])
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert exit_info.value.code in (0, None)
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "loss.png").is_file()

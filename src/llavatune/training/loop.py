@@ -105,7 +105,8 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
             else:
                 state.nonfinite_in_a_row = 0
             row = _metrics(state, loss, grad_norm, lr, window, started, device, dataset)
-            bar.set_postfix({k: row[k] for k in ("loss", "lr", "samples_per_s", "mem_gib") if k in row}, refresh=False)
+            bar.set_postfix({k: row[k] for k in ("loss", "lr", "samples_per_s", "tokens_per_s", "mem_gib") if k in row},
+                            refresh=False)
             bar.update(1)
             if state.step % plan.log_every == 0 or state.step == plan.steps:
                 logger.log(row)
