@@ -50,6 +50,8 @@ def test_doc_commands_run(doc, tiny_parts_dir, tmp_path, monkeypatch):
         argv = shlex.split(cmd)
         if argv[0] == "make":
             run_make(argv[1:], tmp_path)
+        elif argv[:2] == ["llavatune", "serve"]:
+            run_server(argv, doc)
         elif "|" in cmd:  # a pipeline: through the shell, with the installed console script
             env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
             result = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=env)
@@ -58,6 +60,32 @@ def test_doc_commands_run(doc, tiny_parts_dir, tmp_path, monkeypatch):
             with pytest.raises(SystemExit) as exit_info:
                 run(argv[1:])
             assert exit_info.value.code in (0, None), f"{doc.name}: `{cmd}` failed"
+
+
+def run_server(argv: list[str], doc: Path) -> None:
+    """A server runs until stopped: start it on a free port, wait for /health, stop it."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = str(Path(sys.executable).parent / "llavatune")
+    proc = subprocess.Popen([exe, *argv[1:], "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    assert r.status == 200
+                    return
+            except OSError:
+                assert proc.poll() is None, f"{doc.name}: `{' '.join(argv)}` exited: {proc.stderr.read()[-1500:]}"
+                time.sleep(0.25)
+        raise AssertionError(f"{doc.name}: `{' '.join(argv)}` did not answer /health within a minute")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def run_make(args: list[str], tmp_path: Path) -> None:
