@@ -73,7 +73,9 @@ def resolve_template_name(name: str, tokenizer) -> str:
 
 
 def load_parts(cfg: BuildConfig) -> compose.Parts:
-    dtype = None if cfg.dtype == "auto" else compose.DTYPES[cfg.dtype]
+    from llavatune.model.load import DTYPES
+
+    dtype = None if cfg.dtype == "auto" else DTYPES[cfg.dtype]
     with console.status(f"loading LLM {cfg.llm}"):
         llm, tokenizer = compose.load_llm(cfg.llm, dtype)
     with console.status(f"loading vision encoder {cfg.vision}"):

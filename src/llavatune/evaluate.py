@@ -68,9 +68,8 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
     from llavatune.data.templates import get_template
     from llavatune.model import load as loadlib
     from llavatune.model.meta import template_name
-    from llavatune.train import pick_device
 
-    device = pick_device(cfg.device)
+    device = loadlib.pick_device(cfg.device)
     model, processor = loadlib.load(model_path, adapter=adapter, device=str(device))
     source = loadlib.resolve(adapter or model_path)
     template = get_template(cfg.template or template_name(source))

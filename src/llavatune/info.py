@@ -15,24 +15,10 @@ from rich.table import Table
 from llavatune.config import read_run_config
 from llavatune.errors import LlavatuneError
 
-COMPONENTS = {  # parameter-name prefix -> component, for llava-hf checkpoints (transformers 4.5x and 5.x keys)
-    "model.vision_tower.": "vision", "vision_tower.": "vision",
-    "model.multi_modal_projector.": "projector", "multi_modal_projector.": "projector",
-    "model.language_model.": "llm", "language_model.": "llm", "lm_head.": "llm",
-}
-
-
 @dataclasses.dataclass
 class InfoConfig:
     model: Path
     json: bool = False  # print one JSON object instead of a table
-
-
-def component(name: str) -> str:
-    for prefix, comp in COMPONENTS.items():
-        if name.startswith(prefix):
-            return comp
-    return "other"
 
 
 def tensor_shapes(folder: Path) -> dict[str, tuple[list[int], str]]:
@@ -57,7 +43,9 @@ def describe(folder: Path) -> dict:
     if not config_path.is_file():
         raise LlavatuneError(f"{folder}: no config.json; give the folder of a llava-hf checkpoint.")
     config = json.loads(config_path.read_text())
-    counts: dict[str, int] = {"vision": 0, "projector": 0, "llm": 0, "other": 0}
+    from llavatune.model.trainable import component
+
+    counts: dict[str, int] = {"vision": 0, "projector": 0, "llm": 0}
     dtypes = set()
     for name, (shape, dtype) in tensor_shapes(folder).items():
         n = 1
@@ -72,7 +60,7 @@ def describe(folder: Path) -> dict:
     return {
         "path": str(folder), "architecture": (config.get("architectures") or ["?"])[0],
         "llm": text.get("model_type"), "vision": vision.get("model_type"),
-        "parameters": {"total": sum(counts.values()), **{k: v for k, v in counts.items() if v or k != "other"}},
+        "parameters": {"total": sum(counts.values()), **counts},
         "image_tokens": config.get("image_seq_length"), "image_size": vision.get("image_size"),
         "patch_size": vision.get("patch_size"), "feature_layer": config.get("vision_feature_layer"),
         "feature_select": config.get("vision_feature_select_strategy"),

@@ -71,17 +71,13 @@ def load_slots(cfg: ServeConfig) -> dict[str, Slot]:
         raise LlavatuneError("--engine vllm is not available in this build yet; use --engine transformers.")
     from llavatune.inference.api import load
 
-    first = Slot(_label(cfg.model, "base" if (cfg.compare or cfg.adapter) else None),
-                 load(cfg.model, load_4bit=cfg.load_4bit))
+    name = "base" if (cfg.compare or cfg.adapter) else Path(cfg.model).name
+    first = Slot(name, load(cfg.model, load_4bit=cfg.load_4bit))
     slots = {first.name: first}
     if cfg.compare is not None or cfg.adapter is not None:
         second = load(cfg.compare or cfg.model, adapter=cfg.adapter, load_4bit=cfg.load_4bit)
         slots["finetuned"] = Slot("finetuned", second)
     return slots
-
-
-def _label(path: Path, fallback: str | None) -> str:
-    return fallback or Path(path).name
 
 
 def decode_image(url: str, cfg: ServeConfig):

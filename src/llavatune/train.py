@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from typing import Literal
 
-import torch
 
 
 @dataclasses.dataclass
@@ -103,9 +102,4 @@ def total_steps(cfg: TrainConfig, n_batches_per_epoch: int) -> int:
         return cfg.steps
     return max(1, math.ceil(cfg.epochs * n_batches_per_epoch / cfg.grad_accum))
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 

@@ -166,7 +166,7 @@ def to_record(row: Any, where: str) -> Record:
     if "messages" in row:
         turns, images = _openai_turns(row["messages"], where)
     elif "conversations" in row:
-        turns = _llava_turns(row["conversations"], where)
+        turns = llava_turns(row["conversations"], where)
         images = _images_field(row, where)
     else:
         raise DataError(f"{where}: no 'conversations' (LLaVA/ShareGPT) or 'messages' (OpenAI) key; found keys "
@@ -175,7 +175,7 @@ def to_record(row: Any, where: str) -> Record:
                   raw=row)
 
 
-def _llava_turns(conversations: Any, where: str) -> list[tuple[str, str]]:
+def llava_turns(conversations: Any, where: str) -> list[tuple[str, str]]:
     if not isinstance(conversations, list) or not conversations:
         raise DataError(f"{where}: 'conversations' must be a non-empty list of turns.")
     turns = []

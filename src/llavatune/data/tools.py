@@ -191,7 +191,7 @@ def render_conversation(conversation_json: str, template_name: str, generation_p
                         model: Path | None = None) -> str:
     """The `data render` contract: a JSON list of {"from", "value"} turns -> the exact training text (or the
     generation prompt for the last assistant turn)."""
-    from llavatune.data.formats import _llava_turns
+    from llavatune.data.formats import llava_turns
     from llavatune.data.templates import get_template, render
 
     try:
@@ -204,4 +204,4 @@ def render_conversation(conversation_json: str, template_name: str, generation_p
     if model is not None:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(model)
-    return render(get_template(template_name), _llava_turns(turns, "<stdin>"), generation_prompt, tokenizer)
+    return render(get_template(template_name), llava_turns(turns, "<stdin>"), generation_prompt, tokenizer)

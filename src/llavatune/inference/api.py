@@ -102,9 +102,7 @@ def as_turns(conversation, n_images: int) -> Turns:
 def load(path: str | Path, adapter: str | Path | None = None, load_4bit: bool = False, device: str = "auto",
          dtype: str = "auto", template: str | None = None) -> Model:
     """Load a llava-hf folder, a run (its final/ or newest checkpoint) or an adapter checkpoint."""
-    from llavatune.train import pick_device
-
-    dev = pick_device(device)
+    dev = loadlib.pick_device(device)
     torch_dtype = (torch.bfloat16 if dev.type == "cuda" else torch.float32) if dtype == "auto" else loadlib.DTYPES[dtype]
     model, processor = loadlib.load(path, adapter=adapter, dtype=torch_dtype, load_4bit=load_4bit, device=str(dev))
     source = loadlib.resolve(adapter or path)

@@ -30,9 +30,6 @@ from llavatune.data.templates import Template, to_jinja
 from llavatune.errors import LlavatuneError
 from llavatune.model.tokens import add_llava_tokens
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 @dataclasses.dataclass(frozen=True)
 class Projector:
     """A projector spec: 'linear' or 'mlp2x_gelu' (Linear -> GELU -> Linear, LLaVA-1.5)."""

@@ -20,6 +20,13 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def pick_device(name: str) -> torch.device:
+    """'auto' -> the GPU when there is one, else the CPU; anything else as torch spells it ('cuda:1')."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def resolve(path: Path | str) -> Path:
     """A run folder -> its final/ or newest complete checkpoint; anything else unchanged."""
     from llavatune.training.checkpoint import latest

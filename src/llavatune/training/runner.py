@@ -16,7 +16,7 @@ from llavatune.errors import LlavatuneError
 from llavatune.model import load as loadlib
 from llavatune.model import trainable
 from llavatune.model.meta import template_name
-from llavatune.train import TrainConfig, data_manifest, pick_device, total_steps
+from llavatune.train import TrainConfig, data_manifest, total_steps
 from llavatune.training import checkpoint, loop
 from llavatune.training.logging import RunLogger
 from llavatune.training.optim import build_optimizer, build_scheduler
@@ -28,7 +28,7 @@ PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float1
 class Run:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.out = cfg, Path(cfg.out)
-        self.device = pick_device(cfg.device)
+        self.device = loadlib.pick_device(cfg.device)
         self.dtype = PRECISION[cfg.precision]
 
     def execute(self) -> Path:
