@@ -104,6 +104,26 @@ def merge(
                                                              overwrite=overwrite or None)))
 
 
+@app.command(epilog="Examples:\n\n  llavatune convert llava-v1.5-7b models/llava15-7b-hf\n\n"
+             "  llavatune convert mm_projector.bin models/stage1 --from llava-projector --model-base LLM --vision CLIP\n\n"
+             "  llavatune convert models/llava15-7b-hf exported/llava-v1.5-7b --to llava")
+def convert(
+    src: Path = typer.Argument(..., help="checkpoint folder (or a stage-1 mm_projector.bin)"),
+    dst: Path = typer.Argument(..., help="folder to write"),
+    from_: Optional[str] = typer.Option(None, "--from", help="auto (default) | llava | llava-projector | hf"),
+    to: Optional[str] = typer.Option(None, help="hf (default) | llava (the original repository's layout)"),
+    model_base: Optional[str] = typer.Option(None, help="the LLM a projector-only checkpoint was trained on"),
+    vision: Optional[str] = typer.Option(None, help="vision encoder folder; overrides mm_vision_tower"),
+    template: Optional[str] = typer.Option(None, help="chat template of the result (default vicuna_v1)"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+):
+    """Convert between the original LLaVA layout and llava-hf (auto-detected from the files)."""
+    from llavatune import convert as verb
+    verb.main(cfglib.load(verb.ConvertConfig, None, None, dict(
+        src=src, dst=dst, src_format=from_, to=to, model_base=model_base, vision=vision, template=template,
+        overwrite=overwrite or None)))
+
+
 @app.command("eval", epilog="Example:\n\n  llavatune eval models/tiny --compare models/tiny-tuned "
              "--data data/val.json --images data --out runs/eval")
 def eval_(

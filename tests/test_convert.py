@@ -1,0 +1,158 @@
+"""Original LLaVA <-> llava-hf: the converted model gives the logits of a reference forward written here from
+the original recipe (CLIP hidden_states[-2], drop CLS, projector, features spliced at the image position, Llama
+forward), for linear and mlp2x_gelu projectors, with and without pad; projector-only inputs; round trips."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoProcessor, CLIPVisionModel, LlamaForCausalLM, LlavaForConditionalGeneration
+
+from llavatune.convert import ConvertConfig, detect, main
+from llavatune.errors import LlavatuneError
+
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+STD = np.array([0.26862954, 0.26130258, 0.27577711])
+
+
+def projector_weights(kind, vision_hidden=32, hidden=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "linear":
+        return {"model.mm_projector.weight": torch.randn(hidden, vision_hidden, generator=g) * 0.2,
+                "model.mm_projector.bias": torch.randn(hidden, generator=g) * 0.1}
+    return {"model.mm_projector.0.weight": torch.randn(hidden, vision_hidden, generator=g) * 0.2,
+            "model.mm_projector.0.bias": torch.randn(hidden, generator=g) * 0.1,
+            "model.mm_projector.2.weight": torch.randn(hidden, hidden, generator=g) * 0.2,
+            "model.mm_projector.2.bias": torch.randn(hidden, generator=g) * 0.1}
+
+
+def write_original(folder, parts, kind, aspect, shards=False):
+    """A tiny original-format checkpoint: Llama weights + mm_projector, the tower named by mm_vision_tower."""
+    folder.mkdir()
+    llm_dir, clip_dir = parts / "llm-llama", parts / "vision-clip"
+    llm = LlamaForCausalLM.from_pretrained(llm_dir)
+    weights = {**{k: v.clone() for k, v in llm.state_dict().items()}, **projector_weights(kind)}
+    config = {**json.loads((llm_dir / "config.json").read_text()), "architectures": ["LlavaLlamaForCausalLM"],
+              "model_type": "llava_llama", "mm_vision_tower": str(clip_dir), "mm_hidden_size": 32,
+              "mm_projector_type": kind, "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
+              "image_aspect_ratio": aspect, "mm_use_im_start_end": False, "mm_use_im_patch_token": False}
+    (folder / "config.json").write_text(json.dumps(config))
+    if shards:  # pytorch_model-0000N-of-00002.bin with an index, as the original repo saves
+        names = sorted(weights)
+        halves = [names[: len(names) // 2], names[len(names) // 2:]]
+        index = {}
+        for i, half in enumerate(halves, 1):
+            shard = f"pytorch_model-0000{i}-of-00002.bin"
+            torch.save({k: weights[k] for k in half}, folder / shard)
+            index.update({k: shard for k in half})
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": index}))
+    else:
+        save_file(weights, folder / "model.safetensors")
+    for f in llm_dir.glob("tokenizer*"):
+        shutil.copy(f, folder / f.name)
+    return folder, weights
+
+
+def reference_pixels(image: Image.Image, pad: bool, size=32) -> torch.Tensor:
+    """LLaVA: expand2square with the mean colour (when pad), then CLIP's resize + centre crop + normalise."""
+    if pad and image.width != image.height:
+        side = max(image.size)
+        square = Image.new("RGB", (side, side), tuple(int(x * 255) for x in MEAN))
+        square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+        image = square
+    image = image.resize((size, size), Image.BICUBIC)
+    arr = (np.asarray(image, dtype=np.float64) / 255.0 - MEAN) / STD
+    return torch.tensor(arr.transpose(2, 0, 1), dtype=torch.float32)[None]
+
+
+def reference_logits(weights, parts, kind, pixels, before, after):
+    llm = LlamaForCausalLM.from_pretrained(parts / "llm-llama").eval()
+    llm.load_state_dict({k: v for k, v in weights.items() if "mm_projector" not in k})
+    tower = CLIPVisionModel.from_pretrained(parts / "vision-clip").eval()
+    feats = tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]  # drop CLS
+    if kind == "linear":
+        proj = torch.nn.Linear(32, 64)
+        proj.load_state_dict({"weight": weights["model.mm_projector.weight"], "bias": weights["model.mm_projector.bias"]})
+    else:
+        proj = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 64))
+        proj.load_state_dict({k.removeprefix("model.mm_projector."): v for k, v in weights.items() if "mm_projector" in k})
+    embed = llm.get_input_embeddings()
+    embeds = torch.cat([embed(torch.tensor(before)), proj(feats)[0], embed(torch.tensor(after))])
+    return llm(inputs_embeds=embeds[None]).logits
+
+
+@pytest.mark.parametrize("kind,aspect,shards", [("mlp2x_gelu", "pad", False), ("linear", "pad", True),
+                                                ("mlp2x_gelu", "square", False), ("linear", "square", False)])
+def test_converted_logits_match_the_original_recipe(tiny_parts_dir, tmp_path, kind, aspect, shards):
+    src, weights = write_original(tmp_path / "orig", tiny_parts_dir, kind, aspect, shards)
+    assert detect(src) == "llava"
+    out = main(ConvertConfig(src=src, dst=tmp_path / "hf"))
+    model = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8))
+    if aspect == "square":
+        image = image.resize((40, 40))
+    pixels = reference_pixels(image, pad=aspect == "pad")
+    assert torch.allclose(processor.image_processor(image, return_tensors="pt")["pixel_values"], pixels, atol=1e-5)
+    tok = processor.tokenizer
+    before = [tok.bos_token_id, *tok("USER: ", add_special_tokens=False).input_ids]
+    after = tok("\nWhat is it? ASSISTANT:", add_special_tokens=False).input_ids
+    ids = torch.tensor([before + [model.config.image_token_id] * 16 + after])
+    with torch.no_grad():
+        ours = model(input_ids=ids, pixel_values=pixels).logits
+        ref = reference_logits(weights, tiny_parts_dir, kind, pixels, before, after)
+    vocab = ref.shape[-1]  # the converted model adds <image> and <pad> rows after the original vocabulary
+    assert torch.allclose(ours[..., :vocab], ref, atol=1e-4)
+    assert str(tiny_parts_dir) not in (out / "config.json").read_text()  # the tower now lives inside
+
+
+def test_round_trip_hf_to_llava_to_hf_keeps_logits(tiny_parts_dir, tmp_path, rgb_image):
+    src, _ = write_original(tmp_path / "orig", tiny_parts_dir, "mlp2x_gelu", "pad")
+    first = main(ConvertConfig(src=src, dst=tmp_path / "hf1"))
+    exported = main(ConvertConfig(src=first, dst=tmp_path / "orig2", to="llava"))
+    config = json.loads((exported / "config.json").read_text())
+    assert config["mm_vision_tower"] == "vision_tower" and (exported / "vision_tower" / "config.json").is_file()
+    assert detect(exported) == "llava"
+    second = main(ConvertConfig(src=exported, dst=tmp_path / "hf2"))
+    inputs = AutoProcessor.from_pretrained(first)(images=rgb_image, text="<image>\nWhat is it?", return_tensors="pt")
+    with torch.no_grad():
+        a = LlavaForConditionalGeneration.from_pretrained(first).eval()(**inputs).logits
+        b = LlavaForConditionalGeneration.from_pretrained(second).eval()(**inputs).logits
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_projector_only_checkpoint(tiny_parts_dir, tmp_path, rgb_image):
+    projector = tmp_path / "mm_projector.bin"
+    torch.save(projector_weights("mlp2x_gelu"), projector)
+    assert detect(projector) == "llava-projector"
+    out = main(ConvertConfig(src=projector, dst=tmp_path / "hf", model_base=str(tiny_parts_dir / "llm-llama"),
+                             vision=str(tiny_parts_dir / "vision-clip")))
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    assert torch.equal(model.model.multi_modal_projector.linear_2.weight,
+                       projector_weights("mlp2x_gelu")["model.mm_projector.2.weight"])
+    with pytest.raises(LlavatuneError, match="needs --model-base"):
+        main(ConvertConfig(src=projector, dst=tmp_path / "x"))
+
+
+def test_bad_inputs_name_the_file_and_shape(tiny_parts_dir, tmp_path):
+    src, _ = write_original(tmp_path / "orig", tiny_parts_dir, "mlp2x_gelu", "pad", shards=True)
+    (src / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(LlavatuneError, match="shard pytorch_model-00002-of-00002.bin listed in .* is missing"):
+        main(ConvertConfig(src=src, dst=tmp_path / "a"))
+    wrong = tmp_path / "wrong.bin"
+    torch.save(projector_weights("mlp2x_gelu", vision_hidden=48), wrong)
+    with pytest.raises(LlavatuneError, match=r"shape \(64, 48\); this LLM and encoder need \(64, 32\)"):
+        main(ConvertConfig(src=wrong, dst=tmp_path / "b", model_base=str(tiny_parts_dir / "llm-llama"),
+                           vision=str(tiny_parts_dir / "vision-clip")))
+    gone, _ = write_original(tmp_path / "gone", tiny_parts_dir, "linear", "pad")
+    config = json.loads((gone / "config.json").read_text())
+    config["mm_vision_tower"] = "/nowhere/clip-vit"
+    (gone / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LlavatuneError, match="override it with --vision"):
+        main(ConvertConfig(src=gone, dst=tmp_path / "c"))
