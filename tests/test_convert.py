@@ -156,3 +156,43 @@ def test_bad_inputs_name_the_file_and_shape(tiny_parts_dir, tmp_path):
     (gone / "config.json").write_text(json.dumps(config))
     with pytest.raises(LlavatuneError, match="override it with --vision"):
         main(ConvertConfig(src=gone, dst=tmp_path / "c"))
+
+
+def test_lora_run_with_its_base(tiny_parts_dir, tmp_path):
+    """adapter_model.bin + non_lora_trainables.bin + --model-base -> a merged llava-hf model."""
+    run = tmp_path / "lora-run"
+    run.mkdir()
+    base = tiny_parts_dir / "llm-llama"
+    llm = LlamaForCausalLM.from_pretrained(base)
+    config = {**json.loads((base / "config.json").read_text()), "architectures": ["LlavaLlamaForCausalLM"],
+              "mm_vision_tower": str(tiny_parts_dir / "vision-clip"), "mm_projector_type": "mlp2x_gelu",
+              "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad"}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "peft_type": "LORA",
+                                                         "target_modules": ["q_proj", "v_proj"]}))
+    g = torch.Generator().manual_seed(3)
+    lora, merged = {}, {k: v.clone() for k, v in llm.state_dict().items()}
+    for layer in range(2):
+        for name, out_features in (("q_proj", 64), ("v_proj", 32)):
+            module = f"model.layers.{layer}.self_attn.{name}"
+            a, b = torch.randn(4, 64, generator=g) * 0.1, torch.randn(out_features, 4, generator=g) * 0.1
+            lora[f"base_model.model.{module}.lora_A.weight"] = a
+            lora[f"base_model.model.{module}.lora_B.weight"] = b
+            merged[f"{module}.weight"] = merged[f"{module}.weight"] + 2.0 * b @ a
+    torch.save(lora, run / "adapter_model.bin")
+    projector = projector_weights("mlp2x_gelu")
+    torch.save({f"base_model.model.{k}": v for k, v in projector.items()}, run / "non_lora_trainables.bin")
+    assert detect(run) == "llava-lora"
+    with pytest.raises(LlavatuneError, match="needs its base LLM, --model-base"):
+        main(ConvertConfig(src=run, dst=tmp_path / "x"))
+    out = main(ConvertConfig(src=run, dst=tmp_path / "hf", model_base=str(base)))
+    model = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    tok = AutoProcessor.from_pretrained(out).tokenizer
+    pixels = reference_pixels(Image.new("RGB", (30, 20), (10, 120, 200)), pad=True)
+    before, after = [tok.bos_token_id, *tok("USER: ", add_special_tokens=False).input_ids], tok(
+        "\nWhat? ASSISTANT:", add_special_tokens=False).input_ids
+    ids = torch.tensor([before + [model.config.image_token_id] * 16 + after])
+    with torch.no_grad():
+        ours = model(input_ids=ids, pixel_values=pixels).logits
+        ref = reference_logits({**merged, **projector}, tiny_parts_dir, "mlp2x_gelu", pixels, before, after)
+    assert torch.allclose(ours[..., : ref.shape[-1]], ref, atol=1e-4)

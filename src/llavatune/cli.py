@@ -110,7 +110,7 @@ def merge(
 def convert(
     src: Path = typer.Argument(..., help="checkpoint folder (or a stage-1 mm_projector.bin)"),
     dst: Path = typer.Argument(..., help="folder to write"),
-    from_: Optional[str] = typer.Option(None, "--from", help="auto (default) | llava | llava-projector | hf"),
+    from_: Optional[str] = typer.Option(None, "--from", help="auto (default) | llava | llava-lora | llava-projector | hf"),
     to: Optional[str] = typer.Option(None, help="hf (default) | llava (the original repository's layout)"),
     model_base: Optional[str] = typer.Option(None, help="the LLM a projector-only checkpoint was trained on"),
     vision: Optional[str] = typer.Option(None, help="vision encoder folder; overrides mm_vision_tower"),

@@ -1,6 +1,7 @@
 """Verb `convert`: original LLaVA checkpoints <-> llava-hf, verified by logits.
 
     llavatune convert llava-v1.5-7b models/llava15-7b-hf                       # --from auto detects the layout
+    llavatune convert llava-v1.5-7b-lora models/merged --model-base lmsys/vicuna-7b-v1.5
     llavatune convert checkpoints/mm_projector.bin models/stage1 --from llava-projector --model-base vicuna --vision clip
     llavatune convert models/llava15-7b-hf exported/llava-v1.5-7b --to llava
 
@@ -34,9 +35,9 @@ MM_KEYS = ("mm_", "image_aspect_ratio", "tune_mm", "freeze_mm", "unfreeze_mm", "
 class ConvertConfig:
     src: Path
     dst: Path
-    src_format: Literal["auto", "llava", "llava-projector", "hf"] = "auto"
+    src_format: Literal["auto", "llava", "llava-lora", "llava-projector", "hf"] = "auto"
     to: Literal["hf", "llava"] = "hf"
-    model_base: str | None = None    # the LLM a projector-only checkpoint was trained on
+    model_base: str | None = None    # the LLM a LoRA or projector-only checkpoint was trained on
     vision: str | None = None        # overrides mm_vision_tower (a folder or hub id)
     template: str = "vicuna_v1"      # LLaVA-1.5's
     overwrite: bool = False
@@ -54,6 +55,8 @@ def detect(src: Path) -> str:
         raise LlavatuneError(f"{src}: no config.json; expected a checkpoint folder.")
     config = json.loads(config_path.read_text())
     archs = config.get("architectures") or []
+    if (src / "adapter_config.json").is_file() and (src / "non_lora_trainables.bin").is_file():
+        return "llava-lora"
     if any(a in ORIGINAL_ARCHS for a in archs) or "mm_vision_tower" in config:
         return "llava"
     if "LlavaForConditionalGeneration" in archs or config.get("model_type") == "llava":
@@ -71,7 +74,7 @@ def main(cfg: ConvertConfig) -> Path:
         return to_llava(cfg)
     if kind == "hf":
         raise LlavatuneError(f"{cfg.src} is already a llava-hf checkpoint.")
-    return from_llava(cfg, projector_only=kind == "llava-projector")
+    return from_llava(cfg, kind)
 
 
 # --- original -> llava-hf ------------------------------------------------------------------------------
@@ -142,7 +145,34 @@ def _llm_from_original(src: Path, config: dict, weights: dict[str, torch.Tensor]
         return AutoModelForCausalLM.from_pretrained(tmp, dtype=next(iter(llm_weights.values())).dtype)
 
 
-def from_llava(cfg: ConvertConfig, projector_only: bool) -> Path:
+def merged_lora_weights(src: Path, base: str) -> dict[str, torch.Tensor]:
+    """An original LoRA run (adapter_model.* + non_lora_trainables.bin) folded into its base LLM's weights:
+    W += (alpha / r) * B @ A (alpha / sqrt(r) with rslora), plus the projector from non_lora_trainables."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = json.loads((src / "adapter_config.json").read_text())
+    files = [f for f in (src / "adapter_model.safetensors", src / "adapter_model.bin") if f.is_file()]
+    if not files:
+        raise LlavatuneError(f"{src}: adapter_config.json but no adapter_model.safetensors or adapter_model.bin.")
+    lora = {k.removeprefix("base_model.model."): v for k, v in _read_weights(files[:1]).items()}
+    weights = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict().items()}
+    r, alpha = adapter["r"], adapter["lora_alpha"]
+    scale = alpha / (r ** 0.5) if adapter.get("use_rslora") else alpha / r
+    for key, a in lora.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.split(".lora_A.")[0]
+        b = lora[key.replace(".lora_A.", ".lora_B.")]
+        target = f"{module}.weight"
+        if target not in weights:
+            raise LlavatuneError(f"{src}: LoRA module {module} has no weight in the base {base}; wrong --model-base?")
+        weights[target] = weights[target] + scale * (b.float() @ a.float())
+    extra = _read_weights([src / "non_lora_trainables.bin"])
+    weights.update({k.removeprefix("base_model.model."): v for k, v in extra.items()})
+    return weights
+
+
+def from_llava(cfg: ConvertConfig, kind: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llavatune.data.templates import get_template
@@ -151,7 +181,10 @@ def from_llava(cfg: ConvertConfig, projector_only: bool) -> Path:
 
     check_out_dir(cfg.dst, cfg.overwrite)
     src = Path(cfg.src)
-    if projector_only:
+    if kind == "llava-lora" and not cfg.model_base:
+        raise LlavatuneError(f"{src} is a LoRA run: it needs its base LLM, --model-base FOLDER (the LLM it was "
+                             "trained on, e.g. lmsys/vicuna-7b-v1.5).")
+    if kind == "llava-projector":
         if not cfg.model_base or not cfg.vision:
             raise LlavatuneError("--from llava-projector needs --model-base LLM and --vision ENCODER (the stage-1 "
                                  "checkpoint holds only the projector).")
@@ -160,9 +193,10 @@ def from_llava(cfg: ConvertConfig, projector_only: bool) -> Path:
         tokenizer, config = AutoTokenizer.from_pretrained(cfg.model_base), {"image_aspect_ratio": "pad"}
     else:
         config = json.loads((src / "config.json").read_text())
-        weights = _read_weights(weight_files(src))
+        weights = merged_lora_weights(src, cfg.model_base) if kind == "llava-lora" else _read_weights(weight_files(src))
         llm = _llm_from_original(src, config, weights)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model_base or src)
+        has_tokenizer = any(src.glob("tokenizer*"))
+        tokenizer = AutoTokenizer.from_pretrained(src if has_tokenizer else cfg.model_base)
     name, projector_weights = projector_spec(weights)
     vision_ref = cfg.vision or _vision_ref(src, config)
     try:
