@@ -71,10 +71,10 @@ def reference_pixels(image: Image.Image, pad: bool, size=32) -> torch.Tensor:
     return torch.tensor(arr.transpose(2, 0, 1), dtype=torch.float32)[None]
 
 
-def reference_logits(weights, parts, kind, pixels, before, after):
+def reference_logits(weights, parts, kind, pixels, before, after, tower=None):
     llm = LlamaForCausalLM.from_pretrained(parts / "llm-llama").eval()
     llm.load_state_dict({k: v for k, v in weights.items() if "mm_projector" not in k})
-    tower = CLIPVisionModel.from_pretrained(parts / "vision-clip").eval()
+    tower = (tower or CLIPVisionModel.from_pretrained(parts / "vision-clip")).eval()
     feats = tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]  # drop CLS
     if kind == "linear":
         proj = torch.nn.Linear(32, 64)
@@ -158,14 +158,14 @@ def test_bad_inputs_name_the_file_and_shape(tiny_parts_dir, tmp_path):
         main(ConvertConfig(src=gone, dst=tmp_path / "c"))
 
 
-def test_lora_run_with_its_base(tiny_parts_dir, tmp_path):
-    """adapter_model.bin + non_lora_trainables.bin + --model-base -> a merged llava-hf model."""
-    run = tmp_path / "lora-run"
+def write_lora_run(run, parts):
+    """An original LLaVA LoRA run: config.json, adapter_config.json, adapter_model.bin (q/v LoRA, r 4, alpha 8)
+    and non_lora_trainables.bin (the projector). Returns the merged LLM weights and the projector."""
     run.mkdir()
-    base = tiny_parts_dir / "llm-llama"
+    base = parts / "llm-llama"
     llm = LlamaForCausalLM.from_pretrained(base)
     config = {**json.loads((base / "config.json").read_text()), "architectures": ["LlavaLlamaForCausalLM"],
-              "mm_vision_tower": str(tiny_parts_dir / "vision-clip"), "mm_projector_type": "mlp2x_gelu",
+              "mm_vision_tower": str(parts / "vision-clip"), "mm_projector_type": "mlp2x_gelu",
               "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad"}
     (run / "config.json").write_text(json.dumps(config))
     (run / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "peft_type": "LORA",
@@ -182,6 +182,13 @@ def test_lora_run_with_its_base(tiny_parts_dir, tmp_path):
     torch.save(lora, run / "adapter_model.bin")
     projector = projector_weights("mlp2x_gelu")
     torch.save({f"base_model.model.{k}": v for k, v in projector.items()}, run / "non_lora_trainables.bin")
+    return merged, projector
+
+
+def test_lora_run_with_its_base(tiny_parts_dir, tmp_path):
+    """adapter_model.bin + non_lora_trainables.bin + --model-base -> a merged llava-hf model."""
+    run, base = tmp_path / "lora-run", tiny_parts_dir / "llm-llama"
+    merged, projector = write_lora_run(run, tiny_parts_dir)
     assert detect(run) == "llava-lora"
     with pytest.raises(LlavatuneError, match="needs its base LLM, --model-base"):
         main(ConvertConfig(src=run, dst=tmp_path / "x"))
@@ -195,4 +202,57 @@ def test_lora_run_with_its_base(tiny_parts_dir, tmp_path):
     with torch.no_grad():
         ours = model(input_ids=ids, pixel_values=pixels).logits
         ref = reference_logits({**merged, **projector}, tiny_parts_dir, "mlp2x_gelu", pixels, before, after)
+    assert torch.allclose(ours[..., : ref.shape[-1]], ref, atol=1e-4)
+
+    # --keep-adapter: the base plus a PEFT adapter that gives the same logits once attached
+    from llavatune.model import load as loadlib
+
+    kept = main(ConvertConfig(src=run, dst=tmp_path / "kept", model_base=str(base), keep_adapter=True))
+    attached, _ = loadlib.load(kept / "adapter")
+    with torch.no_grad():
+        via_adapter = attached(input_ids=ids, pixel_values=pixels).logits
+    assert torch.allclose(via_adapter, ours, atol=1e-4)
+    targets = json.loads((kept / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert targets and all(t.startswith("model.language_model.") for t in targets)
+
+
+def test_xtuner_checkpoint_with_llm_and_vit_lora(tiny_parts_dir, tmp_path):
+    """An xtuner LLaVA .pth: projector.model.{0,2}, LLM LoRA (llm.base_model.model.*) and ViT LoRA
+    (visual_encoder.base_model.model.vision_model.*), folded with alpha / r."""
+    base, clip = tiny_parts_dir / "llm-llama", tiny_parts_dir / "vision-clip"
+    llm = LlamaForCausalLM.from_pretrained(base)
+    tower = CLIPVisionModel.from_pretrained(clip)
+    g = torch.Generator().manual_seed(5)
+    state, llm_merged, vit_merged = {}, {k: v.clone() for k, v in llm.state_dict().items()}, {
+        k: v.clone() for k, v in tower.state_dict().items()}
+    r, alpha = 4, 16.0
+    for layer in range(2):
+        module = f"model.layers.{layer}.self_attn.q_proj"
+        a, b = torch.randn(r, 64, generator=g) * 0.1, torch.randn(64, r, generator=g) * 0.1
+        state[f"llm.base_model.model.{module}.lora_A.weight"] = a
+        state[f"llm.base_model.model.{module}.lora_B.weight"] = b
+        llm_merged[f"{module}.weight"] += alpha / r * b @ a
+        vit = f"encoder.layers.{layer}.self_attn.v_proj"
+        a, b = torch.randn(r, 32, generator=g) * 0.1, torch.randn(32, r, generator=g) * 0.1
+        state[f"visual_encoder.base_model.model.vision_model.{vit}.lora_A.weight"] = a
+        state[f"visual_encoder.base_model.model.vision_model.{vit}.lora_B.weight"] = b
+        vit_merged[f"{vit}.weight"] += alpha / r * b @ a
+    projector = projector_weights("mlp2x_gelu")
+    state.update({k.replace("model.mm_projector.", "projector.model."): v for k, v in projector.items()})
+    pth = tmp_path / "iter_100.pth"
+    torch.save({"state_dict": state, "meta": {"iter": 100}}, pth)
+    assert detect(pth) == "xtuner"
+    with pytest.raises(LlavatuneError, match="pass --lora-alpha"):
+        main(ConvertConfig(src=pth, dst=tmp_path / "x", model_base=str(base), vision=str(clip)))
+    out = main(ConvertConfig(src=pth, dst=tmp_path / "hf", model_base=str(base), vision=str(clip), lora_alpha=alpha))
+    model = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    tok = AutoProcessor.from_pretrained(out).tokenizer
+    pixels = reference_pixels(Image.new("RGB", (20, 30), (200, 120, 10)), pad=True)
+    before, after = [tok.bos_token_id], tok("\nWhat?", add_special_tokens=False).input_ids
+    ids = torch.tensor([before + [model.config.image_token_id] * 16 + after])
+    tower.load_state_dict(vit_merged)
+    with torch.no_grad():
+        ours = model(input_ids=ids, pixel_values=pixels).logits
+        ref = reference_logits({**llm_merged, **projector}, tiny_parts_dir, "mlp2x_gelu", pixels, before, after,
+                               tower=tower)
     assert torch.allclose(ours[..., : ref.shape[-1]], ref, atol=1e-4)

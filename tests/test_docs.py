@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 STAND_INS = {  # hub id -> tiny folder name in the tiny_parts_dir fixture
     "Qwen/Qwen1.5-4B-Chat": "llm-qwen2",
+    "lmsys/vicuna-7b-v1.5": "llm-llama",
     "openai/clip-vit-large-patch14-336": "vision-clip-dual",
 }
 
@@ -30,8 +31,19 @@ def commands(doc: Path) -> list[str]:
     return [line for line in lines if line.startswith(("llavatune ", "make ", "echo "))]
 
 
-def stand_in_files(folder: Path) -> None:
-    """Small files under the names the docs use for real datasets."""
+def stand_in_files(folder: Path, parts: Path) -> None:
+    """Small files under the names the docs use for real datasets and checkpoints."""
+    import torch
+    from test_convert import projector_weights, write_lora_run, write_original
+
+    write_original(folder / "llava-v1.5-7b", parts, "mlp2x_gelu", "pad")
+    write_lora_run(folder / "llava-v1.5-7b-lora", parts)
+    torch.save(projector_weights("mlp2x_gelu"), folder / "mm_projector.bin")
+    g = torch.Generator().manual_seed(0)
+    xtuner = {k.replace("model.mm_projector.", "projector.model."): v for k, v in projector_weights("mlp2x_gelu").items()}
+    xtuner["llm.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = torch.randn(4, 64, generator=g)
+    xtuner["llm.base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"] = torch.zeros(64, 4)
+    torch.save({"state_dict": xtuner}, folder / "iter_5000.pth")
     rows = [{"id": str(i), "image": f"{'textvqa/train_images' if i % 3 else 'coco/train2017'}/{i}.jpg",
              "conversations": [{"from": "human", "value": "<image>\nWhat does it say?"},
                                {"from": "gpt", "value": f"word{i}"}]} for i in range(3000)]
@@ -41,7 +53,7 @@ def stand_in_files(folder: Path) -> None:
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
 def test_doc_commands_run(doc, tiny_parts_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    stand_in_files(tmp_path)
+    stand_in_files(tmp_path, tiny_parts_dir)
     cmds = commands(doc)
     assert cmds or doc.name != "README.md"
     for cmd in cmds:

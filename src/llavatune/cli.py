@@ -110,18 +110,21 @@ def merge(
 def convert(
     src: Path = typer.Argument(..., help="checkpoint folder (or a stage-1 mm_projector.bin)"),
     dst: Path = typer.Argument(..., help="folder to write"),
-    from_: Optional[str] = typer.Option(None, "--from", help="auto (default) | llava | llava-lora | llava-projector | hf"),
+    from_: Optional[str] = typer.Option(None, "--from", help="auto (default) | llava | llava-lora | llava-projector | xtuner | hf"),
     to: Optional[str] = typer.Option(None, help="hf (default) | llava (the original repository's layout)"),
     model_base: Optional[str] = typer.Option(None, help="the LLM a projector-only checkpoint was trained on"),
     vision: Optional[str] = typer.Option(None, help="vision encoder folder; overrides mm_vision_tower"),
     template: Optional[str] = typer.Option(None, help="chat template of the result (default vicuna_v1)"),
+    lora_alpha: Optional[float] = typer.Option(None, help="xtuner runs: the lora_alpha of the training config"),
+    keep_adapter: bool = typer.Option(False, "--keep-adapter", help="LoRA runs: keep the adapter (DST/adapter) "
+                                                                    "instead of merging it"),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ):
-    """Convert between the original LLaVA layout and llava-hf (auto-detected from the files)."""
+    """Convert original LLaVA (full, LoRA, stage-1 projector) and xtuner checkpoints to llava-hf, and back."""
     from llavatune import convert as verb
     verb.main(cfglib.load(verb.ConvertConfig, None, None, dict(
         src=src, dst=dst, src_format=from_, to=to, model_base=model_base, vision=vision, template=template,
-        overwrite=overwrite or None)))
+        lora_alpha=lora_alpha, keep_adapter=keep_adapter or None, overwrite=overwrite or None)))
 
 
 @app.command("eval", epilog="Example:\n\n  llavatune eval models/tiny --compare models/tiny-tuned "

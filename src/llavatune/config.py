@@ -204,7 +204,7 @@ def _type_name(tp: type) -> str:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Dataclass -> plain YAML-safe dict (paths become strings)."""
+    """Dataclass (or dict) -> plain YAML-safe dict (paths become strings)."""
     def plain(v):
         if isinstance(v, Path):
             return str(v)
@@ -213,7 +213,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v
-    return plain(dataclasses.asdict(cfg))
+    return plain(cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg))
 
 
 def versions() -> dict[str, str]:

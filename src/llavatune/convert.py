@@ -35,21 +35,26 @@ MM_KEYS = ("mm_", "image_aspect_ratio", "tune_mm", "freeze_mm", "unfreeze_mm", "
 class ConvertConfig:
     src: Path
     dst: Path
-    src_format: Literal["auto", "llava", "llava-lora", "llava-projector", "hf"] = "auto"
+    src_format: Literal["auto", "llava", "llava-lora", "llava-projector", "xtuner", "hf"] = "auto"
     to: Literal["hf", "llava"] = "hf"
     model_base: str | None = None    # the LLM a LoRA or projector-only checkpoint was trained on
-    vision: str | None = None        # overrides mm_vision_tower (a folder or hub id)
+    vision: str | None = None        # overrides mm_vision_tower (a folder or hub id); the encoder of xtuner runs
+    lora_alpha: float | None = None  # xtuner .pth files keep LoRA weights but not alpha: give the run's value
+    keep_adapter: bool = False       # llava-lora: write the base + the adapter (in DST/adapter) instead of merging
     template: str = "vicuna_v1"      # LLaVA-1.5's
     overwrite: bool = False
 
 
 def detect(src: Path) -> str:
     """'llava' (full original), 'llava-projector' (a lone mm_projector.bin) or 'hf' (llava-hf), from contents."""
-    if src.is_file():
-        keys = _read_weights([src]).keys()
+    if src.is_file() or (src / "mp_rank_00_model_states.pt").is_file():
+        keys = xtuner_state(src).keys() if src.suffix == ".pth" or src.is_dir() else _read_weights([src]).keys()
         if keys and all("mm_projector" in k for k in keys):
             return "llava-projector"
-        raise LlavatuneError(f"{src}: a single weights file that is not an mm_projector checkpoint.")
+        if any(k.startswith("projector.model.") for k in keys):
+            return "xtuner"
+        raise LlavatuneError(f"{src}: a weights file that is neither a stage-1 mm_projector nor an xtuner LLaVA "
+                             "checkpoint (no projector.model.* keys).")
     config_path = src / "config.json"
     if not config_path.is_file():
         raise LlavatuneError(f"{src}: no config.json; expected a checkpoint folder.")
@@ -74,6 +79,8 @@ def main(cfg: ConvertConfig) -> Path:
         return to_llava(cfg)
     if kind == "hf":
         raise LlavatuneError(f"{cfg.src} is already a llava-hf checkpoint.")
+    if kind == "xtuner":
+        return from_xtuner(cfg)
     return from_llava(cfg, kind)
 
 
@@ -145,28 +152,38 @@ def _llm_from_original(src: Path, config: dict, weights: dict[str, torch.Tensor]
         return AutoModelForCausalLM.from_pretrained(tmp, dtype=next(iter(llm_weights.values())).dtype)
 
 
-def merged_lora_weights(src: Path, base: str) -> dict[str, torch.Tensor]:
-    """An original LoRA run (adapter_model.* + non_lora_trainables.bin) folded into its base LLM's weights:
-    W += (alpha / r) * B @ A (alpha / sqrt(r) with rslora), plus the projector from non_lora_trainables."""
-    from transformers import AutoModelForCausalLM
-
-    adapter = json.loads((src / "adapter_config.json").read_text())
-    files = [f for f in (src / "adapter_model.safetensors", src / "adapter_model.bin") if f.is_file()]
-    if not files:
-        raise LlavatuneError(f"{src}: adapter_config.json but no adapter_model.safetensors or adapter_model.bin.")
-    lora = {k.removeprefix("base_model.model."): v for k, v in _read_weights(files[:1]).items()}
-    weights = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict().items()}
-    r, alpha = adapter["r"], adapter["lora_alpha"]
-    scale = alpha / (r ** 0.5) if adapter.get("use_rslora") else alpha / r
+def fold_lora(weights: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], scale: float, where: str) -> None:
+    """In place: W += scale * B @ A for every `<module>.lora_A.weight` in `lora` (module names as in `weights`)."""
     for key, a in lora.items():
         if ".lora_A." not in key:
             continue
         module = key.split(".lora_A.")[0]
-        b = lora[key.replace(".lora_A.", ".lora_B.")]
         target = f"{module}.weight"
         if target not in weights:
-            raise LlavatuneError(f"{src}: LoRA module {module} has no weight in the base {base}; wrong --model-base?")
-        weights[target] = weights[target] + scale * (b.float() @ a.float())
+            raise LlavatuneError(f"{where}: LoRA module {module} has no weight in the base model; wrong base?")
+        b = lora[key.replace(".lora_A.", ".lora_B.")]
+        weights[target] = (weights[target].float() + scale * (b.float() @ a.float())).to(weights[target].dtype)
+
+
+def original_lora(src: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config, LoRA tensors named as in the plain LLM) of an original LLaVA LoRA run."""
+    adapter = json.loads((src / "adapter_config.json").read_text())
+    files = [f for f in (src / "adapter_model.safetensors", src / "adapter_model.bin") if f.is_file()]
+    if not files:
+        raise LlavatuneError(f"{src}: adapter_config.json but no adapter_model.safetensors or adapter_model.bin.")
+    return adapter, {k.removeprefix("base_model.model."): v for k, v in _read_weights(files[:1]).items()}
+
+
+def merged_lora_weights(src: Path, base: str, merge: bool = True) -> dict[str, torch.Tensor]:
+    """An original LoRA run (adapter_model.* + non_lora_trainables.bin) on its base LLM's weights, folded in
+    (W += alpha / r * B @ A; alpha / sqrt(r) with rslora) unless `merge` is off, plus the projector."""
+    from transformers import AutoModelForCausalLM
+
+    weights = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict().items()}
+    if merge:
+        adapter, lora = original_lora(src)
+        r, alpha = adapter["r"], adapter["lora_alpha"]
+        fold_lora(weights, lora, alpha / (r ** 0.5) if adapter.get("use_rslora") else alpha / r, f"{src} on {base}")
     extra = _read_weights([src / "non_lora_trainables.bin"])
     weights.update({k.removeprefix("base_model.model."): v for k, v in extra.items()})
     return weights
@@ -193,7 +210,8 @@ def from_llava(cfg: ConvertConfig, kind: str) -> Path:
         tokenizer, config = AutoTokenizer.from_pretrained(cfg.model_base), {"image_aspect_ratio": "pad"}
     else:
         config = json.loads((src / "config.json").read_text())
-        weights = merged_lora_weights(src, cfg.model_base) if kind == "llava-lora" else _read_weights(weight_files(src))
+        weights = (merged_lora_weights(src, cfg.model_base, merge=not cfg.keep_adapter) if kind == "llava-lora"
+                   else _read_weights(weight_files(src)))
         llm = _llm_from_original(src, config, weights)
         has_tokenizer = any(src.glob("tokenizer*"))
         tokenizer = AutoTokenizer.from_pretrained(src if has_tokenizer else cfg.model_base)
@@ -221,11 +239,33 @@ def from_llava(cfg: ConvertConfig, kind: str) -> Path:
         save_pretrained_clean(model, processor, folder)
         save_run_config(folder, "convert", cfg, model={"template": cfg.template, "converted_from": str(src),
                                                          "vision": vision_ref})
+        if kind == "llava-lora" and cfg.keep_adapter:
+            write_adapter(src, folder / "adapter", Path(cfg.dst).resolve(), model)
 
     write_atomically(Path(cfg.dst), cfg.overwrite, write)
     console.print(f"[green]converted[/green] {src} -> {cfg.dst} (projector {name}, {model.config.image_seq_length} "
                   "image tokens)")
     return Path(cfg.dst)
+
+
+def write_adapter(src: Path, folder: Path, base: Path, model) -> None:
+    """The original LoRA as a PEFT adapter of the llava-hf model at `base`: modules renamed into
+    model.language_model.*, targets listed by full name so the vision tower's layers are never matched."""
+    from safetensors.torch import save_file
+
+    adapter, lora = original_lora(src)
+    folder.mkdir()
+    renamed = {f"base_model.model.{k.replace('model.', 'model.language_model.', 1)}": v.contiguous()
+               for k, v in lora.items()}
+    targets = sorted({k.removeprefix("base_model.model.").split(".lora_")[0] for k in renamed})
+    known = {name for name, _ in model.named_modules()}
+    if missing := [t for t in targets if t not in known]:
+        raise LlavatuneError(f"{src}: LoRA module {missing[0]} does not exist in the converted model.")
+    config = {**adapter, "target_modules": targets, "base_model_name_or_path": str(base), "peft_type": "LORA",
+              "task_type": "CAUSAL_LM", "modules_to_save": None}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(renamed, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_run_config(folder, "convert", {"from": str(src)}, model={"base": str(base)})
 
 
 def _vision_ref(src: Path, config: dict) -> str:
@@ -247,6 +287,85 @@ def _check_projector(weights: dict[str, torch.Tensor], tower, llm, src: Path) ->
     if tuple(w.shape) != expected:
         raise LlavatuneError(f"{src}: mm_projector weight has shape {tuple(w.shape)}; this LLM and encoder need "
                              f"{expected} (LLM hidden x vision hidden). Wrong --model-base or --vision?")
+
+
+# --- xtuner -> llava-hf ---------------------------------------------------------------------------------
+
+def xtuner_state(src: Path) -> dict[str, torch.Tensor]:
+    """The state dict of an xtuner `.pth` file (mmengine: under 'state_dict') or an `iter_N.pth` DeepSpeed folder
+    (mp_rank_00_model_states.pt: under 'module'). These are pickles from your own training run."""
+    path = src / "mp_rank_00_model_states.pt" if src.is_dir() else src
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise LlavatuneError(f"{path}: cannot read the checkpoint ({str(err).splitlines()[0][:120]}).") from None
+    for key in ("state_dict", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return obj[key]
+    return obj
+
+
+def _split_lora(state: dict[str, torch.Tensor], prefix: str) -> tuple[dict, dict]:
+    """(LoRA tensors, full tensors) under an xtuner prefix ('llm.' or 'visual_encoder.'), named as in the
+    plain module (PEFT's base_model.model. stripped)."""
+    lora, full = {}, {}
+    for k, v in state.items():
+        if not k.startswith(prefix):
+            continue
+        name = k[len(prefix):].removeprefix("base_model.model.")
+        (lora if "lora_" in name else full)[name] = v
+    return lora, full
+
+
+def from_xtuner(cfg: ConvertConfig) -> Path:
+    """An xtuner LLaVA checkpoint (projector, optional LLM / ViT LoRA or full weights) + the LLM and encoder it
+    was trained on -> llava-hf."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llavatune.data.templates import get_template
+    from llavatune.model import compose
+    from llavatune.model.save import check_out_dir, save_pretrained_clean, write_atomically
+
+    src = Path(cfg.src)
+    check_out_dir(cfg.dst, cfg.overwrite)
+    if not cfg.model_base or not cfg.vision:
+        raise LlavatuneError("--from xtuner needs --model-base LLM and --vision ENCODER (the ones the run used).")
+    state = xtuner_state(src)
+    llm_lora, llm_full = _split_lora(state, "llm.")
+    vit_lora, vit_full = _split_lora(state, "visual_encoder.")
+    if (llm_lora or vit_lora) and cfg.lora_alpha is None:
+        r = next(iter({**llm_lora, **vit_lora}.values())).shape[0]
+        raise LlavatuneError(f"{src} holds LoRA weights (r={r}) but not their alpha; pass --lora-alpha (the "
+                             "lora_alpha of the xtuner config, e.g. 256 for xtuner's InternLM2 QLoRA recipe).")
+    llm = AutoModelForCausalLM.from_pretrained(cfg.model_base, dtype=torch.float32)
+    tower, mean, std = compose.load_vision(cfg.vision, torch.float32)
+    if not any(k.startswith("vision_model.") for k in tower.state_dict()):  # transformers 5 flattened CLIP/SigLIP
+        vit_lora, vit_full = ({k.removeprefix("vision_model."): v for k, v in d.items()} for d in (vit_lora, vit_full))
+    for module, lora, full in ((llm, llm_lora, llm_full), (tower, vit_lora, vit_full)):
+        if lora or full:
+            weights = {k: v.clone() for k, v in module.state_dict().items()}
+            weights.update(full)
+            if lora:
+                r = next(iter(lora.values())).shape[0]
+                fold_lora(weights, lora, cfg.lora_alpha / r, str(src))
+            module.load_state_dict(weights)
+    projector = {k.removeprefix("projector.model."): v for k, v in state.items() if k.startswith("projector.model.")}
+    name, projector_weights = projector_spec({f"mm_projector.{k}": v for k, v in projector.items()})
+    _check_projector(projector_weights, tower, llm, src)
+    strategy = "default" if compose.extra_tokens(tower) == 1 else "full"  # xtuner drops CLS unless SigLIP
+    model, processor = compose.assemble(compose.Parts(llm, AutoTokenizer.from_pretrained(cfg.model_base), tower,
+                                                      mean, std), compose.Projector.parse(name), -2, strategy, "pad",
+                                        get_template(cfg.template))
+    model.model.multi_modal_projector.load_state_dict(projector_weights, strict=False)
+
+    def write(folder: Path) -> None:
+        save_pretrained_clean(model, processor, folder)
+        save_run_config(folder, "convert", cfg, model={"template": cfg.template, "converted_from": str(src)})
+
+    write_atomically(Path(cfg.dst), cfg.overwrite, write)
+    console.print(f"[green]converted[/green] xtuner {src} -> {cfg.dst} (LLM LoRA: {len(llm_lora) // 2} modules, "
+                  f"ViT LoRA: {len(vit_lora) // 2} modules)")
+    return Path(cfg.dst)
 
 
 # --- llava-hf -> original ------------------------------------------------------------------------------
