@@ -83,10 +83,33 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="print model, data, trainable counts, steps and memory; "
                                                           "load no weights"),
     resume: Optional[str] = typer.Option(None, help="auto (newest complete checkpoint) or a checkpoint folder"),
+    gpus: Optional[str] = typer.Option(None, help="GPUs to train on, e.g. 0,1,2,3: one process each (DDP)"),
+    procs: Optional[int] = typer.Option(None, help="CPU processes (gloo), for machines without GPUs"),
+    nodes: int = typer.Option(1, help="machines in the run (multi-node)"),
+    node_rank: int = typer.Option(0, help="this machine's rank, 0 .. nodes-1"),
+    master_addr: str = typer.Option("127.0.0.1", help="address of the rank-0 machine"),
+    master_port: int = typer.Option(29500, help="a free port on the rank-0 machine"),
+    strategy: str = typer.Option("ddp", help="ddp (this release); fsdp, zero2, zero3 are planned"),
 ):
     """Train one stage (pretrain | finetune) with one method (full | freeze | lora | qlora)."""
+    import os
+    import subprocess
+
     from llavatune import configs
     from llavatune import train as verb
+    from llavatune.training import distributed
+
+    if strategy != "ddp":
+        raise LlavatuneError(f"--strategy {strategy} is not in this release yet; use ddp.")
+    n_gpus = len([g for g in (gpus or "").split(",") if g.strip()])
+    if (n_gpus > 1 or (procs or 1) > 1 or nodes > 1) and "WORLD_SIZE" not in os.environ:
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})}
+        argv = ["train", recipe, *(overrides or []), *(["--dry-run"] if dry_run else []),
+                *([f"resume={resume}"] if resume else []), *(["device=cpu"] if procs else [])]
+        command = distributed.launch_command(argv, n_gpus or procs or 1, nodes, node_rank, master_addr, master_port)
+        raise typer.Exit(subprocess.run(command, env=env).returncode)
+    if gpus and n_gpus == 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     verb.main(cfglib.load(verb.TrainConfig, configs.resolve(recipe), overrides,
                           dict(dry_run=dry_run or None, resume=resume)))
 

@@ -97,9 +97,10 @@ def data_manifest(path: Path) -> dict:
     return {"file": str(Path(path).resolve()), "sha256": digest.hexdigest()}
 
 
-def total_steps(cfg: TrainConfig, n_batches_per_epoch: int) -> int:
+def total_steps(cfg: TrainConfig, n_batches_per_epoch: int, world: int = 1) -> int:
+    """Optimizer steps: `steps`, or `epochs` over the data where a step takes grad_accum x world micro-batches."""
     if cfg.steps is not None:
         return cfg.steps
-    return max(1, math.ceil(cfg.epochs * n_batches_per_epoch / cfg.grad_accum))
+    return max(1, math.ceil(cfg.epochs * n_batches_per_epoch / (cfg.grad_accum * world)))
 
 

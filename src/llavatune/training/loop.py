@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from llavatune.data.dataset import collate
 from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
+from llavatune.training.distributed import Ranks
 
 OOM_HELP = ("out of memory. Knobs, most effective first: batch_size (keep the global batch with grad_accum), "
             "gradient_checkpointing=true, method=qlora (4-bit LLM), max_length, precision=bf16.")
@@ -62,18 +63,22 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def draw_window(dataset, order: Callable[[int], list[list[int]]], state: State, n: int, pad_id: int) -> list[dict]:
-    """The next `n` non-empty micro-batches, advancing (epoch, index) through the per-epoch orders."""
+def draw_window(dataset, order: Callable[[int], list[list[int]]], state: State, n: int, pad_id: int,
+                ranks: Ranks) -> list[dict]:
+    """This rank's micro-batches of the next optimizer step. A step spans n x world micro-batches of the
+    epoch order (crossing into the next epoch as needed); rank r takes positions r, r + world, ... The
+    position advances the same way on every rank, so a run resumes at the same place on any world size."""
     window = []
     batches = order(state.epoch)
-    while len(window) < n:
+    for k in range(n * ranks.world):
         if state.index >= len(batches):
             state.epoch, state.index = state.epoch + 1, 0
             batches = order(state.epoch)
-        batch = collate([dataset[i] for i in batches[state.index]], pad_id)
+        if k % ranks.world == ranks.rank:
+            batch = collate([dataset[i] for i in batches[state.index]], pad_id)
+            if batch is not None:  # every sample of it was dropped (and counted)
+                window.append(batch)
         state.index += 1
-        if batch is not None:
-            window.append(batch)
     return window
 
 
@@ -85,30 +90,33 @@ def memory_gib(device: torch.device) -> float:
 
 def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State, *, device: torch.device,
           autocast_dtype: torch.dtype | None, pad_id: int, logger, save: Callable[[State], None],
-          scaler=None) -> State:
+          scaler=None, ranks: Ranks | None = None) -> State:
     """Run until `plan.steps` optimizer steps; `save(state)` is called every `save_every` steps and on Ctrl-C."""
+    ranks = ranks or Ranks()
     model.train()
-    bar = tqdm(total=plan.steps, initial=state.step, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=plan.steps, initial=state.step, desc="train", dynamic_ncols=True, disable=not ranks.main)
     committed = dataclasses.replace(state)  # the state after the last finished update
     try:
         while state.step < plan.steps:
             committed = dataclasses.replace(state)
             started = time.perf_counter()
-            window = draw_window(dataset, order, state, plan.grad_accum, pad_id)
+            window = draw_window(dataset, order, state, plan.grad_accum, pad_id, ranks)
             lr = scheduler.get_last_lr()[0]  # the rate this update uses
-            loss, grad_norm = _update(model, window, optimizer, plan, device, autocast_dtype, scaler)
+            loss, grad_norm = _update(model, window, optimizer, plan, device, autocast_dtype, scaler, ranks)
             scheduler.step()
             state.step += 1
-            state.samples += sum(len(b["input_ids"]) for b in window)
+            samples = int(ranks.sum(sum(len(b["input_ids"]) for b in window), device))
+            tokens = int(ranks.sum(sum(int(b["attention_mask"].sum()) for b in window), device))
+            state.samples += samples
             if loss is None:
                 _skip(state, plan, grad_norm)
             else:
                 state.nonfinite_in_a_row = 0
-            row = _metrics(state, loss, grad_norm, lr, window, started, device, dataset)
+            row = _metrics(state, loss, grad_norm, lr, samples, tokens, started, device, dataset)
             bar.set_postfix({k: row[k] for k in ("loss", "lr", "samples_per_s", "tokens_per_s", "mem_gib") if k in row},
                             refresh=False)
             bar.update(1)
-            if state.step % plan.log_every == 0 or state.step == plan.steps:
+            if ranks.main and (state.step % plan.log_every == 0 or state.step == plan.steps):
                 logger.log(row)
             if plan.save_every and state.step % plan.save_every == 0 and state.step < plan.steps:
                 save(state)
@@ -123,19 +131,27 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
     return state
 
 
-def _update(model, window, optimizer, plan: Plan, device, autocast_dtype, scaler) -> tuple[float | None, float]:
-    """One optimizer step over the window. Returns (mean token loss, grad norm); loss None when skipped."""
-    n_items = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
+def _update(model, window, optimizer, plan: Plan, device, autocast_dtype, scaler,
+            ranks: Ranks) -> tuple[float | None, float]:
+    """One optimizer step over this rank's micro-batches. Returns (mean token loss over all ranks, grad norm);
+    loss None when the step was skipped.
+
+    Each micro-batch's loss is its token-loss sum over the supervised tokens of the whole step on all ranks;
+    times `world`, because DDP averages gradients over ranks: the gradient is then that of one big batch."""
+    n_items = ranks.sum(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window), device)
     total = 0.0
-    for batch in window:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = model(**batch, num_items_in_batch=torch.tensor(n_items, device=device)).loss
-        if not torch.isfinite(loss):
-            optimizer.zero_grad(set_to_none=True)
-            return None, float("nan")
-        (scaler.scale(loss) if scaler else loss).backward()
+    for k, batch in enumerate(window):
+        batch = {key: v.to(device) for key, v in batch.items()}
+        with ranks.no_sync(model, skip=k < len(window) - 1):
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                loss = model(**batch, num_items_in_batch=torch.tensor(n_items, device=device)).loss
+            if not ranks.all_true(bool(torch.isfinite(loss)), device):  # every rank skips together
+                optimizer.zero_grad(set_to_none=True)
+                return None, float("nan")
+            scaled = loss * ranks.world
+            (scaler.scale(scaled) if scaler else scaled).backward()
         total += loss.item()
+    total = ranks.sum(total, device)
     if scaler:
         scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -165,10 +181,9 @@ def _skip(state: State, plan: Plan, grad_norm: float) -> None:
                              "check the data (llavatune data validate).")
 
 
-def _metrics(state: State, loss, grad_norm, lr: float, window, started, device, dataset) -> dict:
+def _metrics(state: State, loss, grad_norm, lr: float, samples: int, tokens: int, started, device,
+             dataset) -> dict:
     seconds = max(time.perf_counter() - started, 1e-9)
-    tokens = sum(int(b["attention_mask"].sum()) for b in window)
-    samples = sum(len(b["input_ids"]) for b in window)
     row = {"step": state.step, "epoch": state.epoch, "lr": lr,
            "grad_norm": round(grad_norm, 6), "samples_per_s": round(samples / seconds, 3),
            "tokens_per_s": round(tokens / seconds, 1), "mem_gib": round(memory_gib(device), 3),

@@ -17,7 +17,7 @@ from llavatune.model import load as loadlib
 from llavatune.model import trainable
 from llavatune.model.meta import template_name
 from llavatune.train import TrainConfig, data_manifest, total_steps
-from llavatune.training import checkpoint, loop
+from llavatune.training import checkpoint, distributed, loop
 from llavatune.training.logging import RunLogger
 from llavatune.training.optim import build_optimizer, build_scheduler
 
@@ -28,7 +28,8 @@ PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float1
 class Run:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.out = cfg, Path(cfg.out)
-        self.device = loadlib.pick_device(cfg.device)
+        self.ranks, device = distributed.setup(cfg.device)
+        self.device = device or loadlib.pick_device(cfg.device)
         self.dtype = PRECISION[cfg.precision]
 
     def execute(self) -> Path:
@@ -48,45 +49,55 @@ class Run:
                                          cfg.max_length, cfg.on_bad_image)
         lengths = [self.dataset.length(i) for i in range(len(self.dataset))]
         order = lambda epoch: batch_order(lengths, cfg.batch_size, cfg.seed + epoch, cfg.group_by_length)  # noqa: E731
-        steps = total_steps(cfg, len(order(0)))
+        steps = total_steps(cfg, len(order(0)), self.ranks.world)
         optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.projector_lr, cfg.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.schedule, round(cfg.warmup_ratio * steps), steps)
         state = loop.State()
         if resume_from is not None:
             state = _restore(resume_from, optimizer, scheduler)
-            console.print(f"resuming from {resume_from} at step {state.step}")
-        self._describe(steps)
-        logger = RunLogger(self.out, cfg.report_to, to_dict(cfg), resume_step=state.step)
+            self._say(f"resuming from {resume_from} at step {state.step}")
+        if self.ranks.main:
+            self._describe(steps)
+        self.ranks.barrier()
+        logger = RunLogger(self.out, cfg.report_to, to_dict(cfg), resume_step=state.step) if self.ranks.main \
+            else _Silent()
         for note in logger.notes:
             console.print(note)
         plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience)
 
         def save(st: loop.State, name: str | None = None) -> None:
-            self._save(self.out / (name or f"checkpoint-{st.step}"), st, optimizer, scheduler)
-            checkpoint.prune(self.out, cfg.keep_last)
-            logger.plot(self.out / "loss.png")
+            if self.ranks.main:  # the model is whole on every rank under DDP: rank 0 writes it
+                self._save(self.out / (name or f"checkpoint-{st.step}"), st, optimizer, scheduler)
+                checkpoint.prune(self.out, cfg.keep_last)
+                logger.plot(self.out / "loss.png")
+            self.ranks.barrier()
 
         scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
-        state = loop.train(self.model, self.dataset, order, optimizer, scheduler, plan, state, device=self.device,
-                           autocast_dtype=None if cfg.precision == "fp32" else self.dtype,
-                           pad_id=self.processor.tokenizer.pad_token_id, logger=logger, save=save, scaler=scaler)
+        state = loop.train(self.ranks.wrap(self.model), self.dataset, order, optimizer, scheduler, plan, state,
+                           device=self.device, autocast_dtype=None if cfg.precision == "fp32" else self.dtype,
+                           pad_id=self.processor.tokenizer.pad_token_id, logger=logger, save=save, scaler=scaler,
+                           ranks=self.ranks)
         save(state, "final")
         logger.close()
         dropped = dict(self.dataset.skipped)
-        console.print(f"[green]done[/green]: {state.step} steps, final checkpoint {self.out / 'final'}"
-                      + (f"; samples dropped: {dropped}" if dropped else ""))
+        self._say(f"[green]done[/green]: {state.step} steps, final checkpoint {self.out / 'final'}"
+                  + (f"; samples dropped on rank 0: {dropped}" if dropped else ""))
         return self.out / "final"
+
+    def _say(self, text: str) -> None:
+        if self.ranks.main:
+            console.print(text)
 
     def _resume_folder(self) -> Path | None:
         cfg = self.cfg
         if cfg.resume is None:
-            if checkpoint.checkpoints(self.out) or (self.out / "final").exists():
+            if self.ranks.main and (checkpoint.checkpoints(self.out) or (self.out / "final").exists()):
                 raise LlavatuneError(f"{self.out} already holds a run; continue it with resume=auto, or choose "
                                      "another out.")
             return None
         folder = checkpoint.latest(self.out) if cfg.resume == "auto" else Path(cfg.resume)
         if folder is None:
-            console.print(f"resume=auto: no complete checkpoint in {self.out}; starting from step 0")
+            self._say(f"resume=auto: no complete checkpoint in {self.out}; starting from step 0")
             return None
         if not checkpoint.is_complete(folder):
             raise LlavatuneError(f"{folder}: not a complete checkpoint (checkpoint.json missing or files differ).")
@@ -128,10 +139,12 @@ class Run:
         names = sorted(trainable.trainable_names(self.model))
         (self.out / "trainable.txt").write_text(report + "\n\n" + "\n".join(names) + "\n")
         cfg = self.cfg
-        global_batch = cfg.batch_size * cfg.grad_accum
-        save_run_config(self.out, "train", cfg, **self.run_doc(), plan={"steps": steps, "global_batch": global_batch})
+        global_batch = cfg.batch_size * cfg.grad_accum * self.ranks.world
+        save_run_config(self.out, "train", cfg, **self.run_doc(), plan={
+            "steps": steps, "global_batch": global_batch, "devices": self.ranks.world})
         console.print(f"stage {cfg.stage}, method {cfg.method}, template {self.template.name}, {len(self.dataset):,} "
-                      f"samples, {steps} steps of {global_batch} samples, device {self.device}\n{report}")
+                      f"samples, {steps} steps; global batch {global_batch} = {cfg.batch_size} per device x "
+                      f"{self.ranks.world} device(s) x {cfg.grad_accum} accumulation; device {self.device}\n{report}")
 
     def _save(self, folder: Path, state: loop.State, optimizer, scheduler) -> None:
         trainer_state = {"loop": state.__dict__, "optimizer": optimizer.state_dict(),
@@ -144,6 +157,20 @@ class Run:
             save_run_config(tmp, "train", self.cfg, **self.run_doc(), checkpoint={"step": state.step})
 
         checkpoint.save(folder, state.step, payload, trainer_state)
+
+
+class _Silent:
+    """The logger of ranks other than 0."""
+    notes: list[str] = []
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def plot(self, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _restore(folder: Path, optimizer, scheduler) -> loop.State:
