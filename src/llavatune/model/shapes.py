@@ -47,8 +47,10 @@ def llava_config(llm: str, vision: str, image_token_index: int | None = None) ->
     """A LLaVA-1.5-style config (mlp2x_gelu, layer -2, CLS dropped) for known LLM and vision ids."""
     text, tower = LLM[llm](), VISION[vision]()
     n_image = (tower.image_size // tower.patch_size) ** 2
+    image_token = image_token_index if image_token_index is not None else text.vocab_size
+    text.vocab_size += 64  # room for <image> and <pad>, padded as llava-hf does (32000 -> 32064)
     return LlavaConfig(text_config=text.to_dict(), vision_config=tower.to_dict(), image_seq_length=n_image,
-                       image_token_index=image_token_index if image_token_index is not None else text.vocab_size,
+                       image_token_index=image_token,
                        vision_feature_layer=-2, vision_feature_select_strategy="default")
 
 

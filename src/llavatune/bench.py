@@ -1,0 +1,223 @@
+"""Verb `bench`: our training step against the plain HF Trainer + PEFT baseline, same data, same run.
+
+    llavatune bench train --shape tiny --baseline hf --steps 3
+    llavatune bench train --shape llava15-7b --method lora --lengths llava665k --steps 20     # on a GPU
+
+Random-weight models built from configs (model/shapes.py), synthetic batches:
+- fixed: every sample has one image and 160 text tokens (LLaVA-1.5-7B: 576 + 160 = 736 tokens);
+- llava665k: the LLaVA-1.5 665K mix: 93.9% of samples with one image, 6.1% text-only; text lengths drawn from a
+  log-normal with median 120 tokens (mu = ln 120, sigma = 0.8), clipped to [16, max_length - image tokens].
+FLOPs per token (for MFU): forward 2N; backward 4N when weights train, 2N through frozen weights (activation
+gradients only), N = parameters the token passes through (vision tower counted for image tokens' share only
+in the forward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    what: Literal["train"] = "train"
+    shape: str = "tiny"                  # tiny | llava15-7b | llava15-13b | qwen15-4b | internlm2-1.8b
+    method: Literal["lora", "full"] = "lora"
+    lengths: Literal["fixed", "llava665k"] = "fixed"
+    baseline: Literal["hf", "none"] = "hf"
+    steps: int = 10                      # measured optimizer steps (after one warm-up step)
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 2048
+    lora_r: int = 128
+    lora_targets: list[str] = dataclasses.field(default_factory=lambda: ["all"])
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    out: Path | None = None              # JSON results (default: bench-<shape>-<method>.json)
+
+
+def synthetic(cfg: BenchConfig, config, n: int) -> list[dict]:
+    """n samples: input_ids with image placeholders expanded, labels on the text half."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    n_image = config.image_seq_length
+    vocab = config.image_token_id  # text ids below the image token
+    out = []
+    for _ in range(n):
+        has_image = cfg.lengths == "fixed" or torch.rand(1, generator=g).item() < 0.939
+        if cfg.lengths == "fixed":
+            n_text = 160
+        else:
+            n_text = int(math.exp(math.log(120) + 0.8 * torch.randn(1, generator=g).item()))
+            n_text = max(16, min(n_text, cfg.max_length - n_image))
+        text = torch.randint(3, vocab, (n_text,), generator=g)
+        ids = torch.cat([torch.full((n_image,), config.image_token_id), text]) if has_image else text
+        labels = ids.clone()
+        labels[: len(ids) - n_text // 2] = -100
+        out.append({"input_ids": ids, "labels": labels, "has_image": has_image})
+    return out
+
+
+def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
+    from transformers import LlavaForConditionalGeneration
+
+    from llavatune.model import shapes, trainable
+    from llavatune.train import LoraSpec
+
+    config = shapes.known(cfg.shape)
+    if config is None:
+        raise ValueError(f"unknown shape {cfg.shape}")
+    torch.manual_seed(cfg.seed)
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(config).to(dtype)
+    lora = LoraSpec(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.0, targets=cfg.lora_targets)
+    model = trainable.apply(model, "finetune", cfg.method, lora)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, config
+
+
+def batches(samples: list[dict], cfg: BenchConfig, config, device) -> list[dict]:
+    """Right-padded micro-batches (our collate's layout) with pixel values for the image samples."""
+    from llavatune.data.dataset import Encoded, collate
+
+    size = config.vision_config.image_size
+    out = []
+    for start in range(0, len(samples), cfg.batch_size):
+        chunk = samples[start:start + cfg.batch_size]
+        items = [Encoded(s["input_ids"].tolist(), s["labels"].tolist(),
+                         torch.zeros(1, 3, size, size) if s["has_image"] else None) for s in chunk]
+        out.append({k: v.to(device) for k, v in collate(items, pad_id=0).items()})
+    return out
+
+
+def run_ours(model, micro: list[dict], cfg: BenchConfig, device, dtype) -> float:
+    """Seconds for cfg.steps optimizer steps of our loop's update (after one warm-up step)."""
+    from llavatune.training import loop
+    from llavatune.training.distributed import Ranks
+    from llavatune.training.optim import build_optimizer
+
+    optimizer = build_optimizer(model, "adamw", 1e-5, None, 0.0)
+    plan = loop.Plan(cfg.steps, cfg.grad_accum, 1.0, 0, 1, 5)
+    autocast = dtype if dtype != torch.float32 else None
+    windows = [micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
+    loop._update(model, windows[0], optimizer, plan, device, autocast, None, Ranks())
+    _sync(device)
+    started = time.perf_counter()
+    for window in windows[1:]:
+        loop._update(model, window, optimizer, plan, device, autocast, None, Ranks())
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def run_hf(model, micro: list[dict], cfg: BenchConfig, device, dtype) -> float:
+    """The usual recipe: transformers.Trainer over the same micro-batches (one warm-up step untimed)."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class Batches(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(micro)
+
+        def __getitem__(self, i):
+            return micro[i]
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync(device)
+            if state.global_step == 1:
+                self.started = time.perf_counter()
+            self.ended = time.perf_counter()
+
+    clock = Clock()
+    args = TrainingArguments(output_dir="/tmp/llavatune-bench-hf", per_device_train_batch_size=1,
+                             gradient_accumulation_steps=cfg.grad_accum, max_steps=cfg.steps + 1, learning_rate=1e-5,
+                             report_to=[], save_strategy="no", logging_strategy="no", bf16=dtype == torch.bfloat16,
+                             use_cpu=device.type == "cpu", dataloader_num_workers=0, remove_unused_columns=False,
+                             gradient_checkpointing=False, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Batches(), data_collator=lambda items: items[0],
+                      callbacks=[clock])
+    trainer.train()
+    return clock.ended - clock.started
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak(device) -> float:
+    from llavatune.training.loop import memory_gib
+    return memory_gib(device)
+
+
+def flops_per_token(model, method: str) -> float:
+    total = sum(p.numel() for n, p in model.named_parameters() if "original_module" not in n)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 2 * total + 2 * total + (2 * trained if method == "lora" else 2 * total)
+
+
+def main(cfg: BenchConfig) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    results = {}
+    for name, runner in [("ours", run_ours), *([("hf", run_hf)] if cfg.baseline == "hf" else [])]:
+        model, config = build_model(cfg, device, dtype)
+        samples = synthetic(cfg, config, (cfg.steps + 1) * cfg.batch_size * cfg.grad_accum)
+        micro = batches(samples, cfg, config, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = runner(model, micro, cfg, device, dtype)
+        measured = micro[cfg.grad_accum:]  # the warm-up step's micro-batches are not timed
+        real = sum(int(b["attention_mask"].sum()) for b in measured)
+        padded = sum(b["input_ids"].numel() for b in measured)
+        n_samples = sum(len(b["input_ids"]) for b in measured)
+        flops = flops_per_token(model, cfg.method) * real / seconds
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        peak = next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
+        results[name] = {"samples_per_s": n_samples / seconds, "tokens_per_s": real / seconds,
+                         "pad_fraction": 1 - real / padded, "peak_mem_gib": _peak(device),
+                         "mfu": flops / (peak * 1e12) if peak else None}
+        del model
+    report = {"date": datetime.date.today().isoformat(), "device": _device_name(device), "config": dataclasses.asdict(cfg),
+              "versions": _versions(), "results": results}
+    if "hf" in results:
+        report["ratio_samples_per_s"] = results["ours"]["samples_per_s"] / results["hf"]["samples_per_s"]
+        report["ratio_peak_mem"] = results["ours"]["peak_mem_gib"] / results["hf"]["peak_mem_gib"]
+    out = cfg.out or Path(f"bench-{cfg.shape}-{cfg.method}.json")
+    Path(out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    _print(report, out)
+    return report
+
+
+def _device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
+
+
+def _versions() -> dict:
+    from llavatune.config import versions
+    return versions()
+
+
+def _print(report: dict, out) -> None:
+    table = Table(title=f"bench train on {report['device']}, {report['date']}")
+    for col in ("", "samples/s", "real tokens/s", "pad fraction", "peak memory GiB", "MFU"):
+        table.add_column(col, justify="right")
+    for name, r in report["results"].items():
+        table.add_row(name, f"{r['samples_per_s']:.2f}", f"{r['tokens_per_s']:.0f}", f"{r['pad_fraction']:.3f}",
+                      f"{r['peak_mem_gib']:.2f}", f"{r['mfu']:.1%}" if r["mfu"] else "n/a")
+    console.print(table)
+    if "ratio_samples_per_s" in report:
+        console.print(f"ours / hf: {report['ratio_samples_per_s']:.2f}x samples/s, "
+                      f"{report['ratio_peak_mem']:.2f}x peak memory  (JSON: {out})")

@@ -1,0 +1,32 @@
+"""`bench train --shape tiny --baseline hf --steps 3` runs both trainers on the same batches and reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llavatune.bench import BenchConfig, synthetic
+from llavatune.cli import run
+from llavatune.model import shapes
+
+
+def test_bench_tiny_against_hf(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as exit_info:
+        run(["bench", "train", "--shape", "tiny", "--baseline", "hf", "--steps", "3", "--out", str(out)])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "samples/s" in printed and "ours / hf" in printed
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"ours", "hf"} and report["ratio_samples_per_s"] > 0
+    assert report["device"] and report["date"] and report["versions"]["torch"]
+
+
+def test_llava665k_length_mix():
+    cfg = BenchConfig(shape="llava15-7b", lengths="llava665k")
+    samples = synthetic(cfg, shapes.known("llava15-7b"), 2000)
+    share = sum(s["has_image"] for s in samples) / len(samples)
+    assert 0.92 < share < 0.955  # 93.9% of the LLaVA-1.5 mix has an image
+    assert all(len(s["input_ids"]) <= 2048 for s in samples)
+    assert max(len(s["input_ids"]) for s in samples) > 576 + 300  # a long tail, not fixed lengths
