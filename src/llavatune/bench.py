@@ -45,6 +45,7 @@ class BenchConfig:
     lora_r: int = 128
     lora_targets: list[str] = dataclasses.field(default_factory=lambda: ["all"])
     gradient_checkpointing: bool = True
+    packing: bool = False                # our side packs micro-batches without padding (the baseline pads)
     seed: int = 0
     out: Path | None = None              # JSON results (default: bench-<shape>-<method>.json)
 
@@ -89,8 +90,8 @@ def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
     return model, config
 
 
-def batches(samples: list[dict], cfg: BenchConfig, config, device) -> list[dict]:
-    """Right-padded micro-batches (our collate's layout) with pixel values for the image samples."""
+def batches(samples: list[dict], cfg: BenchConfig, config, device, pack: bool = False) -> list[dict]:
+    """Micro-batches in our collate's layout (right-padded, or packed) with pixel values for image samples."""
     from llavatune.data.dataset import Encoded, collate
 
     size = config.vision_config.image_size
@@ -99,7 +100,7 @@ def batches(samples: list[dict], cfg: BenchConfig, config, device) -> list[dict]
         chunk = samples[start:start + cfg.batch_size]
         items = [Encoded(s["input_ids"].tolist(), s["labels"].tolist(),
                          torch.zeros(1, 3, size, size) if s["has_image"] else None) for s in chunk]
-        out.append({k: v.to(device) for k, v in collate(items, pad_id=0).items()})
+        out.append({k: v.to(device) for k, v in collate(items, pad_id=0, pack=pack).items()})
     return out
 
 
@@ -169,24 +170,26 @@ def flops_per_token(model, method: str) -> float:
 
 
 def main(cfg: BenchConfig) -> dict:
+    from llavatune.data.dataset import n_samples, n_tokens
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     results = {}
     for name, runner in [("ours", run_ours), *([("hf", run_hf)] if cfg.baseline == "hf" else [])]:
         model, config = build_model(cfg, device, dtype)
         samples = synthetic(cfg, config, (cfg.steps + 1) * cfg.batch_size * cfg.grad_accum)
-        micro = batches(samples, cfg, config, device)
+        micro = batches(samples, cfg, config, device, pack=cfg.packing and name == "ours")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         seconds = runner(model, micro, cfg, device, dtype)
         measured = micro[cfg.grad_accum:]  # the warm-up step's micro-batches are not timed
-        real = sum(int(b["attention_mask"].sum()) for b in measured)
+        real = sum(n_tokens(b) for b in measured)
         padded = sum(b["input_ids"].numel() for b in measured)
-        n_samples = sum(len(b["input_ids"]) for b in measured)
+        samples_done = sum(n_samples(b) for b in measured)
         flops = flops_per_token(model, cfg.method) * real / seconds
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
-        results[name] = {"samples_per_s": n_samples / seconds, "tokens_per_s": real / seconds,
+        results[name] = {"samples_per_s": samples_done / seconds, "tokens_per_s": real / seconds,
                          "pad_fraction": 1 - real / padded, "peak_mem_gib": _peak(device),
                          "mfu": flops / (peak * 1e12) if peak else None}
         del model

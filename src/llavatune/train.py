@@ -64,6 +64,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
     group_by_length: bool = True     # LLaVA's modality-length grouping
+    packing: bool = False            # samples end to end without padding (loss identical; speed unmeasured yet)
     seed: int = 0
     save_every: int = 200            # steps; 0 = only at the end
     keep_last: int = 3               # checkpoints kept (0 = all)

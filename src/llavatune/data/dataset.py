@@ -75,11 +75,14 @@ class SupervisedDataset(torch.utils.data.Dataset):
         return None
 
 
-def collate(items: list[Encoded | None], pad_id: int) -> dict[str, torch.Tensor] | None:
-    """Right-pad to the longest sample; pad positions get attention 0 and label -100."""
+def collate(items: list[Encoded | None], pad_id: int, pack: bool = False) -> dict[str, torch.Tensor] | None:
+    """Right-pad to the longest sample (pad positions get attention 0 and label -100), or with `pack` put the
+    samples end to end in one row with no padding at all."""
     items = [it for it in items if it is not None]
     if not items:
         return None
+    if pack:
+        return _packed(items)
     width = max(len(it.input_ids) for it in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
@@ -94,6 +97,36 @@ def collate(items: list[Encoded | None], pad_id: int) -> dict[str, torch.Tensor]
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)
     return batch
+
+
+def _packed(items: list[Encoded]) -> dict[str, torch.Tensor]:
+    """One row (1, sum of lengths): position ids restart at 0 for every sample and no attention mask is passed,
+    which transformers reads as packed sequences (each sample attends only to itself, for eager, SDPA, flex and
+    flash attention alike). A sample's first token is never a target, so no loss crosses a boundary."""
+    ids = torch.cat([torch.tensor(it.input_ids) for it in items])[None]
+    labels = []
+    for it in items:
+        lab = torch.tensor(it.labels)
+        lab[0] = IGNORE_INDEX
+        labels.append(lab)
+    positions = torch.cat([torch.arange(len(it.input_ids)) for it in items])[None]
+    batch = {"input_ids": ids, "labels": torch.cat(labels)[None], "position_ids": positions}
+    pixels = [it.pixel_values for it in items if it.pixel_values is not None]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+    return batch
+
+
+def n_samples(batch: dict) -> int:
+    """Samples in a padded or packed micro-batch."""
+    if "position_ids" in batch:
+        return int((batch["position_ids"] == 0).sum())
+    return len(batch["input_ids"])
+
+
+def n_tokens(batch: dict) -> int:
+    """Real (non-pad) tokens in a padded or packed micro-batch."""
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
 
 
 def batch_order(lengths: list[int], batch_size: int, seed: int, group_by_length: bool) -> list[list[int]]:

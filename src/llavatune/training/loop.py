@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llavatune.data.dataset import collate
+from llavatune.data.dataset import collate, n_samples, n_tokens
 from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
 from llavatune.training.distributed import Ranks
@@ -36,6 +36,7 @@ class Plan:
     save_every: int
     log_every: int
     nan_patience: int
+    packing: bool = False
 
 
 @dataclasses.dataclass
@@ -64,7 +65,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def draw_window(dataset, order: Callable[[int], list[list[int]]], state: State, n: int, pad_id: int,
-                ranks: Ranks) -> list[dict]:
+                ranks: Ranks, pack: bool = False) -> list[dict]:
     """This rank's micro-batches of the next optimizer step. A step spans n x world micro-batches of the
     epoch order (crossing into the next epoch as needed); rank r takes positions r, r + world, ... The
     position advances the same way on every rank, so a run resumes at the same place on any world size."""
@@ -75,7 +76,7 @@ def draw_window(dataset, order: Callable[[int], list[list[int]]], state: State, 
             state.epoch, state.index = state.epoch + 1, 0
             batches = order(state.epoch)
         if k % ranks.world == ranks.rank:
-            batch = collate([dataset[i] for i in batches[state.index]], pad_id)
+            batch = collate([dataset[i] for i in batches[state.index]], pad_id, pack)
             if batch is not None:  # every sample of it was dropped (and counted)
                 window.append(batch)
         state.index += 1
@@ -100,13 +101,13 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
         while state.step < plan.steps:
             committed = dataclasses.replace(state)
             started = time.perf_counter()
-            window = draw_window(dataset, order, state, plan.grad_accum, pad_id, ranks)
+            window = draw_window(dataset, order, state, plan.grad_accum, pad_id, ranks, plan.packing)
             lr = scheduler.get_last_lr()[0]  # the rate this update uses
             loss, grad_norm = _update(model, window, optimizer, plan, device, autocast_dtype, scaler, ranks)
             scheduler.step()
             state.step += 1
-            samples = int(ranks.sum(sum(len(b["input_ids"]) for b in window), device))
-            tokens = int(ranks.sum(sum(int(b["attention_mask"].sum()) for b in window), device))
+            samples = int(ranks.sum(sum(n_samples(b) for b in window), device))
+            tokens = int(ranks.sum(sum(n_tokens(b) for b in window), device))
             state.samples += samples
             if loss is None:
                 _skip(state, plan, grad_norm)
@@ -144,7 +145,8 @@ def _update(model, window, optimizer, plan: Plan, device, autocast_dtype, scaler
         batch = {key: v.to(device) for key, v in batch.items()}
         with ranks.no_sync(model, skip=k < len(window) - 1):
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                loss = model(**batch, num_items_in_batch=torch.tensor(n_items, device=device)).loss
+                # no KV cache in training: it costs memory, and with one transformers ignores packed positions
+                loss = model(**batch, use_cache=False, num_items_in_batch=torch.tensor(n_items, device=device)).loss
             if not ranks.all_true(bool(torch.isfinite(loss)), device):  # every rank skips together
                 optimizer.zero_grad(set_to_none=True)
                 return None, float("nan")

@@ -63,7 +63,8 @@ class Run:
             else _Silent()
         for note in logger.notes:
             console.print(note)
-        plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience)
+        plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience,
+                         cfg.packing)
 
         def save(st: loop.State, name: str | None = None) -> None:
             if self.ranks.main:  # the model is whole on every rank under DDP: rank 0 writes it
