@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import AutoProcessor, CLIPVisionModel, LlamaForCausalLM, LlavaForConditionalGeneration
+from transformers import (AutoModelForCausalLM, AutoProcessor, CLIPVisionModel, LlamaForCausalLM,
+                          LlavaForConditionalGeneration)
 
 from llavatune.convert import ConvertConfig, detect, main
 from llavatune.errors import LlavatuneError
@@ -32,14 +33,15 @@ def projector_weights(kind, vision_hidden=32, hidden=64, seed=1):
             "model.mm_projector.2.bias": torch.randn(hidden, generator=g) * 0.1}
 
 
-def write_original(folder, parts, kind, aspect, shards=False):
-    """A tiny original-format checkpoint: Llama weights + mm_projector, the tower named by mm_vision_tower."""
+def write_original(folder, parts, kind, aspect, shards=False, family="llama"):
+    """A tiny original-format checkpoint: LLM weights + mm_projector, the tower named by mm_vision_tower."""
     folder.mkdir()
-    llm_dir, clip_dir = parts / "llm-llama", parts / "vision-clip"
-    llm = LlamaForCausalLM.from_pretrained(llm_dir)
+    llm_dir, clip_dir = parts / f"llm-{family}", parts / "vision-clip"
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir)
     weights = {**{k: v.clone() for k, v in llm.state_dict().items()}, **projector_weights(kind)}
-    config = {**json.loads((llm_dir / "config.json").read_text()), "architectures": ["LlavaLlamaForCausalLM"],
-              "model_type": "llava_llama", "mm_vision_tower": str(clip_dir), "mm_hidden_size": 32,
+    arch = {"llama": "LlavaLlamaForCausalLM", "mistral": "LlavaMistralForCausalLM"}[family]
+    config = {**json.loads((llm_dir / "config.json").read_text()), "architectures": [arch],
+              "model_type": f"llava_{family}", "mm_vision_tower": str(clip_dir), "mm_hidden_size": 32,
               "mm_projector_type": kind, "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
               "image_aspect_ratio": aspect, "mm_use_im_start_end": False, "mm_use_im_patch_token": False}
     (folder / "config.json").write_text(json.dumps(config))
@@ -71,8 +73,8 @@ def reference_pixels(image: Image.Image, pad: bool, size=32) -> torch.Tensor:
     return torch.tensor(arr.transpose(2, 0, 1), dtype=torch.float32)[None]
 
 
-def reference_logits(weights, parts, kind, pixels, before, after, tower=None):
-    llm = LlamaForCausalLM.from_pretrained(parts / "llm-llama").eval()
+def reference_logits(weights, parts, kind, pixels, before, after, tower=None, family="llama"):
+    llm = AutoModelForCausalLM.from_pretrained(parts / f"llm-{family}").eval()
     llm.load_state_dict({k: v for k, v in weights.items() if "mm_projector" not in k})
     tower = (tower or CLIPVisionModel.from_pretrained(parts / "vision-clip")).eval()
     feats = tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]  # drop CLS
@@ -87,10 +89,11 @@ def reference_logits(weights, parts, kind, pixels, before, after, tower=None):
     return llm(inputs_embeds=embeds[None]).logits
 
 
-@pytest.mark.parametrize("kind,aspect,shards", [("mlp2x_gelu", "pad", False), ("linear", "pad", True),
-                                                ("mlp2x_gelu", "square", False), ("linear", "square", False)])
-def test_converted_logits_match_the_original_recipe(tiny_parts_dir, tmp_path, kind, aspect, shards):
-    src, weights = write_original(tmp_path / "orig", tiny_parts_dir, kind, aspect, shards)
+@pytest.mark.parametrize("kind,aspect,shards,family", [
+    ("mlp2x_gelu", "pad", False, "llama"), ("linear", "pad", True, "llama"), ("mlp2x_gelu", "square", False, "llama"),
+    ("linear", "square", False, "llama"), ("mlp2x_gelu", "pad", False, "mistral")])
+def test_converted_logits_match_the_original_recipe(tiny_parts_dir, tmp_path, kind, aspect, shards, family):
+    src, weights = write_original(tmp_path / "orig", tiny_parts_dir, kind, aspect, shards, family)
     assert detect(src) == "llava"
     out = main(ConvertConfig(src=src, dst=tmp_path / "hf"))
     model = LlavaForConditionalGeneration.from_pretrained(out).eval()
@@ -106,7 +109,7 @@ def test_converted_logits_match_the_original_recipe(tiny_parts_dir, tmp_path, ki
     ids = torch.tensor([before + [model.config.image_token_id] * 16 + after])
     with torch.no_grad():
         ours = model(input_ids=ids, pixel_values=pixels).logits
-        ref = reference_logits(weights, tiny_parts_dir, kind, pixels, before, after)
+        ref = reference_logits(weights, tiny_parts_dir, kind, pixels, before, after, family=family)
     vocab = ref.shape[-1]  # the converted model adds <image> and <pad> rows after the original vocabulary
     assert torch.allclose(ours[..., :vocab], ref, atol=1e-4)
     assert str(tiny_parts_dir) not in (out / "config.json").read_text()  # the tower now lives inside
@@ -133,9 +136,17 @@ def test_projector_only_checkpoint(tiny_parts_dir, tmp_path, rgb_image):
     assert detect(projector) == "llava-projector"
     out = main(ConvertConfig(src=projector, dst=tmp_path / "hf", model_base=str(tiny_parts_dir / "llm-llama"),
                              vision=str(tiny_parts_dir / "vision-clip")))
-    model = LlavaForConditionalGeneration.from_pretrained(out)
-    assert torch.equal(model.model.multi_modal_projector.linear_2.weight,
-                       projector_weights("mlp2x_gelu")["model.mm_projector.2.weight"])
+    model = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    tok = AutoProcessor.from_pretrained(out).tokenizer
+    pixels = reference_pixels(Image.new("RGB", (30, 30), (90, 30, 160)), pad=True)
+    before, after = [tok.bos_token_id], tok("\nWhat?", add_special_tokens=False).input_ids
+    ids = torch.tensor([before + [model.config.image_token_id] * 16 + after])
+    base_weights = LlamaForCausalLM.from_pretrained(tiny_parts_dir / "llm-llama").state_dict()
+    with torch.no_grad():
+        ours = model(input_ids=ids, pixel_values=pixels).logits
+        ref = reference_logits({**base_weights, **projector_weights("mlp2x_gelu")}, tiny_parts_dir, "mlp2x_gelu",
+                               pixels, before, after)
+    assert torch.allclose(ours[..., : ref.shape[-1]], ref, atol=1e-4)
     with pytest.raises(LlavatuneError, match="needs --model-base"):
         main(ConvertConfig(src=projector, dst=tmp_path / "x"))
 
@@ -245,6 +256,14 @@ def test_xtuner_checkpoint_with_llm_and_vit_lora(tiny_parts_dir, tmp_path):
     with pytest.raises(LlavatuneError, match="pass --lora-alpha"):
         main(ConvertConfig(src=pth, dst=tmp_path / "x", model_base=str(base), vision=str(clip)))
     out = main(ConvertConfig(src=pth, dst=tmp_path / "hf", model_base=str(base), vision=str(clip), lora_alpha=alpha))
+    deepspeed = tmp_path / "iter_100_ds.pth"  # the DeepSpeed layout: a folder with the module states
+    deepspeed.mkdir()
+    torch.save({"module": state}, deepspeed / "mp_rank_00_model_states.pt")
+    assert detect(deepspeed) == "xtuner"
+    out_ds = main(ConvertConfig(src=deepspeed, dst=tmp_path / "hf-ds", model_base=str(base), vision=str(clip),
+                                lora_alpha=alpha))
+    a, b = (LlavaForConditionalGeneration.from_pretrained(o).state_dict() for o in (out, out_ds))
+    assert all(torch.equal(a[k], b[k]) for k in a)
     model = LlavaForConditionalGeneration.from_pretrained(out).eval()
     tok = AutoProcessor.from_pretrained(out).tokenizer
     pixels = reference_pixels(Image.new("RGB", (20, 30), (200, 120, 10)), pad=True)
