@@ -43,6 +43,12 @@ class Ranks:
         """DDP's no_sync for micro-batches before the last of a step: gradients are reduced once per step."""
         return model.no_sync() if skip and self.world > 1 else contextlib.nullcontext()
 
+    def close(self) -> None:
+        """Tear the process group down before exit: left to interpreter shutdown, gloo may abort the process."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            self.barrier()
+            torch.distributed.destroy_process_group()
+
     def wrap(self, model):
         return self.accelerator.prepare_model(model) if self.world > 1 else model
 

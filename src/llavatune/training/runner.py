@@ -80,6 +80,7 @@ class Run:
                            ranks=self.ranks)
         save(state, "final")
         logger.close()
+        self.ranks.close()
         dropped = dict(self.dataset.skipped)
         self._say(f"[green]done[/green]: {state.step} steps, final checkpoint {self.out / 'final'}"
                   + (f"; samples dropped on rank 0: {dropped}" if dropped else ""))
