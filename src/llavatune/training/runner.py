@@ -36,19 +36,12 @@ class Run:
         cfg = self.cfg
         resume_from = self._resume_folder()
         _seed(cfg.seed)
-        self.base = loadlib.resolve(cfg.model)
-        if loadlib.is_adapter(self.base):
-            raise LlavatuneError(f"{self.base} is an adapter checkpoint; merge it first (llavatune merge) and "
-                                 "train on the merged model.")
-        self.model, self.processor = self._model(resume_from)
-        self.template = get_template(cfg.template or ("plain" if cfg.stage == "pretrain" else template_name(self.base)))
-        if cfg.stage == "finetune":  # saved processors prompt in the template the model is tuned on
-            self.processor.chat_template = to_jinja(self.template, self.processor.tokenizer)
-        self.dataset = SupervisedDataset(cfg.data, cfg.images, self.processor, self.template,
-                                         self.model.config.image_token_id, self.model.config.image_seq_length,
-                                         cfg.max_length, cfg.on_bad_image)
+        self._load(resume_from)
         lengths = [self.dataset.length(i) for i in range(len(self.dataset))]
-        order = lambda epoch: batch_order(lengths, cfg.batch_size, cfg.seed + epoch, cfg.group_by_length)  # noqa: E731
+
+        def order(epoch: int) -> list[list[int]]:
+            return batch_order(lengths, cfg.batch_size, cfg.seed + epoch, cfg.group_by_length)
+
         steps = total_steps(cfg, len(order(0)), self.ranks.world)
         optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.projector_lr, cfg.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.schedule, round(cfg.warmup_ratio * steps), steps)
@@ -56,13 +49,7 @@ class Run:
         if resume_from is not None:
             state = _restore(resume_from, optimizer, scheduler)
             self._say(f"resuming from {resume_from} at step {state.step}")
-        if self.ranks.main:
-            self._describe(steps)
-        self.ranks.barrier()
-        logger = RunLogger(self.out, cfg.report_to, to_dict(cfg), resume_step=state.step) if self.ranks.main \
-            else _Silent()
-        for note in logger.notes:
-            console.print(note)
+        logger = self._start_logging(steps, state)
         plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience,
                          cfg.packing)
 
@@ -85,6 +72,33 @@ class Run:
         self._say(f"[green]done[/green]: {state.step} steps, final checkpoint {self.out / 'final'}"
                   + (f"; samples dropped on rank 0: {dropped}" if dropped else ""))
         return self.out / "final"
+
+    def _load(self, resume_from: Path | None) -> None:
+        """The base, the model with what trains opened, its processor and template, and the dataset."""
+        cfg = self.cfg
+        self.base = loadlib.resolve(cfg.model)
+        if loadlib.is_adapter(self.base):
+            raise LlavatuneError(f"{self.base} is an adapter checkpoint; merge it first (llavatune merge) and "
+                                 "train on the merged model.")
+        self.model, self.processor = self._model(resume_from)
+        self.template = get_template(cfg.template or ("plain" if cfg.stage == "pretrain" else template_name(self.base)))
+        if cfg.stage == "finetune":  # saved processors prompt in the template the model is tuned on
+            self.processor.chat_template = to_jinja(self.template, self.processor.tokenizer)
+        self.dataset = SupervisedDataset(cfg.data, cfg.images, self.processor, self.template,
+                                         self.model.config.image_token_id, self.model.config.image_seq_length,
+                                         cfg.max_length, cfg.on_bad_image)
+
+    def _start_logging(self, steps: int, state: loop.State):
+        """Rank 0 writes run_config.yaml and trainable.txt and gets the metrics logger; the others a silent one."""
+        if self.ranks.main:
+            self._describe(steps)
+        self.ranks.barrier()
+        if not self.ranks.main:
+            return _Silent()
+        logger = RunLogger(self.out, self.cfg.report_to, to_dict(self.cfg), resume_step=state.step)
+        for note in logger.notes:
+            console.print(note)
+        return logger
 
     def _say(self, text: str) -> None:
         if self.ranks.main:
