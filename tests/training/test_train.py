@@ -174,3 +174,13 @@ def test_cli_train_with_a_shipped_recipe_name(tiny_model_dir, shapes_data, tmp_p
     assert exit_info.value.code in (0, None)
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "loss.png").is_file()
+
+
+def test_data_with_no_usable_sample_stops_with_a_reason(tiny_model_dir, shapes_data, tmp_path):
+    data = tmp_path / "gone.json"
+    rows = json.loads((shapes_data / "qa.json").read_text())[:6]
+    for row in rows:
+        row["image"] = "images/missing.png"
+    data.write_text(json.dumps(rows))
+    with pytest.raises(LlavatuneError, match="no usable training sample"):
+        train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "steps=2", f"data={data}"))

@@ -39,6 +39,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.image_token_id, self.image_seq_length, self.max_length = image_token_id, image_seq_length, max_length
         self.on_bad_image = on_bad_image
         self.skipped: collections.Counter = collections.Counter()
+        self.served = 0  # samples returned so far (to tell "some were dropped" from "none is usable")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -65,6 +66,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
             except DataError as err:
                 return self._bad(record, str(err))
             pixel_values = self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
+        self.served += 1
         return Encoded(out.input_ids, out.labels, pixel_values)
 
     def _bad(self, record: Record, message: str) -> None:

@@ -77,9 +77,12 @@ def draw_window(dataset, order: Callable[[int], list[list[int]]], state: State, 
             batches = order(state.epoch)
         if k % ranks.world == ranks.rank:
             batch = collate([dataset[i] for i in batches[state.index]], pad_id, pack)
-            if batch is not None:  # every sample of it was dropped (and counted)
+            if batch is not None:  # None: every sample of it was dropped (and counted)
                 window.append(batch)
         state.index += 1
+    if not window and dataset.served == 0 and sum(dataset.skipped.values()) >= len(dataset):
+        raise LlavatuneError(f"no usable training sample: all {len(dataset)} were dropped ({dict(dataset.skipped)}). "
+                             "Run `llavatune data validate` on the data with --images and --model.")
     return window
 
 
