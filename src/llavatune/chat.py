@@ -22,6 +22,7 @@ class ChatConfig:
     image: Path | None = None
     prompt: str | None = None        # answer this once and exit (for scripts)
     load_4bit: bool = False
+    template: str | None = None      # conversation template (default: the model's own)
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
@@ -36,7 +37,7 @@ def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
     from llavatune.inference.api import load
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    model = load(cfg.model, adapter=cfg.adapter, load_4bit=cfg.load_4bit)
+    model = load(cfg.model, adapter=cfg.adapter, load_4bit=cfg.load_4bit, template=cfg.template)
     generation = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     pending = [_open(cfg.image)] if cfg.image else []
     if cfg.prompt is not None:

@@ -181,13 +181,14 @@ def chat(
     image: Optional[Path] = typer.Option(None, help="an image for the first question"),
     prompt: Optional[str] = typer.Option(None, help="answer this once and exit"),
     load_4bit: bool = typer.Option(False, "--load-4bit", help="load the LLM in 4-bit (CUDA + bitsandbytes)"),
+    template: Optional[str] = typer.Option(None, help="conversation template (default: the model's own)"),
     max_new_tokens: Optional[int] = typer.Option(None),
     temperature: Optional[float] = typer.Option(None, help="0 = greedy (default)"),
 ):
     """Chat in the terminal (streamed; /image PATH, /reset, /quit), or answer one --prompt."""
     from llavatune import chat as verb
     verb.main(cfglib.load(verb.ChatConfig, None, None, dict(
-        model=model, adapter=adapter, image=image, prompt=prompt, load_4bit=load_4bit or None,
+        model=model, adapter=adapter, image=image, prompt=prompt, load_4bit=load_4bit or None, template=template,
         max_new_tokens=max_new_tokens, temperature=temperature)))
 
 
@@ -205,6 +206,7 @@ def serve(
     data: Optional[Path] = typer.Option(None, help="dataset for the page's sample tab"),
     images: Optional[Path] = typer.Option(None, help="its image folder"),
     load_4bit: bool = typer.Option(False, "--load-4bit"),
+    template: Optional[str] = typer.Option(None, help="conversation template (default: each model's own)"),
     engine: Optional[str] = typer.Option(None, help="transformers (default) | vllm"),
 ):
     """OpenAI-compatible API and a web page comparing two models, in one process."""
@@ -212,7 +214,7 @@ def serve(
     verb.main(cfglib.load(verb.ServeConfig, None, None, dict(
         model=model, compare=compare, adapter=adapter, host=host, port=port, api_key=api_key,
         max_image_mb=max_image_mb, allow_remote_images=allow_remote_images or None, data=data, images=images,
-        load_4bit=load_4bit or None, engine=engine)))
+        load_4bit=load_4bit or None, template=template, engine=engine)))
 
 
 @app.command(epilog="Examples:\n\n  llavatune bench train --shape tiny --baseline hf --steps 3\n\n"

@@ -45,6 +45,7 @@ class ServeConfig:
     data: Path | None = None         # a dataset for the page's sample tab
     images: Path | None = None       # its image folder; the only folder the server reads images from
     load_4bit: bool = False
+    template: str | None = None      # conversation template (default: each model's own)
     engine: str = "transformers"     # transformers | vllm (GPU, merged checkpoints)
 
 
@@ -72,10 +73,10 @@ def load_slots(cfg: ServeConfig) -> dict[str, Slot]:
     from llavatune.inference.api import load
 
     name = "base" if (cfg.compare or cfg.adapter) else Path(cfg.model).name
-    first = Slot(name, load(cfg.model, load_4bit=cfg.load_4bit))
+    first = Slot(name, load(cfg.model, load_4bit=cfg.load_4bit, template=cfg.template))
     slots = {first.name: first}
     if cfg.compare is not None or cfg.adapter is not None:
-        second = load(cfg.compare or cfg.model, adapter=cfg.adapter, load_4bit=cfg.load_4bit)
+        second = load(cfg.compare or cfg.model, adapter=cfg.adapter, load_4bit=cfg.load_4bit, template=cfg.template)
         slots["finetuned"] = Slot("finetuned", second)
     return slots
 
