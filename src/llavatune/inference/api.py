@@ -17,7 +17,7 @@ from PIL import Image
 
 from llavatune.data.formats import IMAGE_TAG
 from llavatune.data.templates import Template, get_template
-from llavatune.inference.generate import GenerationConfig, clean, generate, prompt_text
+from llavatune.inference.generate import GenerationConfig, generate, prepare
 from llavatune.model import load as loadlib
 from llavatune.model.meta import template_name
 
@@ -46,21 +46,11 @@ class Model:
         from transformers import TextIteratorStreamer
 
         images = list(images or [])
-        cfg = GenerationConfig(**generation)
-        tokenizer = self.processor.tokenizer
-        prompt = prompt_text(self.template, as_turns(messages_or_prompt, len(images)), tokenizer)
-        inputs = self.processor(images=images or None, text=[prompt], return_tensors="pt",
-                                add_special_tokens=self.template.style != "hf").to(self.device)
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        stop = [s for s in [*cfg.stop, self.template.stop] if s]
-        kwargs = dict(**inputs, streamer=streamer, max_new_tokens=cfg.max_new_tokens,
-                      pad_token_id=tokenizer.pad_token_id, stop_strings=stop or None, tokenizer=tokenizer)
-        if cfg.temperature > 0:
-            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
-        else:
-            kwargs.update(do_sample=False)
-        if cfg.seed is not None:
-            torch.manual_seed(cfg.seed)
+        turns = as_turns(messages_or_prompt, len(images))
+        inputs, kwargs, stop = prepare(self.processor, self.template, [turns], [images],
+                                       GenerationConfig(**generation), self.device)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs.update(inputs, streamer=streamer)
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
         thread.start()
         yield from _until_stop(streamer, stop)

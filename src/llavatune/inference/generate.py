@@ -24,10 +24,9 @@ def prompt_text(template: Template, turns: list[tuple[str, str]], tokenizer) -> 
     return render(template, [*turns, ("assistant", "x")], generation_prompt=True, tokenizer=tokenizer)
 
 
-@torch.no_grad()
-def generate(model, processor, template: Template, conversations: list[list[tuple[str, str]]],
-             images: list[list], cfg: GenerationConfig, device: torch.device | str = "cpu") -> list[str]:
-    """One answer per conversation. `images[i]` are the PIL images of conversation i, one per <image> tag."""
+def prepare(processor, template: Template, conversations: list[list[tuple[str, str]]], images: list[list],
+            cfg: GenerationConfig, device) -> tuple[dict, dict, list[str]]:
+    """(model inputs, generate() keyword arguments, stop strings) for a left-padded batch."""
     tokenizer = processor.tokenizer
     prompts = [prompt_text(template, turns, tokenizer) for turns in conversations]
     flat_images = [im for ims in images for im in ims]
@@ -40,10 +39,20 @@ def generate(model, processor, template: Template, conversations: list[list[tupl
         torch.manual_seed(cfg.seed)
     sampling = cfg.temperature > 0
     stop = [s for s in [*cfg.stop, template.stop] if s]
-    out = model.generate(**inputs, max_new_tokens=cfg.max_new_tokens, do_sample=sampling,
-                         temperature=cfg.temperature if sampling else None, top_p=cfg.top_p if sampling else None,
-                         pad_token_id=tokenizer.pad_token_id, stop_strings=stop or None, tokenizer=tokenizer)
+    kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=sampling,
+                  temperature=cfg.temperature if sampling else None, top_p=cfg.top_p if sampling else None,
+                  pad_token_id=tokenizer.pad_token_id, stop_strings=stop or None, tokenizer=tokenizer)
+    return inputs, kwargs, stop
+
+
+@torch.no_grad()
+def generate(model, processor, template: Template, conversations: list[list[tuple[str, str]]],
+             images: list[list], cfg: GenerationConfig, device: torch.device | str = "cpu") -> list[str]:
+    """One answer per conversation. `images[i]` are the PIL images of conversation i, one per <image> tag."""
+    inputs, kwargs, stop = prepare(processor, template, conversations, images, cfg, device)
+    out = model.generate(**inputs, **kwargs)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    tokenizer = processor.tokenizer
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
     return [clean(text, stop, tokenizer.all_special_tokens) for text in texts]
 
