@@ -12,6 +12,7 @@ import pytest
 from llavatune.cli import app, run
 
 VERBS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+SUBVERBS = sorted(f"{g.name} {c.name}" for g in app.registered_groups for c in g.typer_instance.registered_commands)
 
 
 def call(argv, capsys):
@@ -24,13 +25,14 @@ def call(argv, capsys):
 def test_help_lists_every_verb(capsys):
     code, out, _ = call(["--help"], capsys)
     assert code == 0
-    for verb in VERBS:
+    for verb in VERBS + [g.name for g in app.registered_groups]:
         assert verb in out
+    assert len(SUBVERBS) == 15
 
 
-@pytest.mark.parametrize("verb", VERBS)
+@pytest.mark.parametrize("verb", VERBS + SUBVERBS)
 def test_every_verb_help_has_an_example(verb, capsys):
-    code, out, _ = call([verb, "--help"], capsys)
+    code, out, _ = call([*verb.split(), "--help"], capsys)
     assert code == 0 and "Example" in out and f"llavatune {verb}" in out
 
 
