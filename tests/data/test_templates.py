@@ -23,7 +23,7 @@ EXPECTED = {
                   VICUNA + " USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Color? ASSISTANT:"),
     "llava_v1": (HUMAN + " USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Color? ASSISTANT: Black.</s>",
                  HUMAN + " USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Color? ASSISTANT:"),
-    "v0": (HUMAN + "###Human: <image>\nWhat is it?###Assistant: A cat.###Human: Color?###Assistant: Black.###",
+    "llava_v0": (HUMAN + "###Human: <image>\nWhat is it?###Assistant: A cat.###Human: Color?###Assistant: Black.###",
            HUMAN + "###Human: <image>\nWhat is it?###Assistant: A cat.###Human: Color?###Assistant:"),
     "llava_llama_2": (
         f"[INST] <<SYS>>\n{LLAVA_LLAMA2}\n<</SYS>>\n\n<image>\nWhat is it? [/INST] A cat. </s><s>[INST] Color? "

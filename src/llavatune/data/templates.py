@@ -61,7 +61,9 @@ def _xtuner(name: str, system_format: str, instruction: str, suffix: str, sep: s
 
 TEMPLATES: dict[str, Template] = {t.name: t for t in [
     Template("plain", "plain", sep="\n"),
-    Template("v0", "single", _LLAVA_V1_SYSTEM, ("Human", "Assistant"), "###"),
+    # LLaVA's conv_llava_v0. (Its "v0"/"default" is conv_vicuna_v0, which seeds an example exchange and trains
+    # through a different preprocess; it is deliberately not offered.)
+    Template("llava_v0", "single", _LLAVA_V1_SYSTEM, ("Human", "Assistant"), "###"),
     Template("vicuna_v1", "two", _VICUNA_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>"),
     Template("llava_v1", "two", _LLAVA_V1_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>"),
     Template("llava_llama_2", "llama_2", _LLAVA_LLAMA2_SYSTEM, ("USER", "ASSISTANT"), "<s>", "</s>"),
@@ -78,7 +80,7 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
             "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>", ""),
     Template("hf", "hf"),
 ]}
-ALIASES = {"v1": "vicuna_v1", "llava_v0": "v0", "mistral_direct": "chatml_direct", "v0_plain": "plain"}
+ALIASES = {"v1": "vicuna_v1", "mistral_direct": "chatml_direct", "v0_plain": "plain"}
 
 
 def get_template(name: str) -> Template:
