@@ -65,23 +65,18 @@ def samples(cfg: EvalConfig) -> list[Sample]:
 
 def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg: EvalConfig) -> tuple[list[str], dict]:
     """The model's answers, and its parameter counts (total; trained in the run that made it, when known)."""
-    from llavatune.data.templates import get_template
-    from llavatune.model import load as loadlib
-    from llavatune.model.meta import template_name
+    from llavatune.inference.api import load
 
-    device = loadlib.pick_device(cfg.device)
-    model, processor = loadlib.load(model_path, adapter=adapter, device=str(device))
-    source = loadlib.resolve(adapter or model_path)
-    template = get_template(cfg.template or template_name(source))
+    loaded = load(model_path, adapter=adapter, device=cfg.device, template=cfg.template)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
     answers: list[str] = []
     for start in range(0, len(items), cfg.batch_size):
         batch = items[start:start + cfg.batch_size]
         pil = [[imagelib.load(ref, cfg.images, s.record.source) for ref in s.record.images] for s in batch]
-        answers += generate(model, processor, template, [s.question_turns for s in batch], pil, gen, device)
-    params = {"total": sum(p.numel() for n, p in model.named_parameters() if "original_module" not in n),
-              "trained": trained_count(source)}
-    del model
+        answers += generate(loaded.model, loaded.processor, loaded.template, [s.question_turns for s in batch], pil,
+                            gen, loaded.device)
+    params = {"total": sum(p.numel() for n, p in loaded.model.named_parameters() if "original_module" not in n),
+              "trained": trained_count(loaded.source)}
     return answers, params
 
 

@@ -27,8 +27,9 @@ Turns = list[tuple[str, str]]
 class Model:
     """A loaded model with its processor and conversation template."""
 
-    def __init__(self, model, processor, template: Template, device: torch.device, name: str):
+    def __init__(self, model, processor, template: Template, device: torch.device, name: str, source: Path):
         self.model, self.processor, self.template, self.device, self.name = model, processor, template, device, name
+        self.source = source  # the folder the weights (or the adapter) came from
 
     def generate(self, conversations: list, images: list[list[Image.Image]] | None = None, **generation) -> list[str]:
         """Answers for a batch (left-padded: greedy answers equal one-by-one answers). Each conversation is a
@@ -96,4 +97,4 @@ def load(path: str | Path, adapter: str | Path | None = None, load_4bit: bool = 
     torch_dtype = (torch.bfloat16 if dev.type == "cuda" else torch.float32) if dtype == "auto" else loadlib.DTYPES[dtype]
     model, processor = loadlib.load(path, adapter=adapter, dtype=torch_dtype, load_4bit=load_4bit, device=str(dev))
     source = loadlib.resolve(adapter or path)
-    return Model(model, processor, get_template(template or template_name(source)), dev, Path(path).name)
+    return Model(model, processor, get_template(template or template_name(source)), dev, Path(path).name, source)

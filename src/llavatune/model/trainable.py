@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import re
 
-import torch
 from torch import nn
 
 from llavatune.errors import LlavatuneError
@@ -124,6 +123,3 @@ def report(model: nn.Module) -> str:
     lines.append(f"{'all':<10} {trained:>14,} {total:>14,}  ({100 * trained / max(total, 1):.3f}% trainable)")
     return "\n".join(lines)
 
-
-def dtype_of(model: nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
