@@ -63,6 +63,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
+    checkpoint_layers: int | None = None  # with gradient_checkpointing: the first k LLM layers only (None = all)
+    attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = "auto"  # see training/fast.py
+    kernels: Literal["auto", "none", "liger"] = "auto"  # liger: fused RMSNorm/SwiGLU/RoPE; auto: on a GPU when installed
+    compile: bool = False            # torch.compile each LLM decoder layer
     group_by_length: bool = True     # LLaVA's modality-length grouping
     packing: bool = False            # samples end to end without padding (loss identical; speed unmeasured yet)
     seed: int = 0

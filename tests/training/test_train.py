@@ -81,9 +81,7 @@ def test_nan_loss_is_skipped_and_weights_stay_finite(tiny_model_dir, shapes_data
     def poisoned(self, *args, **kwargs):
         out = forward(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] in (2, 3):
-            out.loss = out.loss * float("nan")
-        return out
+        return _nan(out) if calls["n"] in (2, 3) else out
 
     monkeypatch.setattr(LlavaForConditionalGeneration, "forward", poisoned)
     run = tmp_path / "run"
@@ -100,7 +98,7 @@ def test_nan_loss_is_skipped_and_weights_stay_finite(tiny_model_dir, shapes_data
 
 
 def _nan(out):
-    out.loss = out.loss * float("nan")
+    out.logits = out.logits * float("nan")  # the training loss is computed from the logits
     return out
 
 

@@ -23,6 +23,7 @@ from llavatune.data.dataset import collate, n_samples, n_tokens
 from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
 from llavatune.training.distributed import Ranks
+from llavatune.training.fast import targets_loss
 
 OOM_HELP = ("out of memory. Knobs, most effective first: batch_size (keep the global batch with grad_accum), "
             "gradient_checkpointing=true, method=qlora (4-bit LLM), max_length, precision=bf16.")
@@ -148,8 +149,7 @@ def _update(model, window, optimizer, plan: Plan, device, autocast_dtype, scaler
         batch = {key: v.to(device) for key, v in batch.items()}
         with ranks.no_sync(model, skip=k < len(window) - 1):
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                # no KV cache in training: it costs memory, and with one transformers ignores packed positions
-                loss = model(**batch, use_cache=False, num_items_in_batch=torch.tensor(n_items, device=device)).loss
+                loss = targets_loss(model, batch, n_items)
             if not ranks.all_true(bool(torch.isfinite(loss)), device):  # every rank skips together
                 optimizer.zero_grad(set_to_none=True)
                 return None, float("nan")

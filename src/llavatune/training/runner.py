@@ -17,7 +17,7 @@ from llavatune.model import load as loadlib
 from llavatune.model import trainable
 from llavatune.model.meta import template_name
 from llavatune.train import TrainConfig, data_manifest, total_steps
-from llavatune.training import checkpoint, distributed, loop
+from llavatune.training import checkpoint, distributed, fast, loop
 from llavatune.training.logging import RunLogger
 from llavatune.training.optim import build_optimizer, build_scheduler
 
@@ -87,6 +87,7 @@ class Run:
         self.dataset = SupervisedDataset(cfg.data, cfg.images, self.processor, self.template,
                                          self.model.config.image_token_id, self.model.config.image_seq_length,
                                          cfg.max_length, cfg.on_bad_image)
+        self.data_manifest = {**data_manifest(cfg.data), "rows": len(self.dataset)}  # hashed once per run
 
     def _start_logging(self, steps: int, state: loop.State):
         """Rank 0 writes run_config.yaml and trainable.txt and gets the metrics logger; the others a silent one."""
@@ -125,6 +126,9 @@ class Run:
         source = resume_from if (resume_from is not None and full_weights) else self.base
         model, processor = loadlib.load_base(source, self.dtype, load_4bit=cfg.method == "qlora",
                                              device=str(self.device))
+        fast.set_attention(model, fast.pick_attention(cfg.attention, self.device, cfg.packing))
+        if fast.pick_kernels(cfg.kernels, self.device) == "liger":
+            fast.use_liger(model)
         if cfg.method == "qlora":
             from peft import prepare_model_for_kbit_training
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
@@ -138,16 +142,18 @@ class Run:
             from safetensors.torch import load_file
             set_peft_model_state_dict(model, load_file(resume_from / "adapter_model.safetensors"))
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        return model.to(self.device), processor
+            fast.checkpoint_layers(model, cfg.checkpoint_layers)
+        model = model.to(self.device)
+        if cfg.compile:
+            fast.compile_layers(model)
+        return model, processor
 
     def run_doc(self) -> dict:
         # the template the checkpoint answers in: stage 1 (plain captions) leaves the base's chat template
         template = self.template.name if self.cfg.stage == "finetune" else template_name(self.base)
         return {"model": {"base": str(self.base.resolve()), "template": template,
                           "train_template": self.template.name, "image_tokens": self.model.config.image_seq_length},
-                "data": {**data_manifest(self.cfg.data), "rows": len(self.dataset)}}
+                "data": self.data_manifest}
 
     def _describe(self, steps: int) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
