@@ -24,6 +24,10 @@ STAND_INS = {  # hub id -> tiny folder name in the tiny_parts_dir fixture
     "openai/clip-vit-large-patch14-336": "vision-clip-dual",
 }
 
+BENCH_ON_CPU = [  # GPU benchmark commands run on the tiny shape; 4-bit needs CUDA, so qlora runs as lora
+    (r"--shape \S+", "--shape tiny"), (r"--method qlora", "--method lora"), (r"--steps \d+", "--steps 2"),
+    (r"--new-tokens \d+", "--new-tokens 4"), (r"batches=\[[\d,]+\]", "batches=[1,2]")]
+
 
 def commands(doc: Path) -> list[str]:
     blocks = re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S)
@@ -59,6 +63,9 @@ def test_doc_commands_run(doc, tiny_parts_dir, tmp_path, monkeypatch):
     for cmd in cmds:
         for hub_id, folder in STAND_INS.items():
             cmd = cmd.replace(hub_id, str(tiny_parts_dir / folder))
+        if cmd.startswith("llavatune bench "):
+            for pattern, stand_in in BENCH_ON_CPU:
+                cmd = re.sub(pattern, stand_in, cmd)
         argv = shlex.split(cmd)
         if argv[0] == "make":
             run_make(argv[1:], tmp_path)

@@ -218,24 +218,26 @@ def serve(
 
 
 @app.command(epilog="Examples:\n\n  llavatune bench train --shape tiny --baseline hf --steps 3\n\n"
-             "  llavatune bench train --shape llava15-7b --method lora --lengths llava665k --steps 20")
+             "  llavatune bench train --shape llava15-7b --method lora --lengths llava665k --steps 20\n\n"
+             "  llavatune bench generate --shape tiny --new-tokens 8 batches=[1,2]")
 def bench(
-    what: str = typer.Argument("train", help="train (generate is planned)"),
+    what: str = typer.Argument("train", help="train | generate"),
     shape: Optional[str] = typer.Option(None, help="tiny | llava15-7b | llava15-13b | qwen15-4b | internlm2-1.8b"),
     method: Optional[str] = typer.Option(None, help="lora (default) | full"),
     lengths: Optional[str] = typer.Option(None, help="fixed (736 tokens) | llava665k (the 665K mix)"),
     baseline: Optional[str] = typer.Option(None, help="hf (Trainer + PEFT, default) | none"),
     steps: Optional[int] = typer.Option(None, help="measured optimizer steps"),
     batch_size: Optional[int] = typer.Option(None),
+    new_tokens: Optional[int] = typer.Option(None, help="generate: tokens per answer"),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON results"),
     overrides: Optional[list[str]] = OVERRIDES,
 ):
-    """Throughput and memory of our training step against the HF Trainer + PEFT baseline, same data, same run."""
+    """Our training step against the HF Trainer + PEFT baseline, or our generation against HF generate: same
+    model, same data, same run. Fast-path switches go as key=value (packing=true attention=flex_attention)."""
     from llavatune import bench as verb
-    if what != "train":
-        raise LlavatuneError(f"bench {what}: only `bench train` is in this release.")
     verb.main(cfglib.load(verb.BenchConfig, None, overrides, dict(
-        shape=shape, method=method, lengths=lengths, baseline=baseline, steps=steps, batch_size=batch_size, out=out)))
+        what=what, shape=shape, method=method, lengths=lengths, baseline=baseline, steps=steps,
+        batch_size=batch_size, new_tokens=new_tokens, out=out)))
 
 
 @app.command(epilog="Example:\n\n  llavatune demo --out runs/demo")

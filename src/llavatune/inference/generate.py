@@ -17,6 +17,7 @@ class GenerationConfig:
     top_p: float = 1.0
     stop: list[str] = dataclasses.field(default_factory=list)
     seed: int | None = None
+    static_cache: bool = False        # GPU: compiled decode with a static cache (see speed_kwargs)
 
 
 def prompt_text(template: Template, turns: list[tuple[str, str]], tokenizer) -> str:
@@ -41,8 +42,15 @@ def prepare(processor, template: Template, conversations: list[list[tuple[str, s
     stop = [s for s in [*cfg.stop, template.stop] if s]
     kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=sampling,
                   temperature=cfg.temperature if sampling else None, top_p=cfg.top_p if sampling else None,
-                  pad_token_id=tokenizer.pad_token_id, stop_strings=stop or None, tokenizer=tokenizer)
+                  pad_token_id=tokenizer.pad_token_id, stop_strings=stop or None, tokenizer=tokenizer,
+                  **(speed_kwargs(device) if cfg.static_cache else {}))
     return inputs, kwargs, stop
+
+
+def speed_kwargs(device) -> dict:
+    """On a GPU: a static KV cache, with which transformers compiles the decode step (CUDA graphs) once per
+    batch shape; the first answer of a new shape pays the compilation."""
+    return {"cache_implementation": "static"} if torch.device(device).type == "cuda" else {}
 
 
 @torch.no_grad()
