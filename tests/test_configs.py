@@ -64,3 +64,23 @@ def test_list_show_copy(tmp_path, capsys):
         run(["configs", "show", "tiny-lorra"])
     assert exit_info.value.code == 2
     assert "Did you mean 'tiny-lora'" in capsys.readouterr().err
+
+
+def test_dry_run_memory_per_strategy(tmp_path, monkeypatch):
+    """13B full fine-tuning at batch 4 (docs/multi-gpu.md): DDP keeps a whole copy per card and fits no 80 GiB
+    card; FSDP divides weights, gradients and optimizer state by the cards, so 8 cards of 40 GiB suffice."""
+    from llavatune.config import load
+    from llavatune.train import TrainConfig, main
+
+    monkeypatch.chdir(tmp_path)
+    plan = main(load(TrainConfig, configs.path_of("llava15-finetune-full"),
+                     ["dry_run=true", "shape=llava15-13b", "batch_size=4", "grad_accum=4"]))
+    ddp, fsdp = plan["memory_gib_by_strategy"]["ddp"], plan["memory_gib_by_strategy"]["fsdp"]
+    assert ddp[8] == ddp[1] == pytest.approx(plan["memory_gib"]["total"]) and ddp[8] > 80
+    assert fsdp[1] == ddp[1] and fsdp[8] < fsdp[4] < fsdp[2] < ddp[1] and fsdp[8] < 40
+
+
+def test_deepspeed_strategies_are_refused_with_the_reason(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["train", "tiny-lora", "--strategy", "zero3"])
+    assert exit_info.value.code == 2 and "use fsdp" in capsys.readouterr().err

@@ -89,7 +89,8 @@ def train(
     node_rank: int = typer.Option(0, help="this machine's rank, 0 .. nodes-1"),
     master_addr: str = typer.Option("127.0.0.1", help="address of the rank-0 machine"),
     master_port: int = typer.Option(29500, help="a free port on the rank-0 machine"),
-    strategy: str = typer.Option("ddp", help="ddp (this release); fsdp, zero2, zero3 are planned"),
+    strategy: Optional[str] = typer.Option(None, help="ddp (default: a whole model per device) | fsdp (FSDP2: "
+                                                       "weights, gradients, optimizer state sharded)"),
 ):
     """Train one stage (pretrain | finetune) with one method (full | freeze | lora | qlora)."""
     import os
@@ -99,12 +100,14 @@ def train(
     from llavatune import train as verb
     from llavatune.training import distributed
 
-    if strategy != "ddp":
-        raise LlavatuneError(f"--strategy {strategy} is not in this release yet; use ddp.")
+    if strategy in ("zero2", "zero3", "zero3-offload"):
+        raise LlavatuneError(f"--strategy {strategy}: DeepSpeed is not in this release (it could not be run "
+                             "here); use fsdp, which shards like ZeRO-3.")
+    overrides = [*(overrides or []), *([f"strategy={strategy}"] if strategy else [])]
     n_gpus = len([g for g in (gpus or "").split(",") if g.strip()])
     if (n_gpus > 1 or (procs or 1) > 1 or nodes > 1) and "WORLD_SIZE" not in os.environ:
         env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})}
-        argv = ["train", recipe, *(overrides or []), *(["--dry-run"] if dry_run else []),
+        argv = ["train", recipe, *overrides, *(["--dry-run"] if dry_run else []),
                 *([f"resume={resume}"] if resume else []), *(["device=cpu"] if procs else [])]
         command = distributed.launch_command(argv, n_gpus or procs or 1, nodes, node_rank, master_addr, master_port)
         raise typer.Exit(subprocess.run(command, env=env).returncode)

@@ -78,6 +78,7 @@ class TrainConfig:
     on_bad_image: Literal["skip", "stop"] = "skip"
     resume: str | None = None        # auto | a checkpoint folder
     device: str = "auto"             # auto | cpu | cuda | cuda:N
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # several processes: DDP (whole model each) | FSDP2 (sharded)
     dry_run: bool = False            # print the plan (model, data, trainable counts, steps, memory) and stop
 
 

@@ -1,5 +1,6 @@
-"""Data parallel on CPU: 2 processes (gloo) give the loss curve of 1 process with doubled accumulation, for
-LoRA and full fine-tuning; their checkpoints have the single-process layout and resume on 1 process."""
+"""Data parallel on CPU: 2 processes (gloo), DDP or FSDP2, give the loss curve of 1 process with doubled
+accumulation, for LoRA and full fine-tuning; their checkpoints have the single-process layout and weights
+(gathered, never empty shards) and resume on 1 process."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from llavatune import configs
 from llavatune.config import load
@@ -25,15 +28,16 @@ def files(folder: Path) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes_data, tmp_path, method):
+@pytest.mark.parametrize("strategy,method", [("ddp", "lora"), ("ddp", "full"), ("fsdp", "lora"), ("fsdp", "full")])
+def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes_data, tmp_path, strategy, method):
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=4", "save_every=2", "keep_last=0", "report_to=[]", "lr=1e-3", f"method={method}",
               "lora.dropout=0", "lora.targets=all"]
     exe = str(Path(sys.executable).parent / "llavatune")
     two = tmp_path / "two"
     result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={two}", "grad_accum=1", "--procs", "2",
-                             "--master-port", "29731"], capture_output=True, text=True, timeout=600)
+                             "--strategy", strategy, "--master-port", "29731"], capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     one = tmp_path / "one"
     train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
@@ -41,8 +45,29 @@ def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes
     run_config = (two / "run_config.yaml").read_text()
     assert "global_batch: 4" in run_config and "devices: 2" in run_config
     assert files(two / "checkpoint-2") == files(one / "checkpoint-2")
+    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    a, b = load_file(two / "checkpoint-2" / weights), load_file(one / "checkpoint-2" / weights)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     # a 2-process checkpoint resumes on 1 process
     import shutil
     shutil.rmtree(two / "final")
     train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={two}", "grad_accum=2", "resume=auto"]))
     assert losses(two)[2:] == pytest.approx(losses(one)[2:], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_bf16_checkpoint_keeps_the_trained_dtypes(tiny_model_dir, shapes_data, tmp_path):
+    """FSDP2 stores bf16 runs' shards in fp32 (one dtype per unit); the gathered checkpoint is cast back, so a
+    2-process full bf16 run saves the dtypes a 1-process one does, and trains the same way (bf16 tolerance)."""
+    common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
+              "steps=2", "keep_last=0", "report_to=[]", "lr=1e-3", "method=full", "precision=bf16"]
+    exe = str(Path(sys.executable).parent / "llavatune")
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={two}", "--procs", "2", "--strategy", "fsdp",
+                             "--master-port", "29733"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
+    a, b = load_file(two / "final" / "model.safetensors"), load_file(one / "final" / "model.safetensors")
+    assert {k: t.dtype for k, t in a.items()} == {k: t.dtype for k, t in b.items()}
+    assert torch.bfloat16 in {t.dtype for t in a.values()}
+    assert losses(two) == pytest.approx(losses(one), rel=0.05)

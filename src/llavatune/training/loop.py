@@ -161,6 +161,8 @@ def _update(model, window, optimizer, plan: Plan, device, autocast_dtype, scaler
         scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, plan.max_grad_norm if plan.max_grad_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor, replicated on every rank
+        norm = norm.full_tensor()
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
         if scaler:

@@ -74,12 +74,24 @@ def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[s
     acts = tokens * per_layer * text.num_hidden_layers
     if cfg.gradient_checkpointing:
         acts += tokens * 34 * text.hidden_size * b  # one layer recomputed at a time
-    logits = tokens * text.vocab_size * 4 * 2  # fp32 logits and their gradient
+    logits = tokens * text.vocab_size * 4 * 2  # fp32 logits and gradient; an upper bound: only target positions
+                                                # get logits (training/fast.py), in LLaVA data a small share
     parts = {"weights": weights, "gradients": grads, "optimizer": trained * optim_bytes, "activations": acts,
              "logits": logits}
     out = {k: v / GIB for k, v in parts.items()}
     out["total"] = sum(out.values())
     return out
+
+
+def by_strategy(memory: dict[str, float], n_layers: int, devices=(1, 2, 4, 8)) -> dict[str, dict[int, float]]:
+    """GiB per device for each strategy and device count. ddp: a whole copy everywhere. fsdp (FSDP2, sharded
+    like ZeRO-3): weights, gradients and optimizer state divided by the devices, plus two layers' weights whole
+    (the one computing and the one prefetched); activations and logits stay per device."""
+    states = memory["weights"] + memory["gradients"] + memory["optimizer"]
+    rest = memory["activations"] + memory["logits"]
+    return {"ddp": {n: states + rest for n in devices},
+            "fsdp": {n: states / n + 2 * memory["weights"] / n_layers + rest if n > 1 else states + rest
+                     for n in devices}}
 
 
 def dry_run(cfg: TrainConfig) -> dict:
@@ -91,7 +103,8 @@ def dry_run(cfg: TrainConfig) -> dict:
     plan = {"model": str(cfg.model), "llm": config.text_config.model_type, "vision": config.vision_config.model_type,
             "image_tokens": config.image_seq_length, "stage": cfg.stage, "method": cfg.method,
             "parameters": counts, "data_rows": rows, "steps": steps,
-            "global_batch": cfg.batch_size * cfg.grad_accum, "memory_gib": memory}
+            "global_batch": cfg.batch_size * cfg.grad_accum, "memory_gib": memory,
+            "memory_gib_by_strategy": by_strategy(memory, config.text_config.num_hidden_layers)}
     _print(plan, cfg)
     return plan
 
@@ -109,4 +122,7 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
     mem = plan["memory_gib"]
     table.add_row("memory (rough)", f"{mem['total']:.1f} GiB per device = " + ", ".join(
         f"{k} {v:.1f}" for k, v in mem.items() if k != "total"))
+    for strategy, per_n in plan["memory_gib_by_strategy"].items():
+        table.add_row(f"  --strategy {strategy}", ", ".join(f"{n} GPU{'s' if n > 1 else ''}: {v:.1f} GiB"
+                                                           for n, v in per_n.items()))
     console.print(table)

@@ -28,7 +28,7 @@ PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float1
 class Run:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.out = cfg, Path(cfg.out)
-        self.ranks, device = distributed.setup(cfg.device)
+        self.ranks, device = distributed.setup(cfg.device, cfg.strategy)
         self.device = device or loadlib.pick_device(cfg.device)
         self.dtype = PRECISION[cfg.precision]
 
@@ -43,25 +43,29 @@ class Run:
             return batch_order(lengths, cfg.batch_size, cfg.seed + epoch, cfg.group_by_length)
 
         steps = total_steps(cfg, len(order(0)), self.ranks.world)
+        model = self.ranks.wrap(self.model, self.dtype)  # FSDP2 shards self.model in place: the optimizer comes after
         optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.projector_lr, cfg.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.schedule, round(cfg.warmup_ratio * steps), steps)
         state = loop.State()
         if resume_from is not None:
-            state = _restore(resume_from, optimizer, scheduler)
+            state = self._restore(resume_from, model, optimizer, scheduler)
             self._say(f"resuming from {resume_from} at step {state.step}")
         logger = self._start_logging(steps, state)
         plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience,
                          cfg.packing)
 
         def save(st: loop.State, name: str | None = None) -> None:
-            if self.ranks.main:  # the model is whole on every rank under DDP: rank 0 writes it
-                self._save(self.out / (name or f"checkpoint-{st.step}"), st, optimizer, scheduler)
+            weights = self.ranks.model_state(model)  # every rank takes part in gathering; rank 0 writes
+            trainer_state = {"loop": st.__dict__, "optimizer": self.ranks.optimizer_state(model, optimizer),
+                             "scheduler": scheduler.state_dict(), "rng": loop.rng_state()}
+            if self.ranks.main:
+                self._save(self.out / (name or f"checkpoint-{st.step}"), st.step, trainer_state, weights)
                 checkpoint.prune(self.out, cfg.keep_last)
                 logger.plot(self.out / "loss.png")
             self.ranks.barrier()
 
         scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
-        state = loop.train(self.ranks.wrap(self.model), self.dataset, order, optimizer, scheduler, plan, state,
+        state = loop.train(model, self.dataset, order, optimizer, scheduler, plan, state,
                            device=self.device, autocast_dtype=None if cfg.precision == "fp32" else self.dtype,
                            pad_id=self.processor.tokenizer.pad_token_id, logger=logger, save=save, scaler=scaler,
                            ranks=self.ranks)
@@ -168,17 +172,22 @@ class Run:
                       f"samples, {steps} steps; global batch {global_batch} = {cfg.batch_size} per device x "
                       f"{self.ranks.world} device(s) x {cfg.grad_accum} accumulation; device {self.device}\n{report}")
 
-    def _save(self, folder: Path, state: loop.State, optimizer, scheduler) -> None:
-        trainer_state = {"loop": state.__dict__, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": loop.rng_state()}
-
+    def _save(self, folder: Path, step: int, trainer_state: dict, weights: dict | None) -> None:
+        """`weights`: the gathered state dict under FSDP, None when the model is whole here."""
         def payload(tmp: Path) -> None:
-            self.model.save_pretrained(tmp)
+            self.model.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
             self.processor.save_pretrained(tmp)
             (tmp / "trainable.txt").write_text((self.out / "trainable.txt").read_text())
-            save_run_config(tmp, "train", self.cfg, **self.run_doc(), checkpoint={"step": state.step})
+            save_run_config(tmp, "train", self.cfg, **self.run_doc(), checkpoint={"step": step})
 
-        checkpoint.save(folder, state.step, payload, trainer_state)
+        checkpoint.save(folder, step, payload, trainer_state)
+
+    def _restore(self, folder: Path, model, optimizer, scheduler) -> loop.State:
+        saved = checkpoint.load_state(folder)
+        self.ranks.load_optimizer_state(model, optimizer, saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        loop.set_rng_state(saved["rng"])
+        return loop.State(**saved["loop"])
 
 
 class _Silent:
@@ -193,14 +202,6 @@ class _Silent:
 
     def close(self) -> None:
         pass
-
-
-def _restore(folder: Path, optimizer, scheduler) -> loop.State:
-    saved = checkpoint.load_state(folder)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    loop.set_rng_state(saved["rng"])
-    return loop.State(**saved["loop"])
 
 
 def _seed(seed: int) -> None:
