@@ -190,7 +190,7 @@ def merged_lora_weights(src: Path, base: str, merge: bool = True) -> dict[str, t
 
 
 def from_llava(cfg: ConvertConfig, kind: str) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from llavatune.data.templates import get_template
     from llavatune.model import compose
@@ -206,8 +206,8 @@ def from_llava(cfg: ConvertConfig, kind: str) -> Path:
             raise LlavatuneError("--from llava-projector needs --model-base LLM and --vision ENCODER (the stage-1 "
                                  "checkpoint holds only the projector).")
         weights = _read_weights([src])
-        llm = AutoModelForCausalLM.from_pretrained(cfg.model_base, dtype=torch.float32)
-        tokenizer, config = AutoTokenizer.from_pretrained(cfg.model_base), {"image_aspect_ratio": "pad"}
+        llm, tokenizer = compose.load_llm(cfg.model_base, torch.float32)
+        config = {"image_aspect_ratio": "pad"}
     else:
         config = json.loads((src / "config.json").read_text())
         weights = (merged_lora_weights(src, cfg.model_base, merge=not cfg.keep_adapter) if kind == "llava-lora"
@@ -320,8 +320,6 @@ def _split_lora(state: dict[str, torch.Tensor], prefix: str) -> tuple[dict, dict
 def from_xtuner(cfg: ConvertConfig) -> Path:
     """An xtuner LLaVA checkpoint (projector, optional LLM / ViT LoRA or full weights) + the LLM and encoder it
     was trained on -> llava-hf."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from llavatune.data.templates import get_template
     from llavatune.model import compose
     from llavatune.model.save import check_out_dir, save_pretrained_clean, write_atomically
@@ -337,25 +335,30 @@ def from_xtuner(cfg: ConvertConfig) -> Path:
         r = next(iter({**llm_lora, **vit_lora}.values())).shape[0]
         raise LlavatuneError(f"{src} holds LoRA weights (r={r}) but not their alpha; pass --lora-alpha (the "
                              "lora_alpha of the xtuner config, e.g. 256 for xtuner's InternLM2 QLoRA recipe).")
-    llm = AutoModelForCausalLM.from_pretrained(cfg.model_base, dtype=torch.float32)
+
+    def trained(lora: dict, full: dict):
+        """Folds the run's weights into the base's, named as the run saw them (InternLM2 names for InternLM2)."""
+        def edit(weights: dict[str, torch.Tensor]) -> None:
+            weights.update(full)
+            if lora:
+                fold_lora(weights, lora, cfg.lora_alpha / next(iter(lora.values())).shape[0], str(src))
+        return edit
+
+    llm, tokenizer = compose.load_llm(cfg.model_base, torch.float32,
+                                      trained(llm_lora, llm_full) if llm_lora or llm_full else None)
     tower, mean, std = compose.load_vision(cfg.vision, torch.float32)
     if not any(k.startswith("vision_model.") for k in tower.state_dict()):  # transformers 5 flattened CLIP/SigLIP
         vit_lora, vit_full = ({k.removeprefix("vision_model."): v for k, v in d.items()} for d in (vit_lora, vit_full))
-    for module, lora, full in ((llm, llm_lora, llm_full), (tower, vit_lora, vit_full)):
-        if lora or full:
-            weights = {k: v.clone() for k, v in module.state_dict().items()}
-            weights.update(full)
-            if lora:
-                r = next(iter(lora.values())).shape[0]
-                fold_lora(weights, lora, cfg.lora_alpha / r, str(src))
-            module.load_state_dict(weights)
+    if vit_lora or vit_full:
+        weights = {k: v.clone() for k, v in tower.state_dict().items()}
+        trained(vit_lora, vit_full)(weights)
+        tower.load_state_dict(weights)
     projector = {k.removeprefix("projector.model."): v for k, v in state.items() if k.startswith("projector.model.")}
     name, projector_weights = projector_spec({f"mm_projector.{k}": v for k, v in projector.items()})
     _check_projector(projector_weights, tower, llm, src)
     strategy = "default" if compose.extra_tokens(tower) == 1 else "full"  # xtuner drops CLS unless SigLIP
-    model, processor = compose.assemble(compose.Parts(llm, AutoTokenizer.from_pretrained(cfg.model_base), tower,
-                                                      mean, std), compose.Projector.parse(name), -2, strategy, "pad",
-                                        get_template(cfg.template))
+    model, processor = compose.assemble(compose.Parts(llm, tokenizer, tower, mean, std), compose.Projector.parse(name),
+                                        -2, strategy, "pad", get_template(cfg.template))
     model.model.multi_modal_projector.load_state_dict(projector_weights, strict=False)
 
     def write(folder: Path) -> None:

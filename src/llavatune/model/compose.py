@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 import torch
 from transformers import (
@@ -28,6 +29,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from llavatune.data.templates import Template, to_jinja
 from llavatune.errors import LlavatuneError
+from llavatune.model import internlm2
 from llavatune.model.tokens import add_llava_tokens
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +64,21 @@ class Parts:
     pixel_std: list[float]
 
 
-def load_llm(ref: str, dtype: torch.dtype | None) -> tuple[PreTrainedModel, object]:
+def load_llm(ref: str, dtype: torch.dtype | None,
+             edit: Callable[[dict[str, torch.Tensor]], None] | None = None) -> tuple[PreTrainedModel, object]:
+    """(causal LM, tokenizer) of a folder or hub id; InternLM2's remote-code models are read as Llama.
+    `edit` may change the weights in place before they are used (names as in the checkpoint)."""
+    if internlm2.is_internlm2(ref):
+        return internlm2.load(ref, dtype, edit)
     config = _load_config(ref, "--llm")
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise LlavatuneError(f"--llm {ref}: its config is '{config.model_type}', which is not a causal language "
-                             "model (expected for example llama, qwen2, mistral, phi3, gemma).")
+                             "model (expected for example llama, qwen2, mistral, phi3, gemma, internlm2).")
     model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype or "auto")
+    if edit is not None:
+        weights = {k: v.clone() for k, v in model.state_dict().items()}
+        edit(weights)
+        model.load_state_dict(weights)
     return model, AutoTokenizer.from_pretrained(ref)
 
 

@@ -24,7 +24,7 @@ LLM = {
     "Qwen/Qwen1.5-4B-Chat": lambda: Qwen2Config(
         hidden_size=2560, intermediate_size=6912, num_hidden_layers=40, num_attention_heads=20,
         num_key_value_heads=20, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=False),
-    # InternLM2 ships remote code; its shape as a Llama-style decoder (GQA 16/8) for planning
+    # InternLM2 loads as a Llama-style decoder (model/internlm2.py): GQA 16/8
     "internlm/internlm2-chat-1_8b": lambda: LlamaConfig(
         hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16,
         num_key_value_heads=8, vocab_size=92544, max_position_embeddings=32768),
