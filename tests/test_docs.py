@@ -22,6 +22,7 @@ STAND_INS = {  # hub id -> tiny folder name in the tiny_parts_dir fixture
     "Qwen/Qwen1.5-4B-Chat": "llm-qwen2",
     "lmsys/vicuna-7b-v1.5": "llm-llama",
     "openai/clip-vit-large-patch14-336": "vision-clip-dual",
+    "internlm/internlm2-chat-1_8b": "llm-internlm2",
 }
 
 BENCH_ON_CPU = [  # GPU benchmark commands run on the tiny shape; 4-bit needs CUDA, so qlora runs as lora
@@ -48,6 +49,11 @@ def stand_in_files(folder: Path, parts: Path) -> None:
     xtuner["llm.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = torch.randn(4, 64, generator=g)
     xtuner["llm.base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"] = torch.zeros(64, 4)
     torch.save({"state_dict": xtuner}, folder / "iter_5000.pth")
+    on_internlm2 = {k: v for k, v in xtuner.items() if k.startswith("projector.")}  # LoRA on the packed wqkv
+    on_internlm2["llm.base_model.model.model.layers.0.attention.wqkv.lora_A.default.weight"] = torch.randn(4, 64, generator=g)
+    on_internlm2["llm.base_model.model.model.layers.0.attention.wqkv.lora_B.default.weight"] = torch.randn(128, 4, generator=g)
+    (folder / "work_dirs/llava_internlm2_chat_1_8b_qlora").mkdir(parents=True)
+    torch.save({"state_dict": on_internlm2}, folder / "work_dirs/llava_internlm2_chat_1_8b_qlora/iter_2181.pth")
     rows = [{"id": str(i), "image": f"{'textvqa/train_images' if i % 3 else 'coco/train2017'}/{i}.jpg",
              "conversations": [{"from": "human", "value": "<image>\nWhat does it say?"},
                                {"from": "gpt", "value": f"word{i}"}]} for i in range(3000)]
