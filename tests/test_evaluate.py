@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import train_config
+
+from llavatune.errors import LlavatuneError
 from llavatune.evaluate import EvalConfig, main
 from llavatune.train import main as train
 
@@ -23,3 +26,20 @@ def test_batched_equals_one_by_one_and_adapter_compare(tiny_model_dir, shapes_da
     # the two models do answer differently: the adapter is really attached
     assert any(r["base"] != r["finetuned"] for r in rows1)
     assert "trained" in (tmp_path / "b1" / "report.md").read_text()
+
+
+def test_mme_metric_takes_the_category_from_the_row_or_the_image_folder():
+    from llavatune.data.formats import Record
+    from llavatune.evaluate import Sample, score
+
+    def item(image, answer, category=None):
+        raw = {"category": category} if category else {}
+        return Sample(Record(id=image, turns=[("user", "<image>\nIs it?")], images=[image], raw=raw), [], answer)
+
+    items = [item("existence/1.png", "Yes"), item("existence/1.png", "No"),
+             item("x/2.png", "Yes", "code_reasoning"), item("x/2.png", "No", "code_reasoning")]
+    result = score(["yes", "no", "yes", "yes"], items, ["mme"])
+    assert result == {"mme_perception": 200.0, "mme_cognition": 50.0, "mme_existence": 200.0,
+                      "mme_code_reasoning": 50.0}
+    with pytest.raises(LlavatuneError, match="two questions per image"):
+        score(["yes"], items[:1], ["mme"])

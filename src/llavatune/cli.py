@@ -162,7 +162,7 @@ def eval_(
     images: Optional[Path] = typer.Option(None, help="folder the image paths are relative to"),
     compare: Optional[Path] = typer.Option(None, help="a second (fine-tuned) model: labels base / finetuned"),
     adapter: Optional[Path] = typer.Option(None, help="or: MODEL with this LoRA run as the second model"),
-    metrics: Optional[str] = typer.Option(None, help="comma list of em (default), vqa, yesno, choice"),
+    metrics: Optional[str] = typer.Option(None, help="comma list of em (default), vqa, yesno, choice, mme"),
     limit: Optional[int] = typer.Option(None, help="only the first N samples"),
     batch_size: Optional[int] = typer.Option(None, help="default 1; batched answers are the same"),
     max_new_tokens: Optional[int] = typer.Option(None),
@@ -432,12 +432,13 @@ def data_synth(
     n: Optional[int] = typer.Option(None, help="images (defects: per class)"),
     seed: Optional[int] = typer.Option(None),
     tasks: Optional[str] = typer.Option(None, help="comma list of colour, shape, count, position"),
+    lang: Optional[str] = typer.Option(None, help="en | zh: questions and answers in English or Chinese"),
     overrides: Optional[list[str]] = OVERRIDES,
 ):
     """Write a deterministic synthetic dataset (LLaVA JSON + PNG files)."""
     from llavatune.data import synth
     synth.main(cfglib.load(synth.SynthConfig, None, overrides, dict(out=out, kind=kind, n=n, seed=seed,
-                                                                     tasks=tasks)))
+                                                                     tasks=tasks, lang=lang)))
     print(f"wrote {kind or 'shapes'} data to {out}", file=sys.stderr)
 
 

@@ -22,11 +22,11 @@ from llavatune.data import images as imagelib
 from llavatune.data.formats import Record, read_records
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, generate
-from llavatune.metrics import choice_accuracy, exact_match, vqa_accuracy, yesno_scores
+from llavatune.metrics import choice_accuracy, exact_match, mme_scores, vqa_accuracy, yesno_scores
 from llavatune.report import trained_count, write_all
 
 console = Console(stderr=True)
-METRICS = ("em", "vqa", "yesno", "choice")
+METRICS = ("em", "vqa", "yesno", "choice", "mme")
 
 
 @dataclasses.dataclass
@@ -37,7 +37,7 @@ class EvalConfig:
     images: Path | None = None
     compare: Path | None = None      # a second model (the fine-tuned one): labels base / finetuned
     adapter: Path | None = None      # or: the same model with this adapter as the second model
-    metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])  # em, vqa, yesno, choice
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])  # em, vqa, yesno, choice, mme
     limit: int | None = None
     batch_size: int = 1              # batch 1 by default for comparability; batched answers are identical
     max_new_tokens: int = 32
@@ -101,7 +101,19 @@ def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str
         out.update(yesno_scores(preds, refs))
     if "choice" in metrics:
         out["choice_accuracy"] = choice_accuracy(preds, refs)
+    if "mme" in metrics:
+        try:
+            out.update(mme_scores(preds, refs, *zip(*(mme_image_and_category(s) for s in items))))
+        except ValueError as err:
+            raise LlavatuneError(f"--metrics mme: {err}") from None
     return out
+
+
+def mme_image_and_category(sample: Sample) -> tuple[str, str]:
+    """The image a question pairs on, and its MME category: the row's "category", else the image's first folder
+    (MME's own layout, `code_reasoning/0020.png`, as in LLaVA's llava_mme.jsonl)."""
+    image = str(sample.record.images[0]) if sample.record.images else sample.record.id
+    return image, (sample.record.raw or {}).get("category") or image.split("/")[0]
 
 
 def main(cfg: EvalConfig) -> dict:

@@ -1,11 +1,11 @@
-"""Metrics against hand-computed values from the official definitions (VQA / TextVQA, POPE, MMBench)."""
+"""Metrics against hand-computed values from the official definitions (VQA / TextVQA, POPE, MMBench, MME)."""
 
 from __future__ import annotations
 
 import pytest
 
-from llavatune.metrics import (choice_accuracy, exact_match, extract_choice, normalize_vqa_answer, vqa_accuracy,
-                               yes_or_no, yesno_scores)
+from llavatune.metrics import (choice_accuracy, exact_match, extract_choice, mme_label, mme_scores,
+                               normalize_vqa_answer, vqa_accuracy, yes_or_no, yesno_scores)
 
 
 @pytest.mark.parametrize("raw,expected", [
@@ -68,3 +68,27 @@ def test_choice_accuracy():
 def test_period_strip_stops_after_32_like_the_reference():
     # the reference passes re.UNICODE (32) where re.sub takes `count`
     assert normalize_vqa_answer("x" + "." * 40) == "x" + "." * 8
+
+
+@pytest.mark.parametrize("text,label", [
+    ("Yes", "yes"), ("no.", "no"), ("Y", "yes"), ("n", "no"), ("x", "other"),
+    ("Yes, there is a dog.", "yes"),   # 'yes' inside the first four characters
+    ("Not really", "no"),              # 'no' inside 'not ': MME's rule, not a word match
+    ("nope", "no"), ("I think yes", "other"), ("  YES.  ", "yes"), ("", "other"),
+])
+def test_mme_label(text, label):
+    assert mme_label(text) == label
+
+
+def test_mme_scores_pair_questions_per_image():
+    """existence: image a both right (100 + 100), image b one right (50 + 0): mean 125. code_reasoning (a
+    cognition category): both wrong, 0. count: one image both right: 200."""
+    preds = ["Yes", "No", "Yes", "yes", "no", "maybe", "yes", "no"]
+    refs = ["Yes", "No", "Yes", "No", "Yes", "No", "Yes", "No"]
+    images = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    cats = ["existence"] * 4 + ["code_reasoning"] * 2 + ["count"] * 2
+    scores = mme_scores(preds, refs, images, cats)
+    assert scores == {"mme_perception": 325.0, "mme_cognition": 0.0, "mme_existence": 125.0,
+                      "mme_code_reasoning": 0.0, "mme_count": 200.0}
+    with pytest.raises(ValueError, match="two questions per image"):
+        mme_scores(preds[:3], refs[:3], images[:3], cats[:3])

@@ -42,6 +42,9 @@ def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes
     one = tmp_path / "one"
     train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
     assert losses(two) == pytest.approx(losses(one), abs=1e-5) and len(losses(two)) == 4
+    row = json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])  # throughput total and per device
+    assert len(row["mem_gib_per_device"]) == 2 and row["mem_gib"] == max(row["mem_gib_per_device"]) > 0
+    assert row["samples_per_s_per_device"] == pytest.approx(row["samples_per_s"] / 2, abs=2e-3)
     run_config = (two / "run_config.yaml").read_text()
     assert "global_batch: 4" in run_config and "devices: 2" in run_config
     assert files(two / "checkpoint-2") == files(one / "checkpoint-2")

@@ -1,7 +1,8 @@
 """`data validate`: find every bad row before training does, and say where and why.
 
 Per row: schema and roles, turn order, empty replies, `<image>` tags vs images, image files (inside the
-folder, present, decodable), duplicates; with a model: supervised tokens left and length with image tokens.
+folder, present, decodable), duplicates; with a model: supervised tokens left, answers the tokenizer cannot spell (unknown tokens), and length with
+image tokens.
 Rows are streamed, so memory stays flat on the 665K-row LLaVA mix.
 """
 
@@ -138,6 +139,13 @@ def _check_tokens(record: Record, where: str, cfg: ValidateConfig, text_side, re
     if isinstance(full, Dropped):
         report.add(where, full.reason, full.detail)
         return
+    unk = text_side.tokenizer.unk_token_id
+    supervised_unk = sum(1 for t, label in zip(full.input_ids, full.labels) if t == unk and label != -100)
+    if unk is not None and supervised_unk:
+        report.add(where, "answer has unknown tokens",
+                   f"{supervised_unk} answer tokens are {text_side.tokenizer.unk_token}: the tokenizer cannot "
+                   "spell this text (e.g. Chinese on a vocabulary without it or byte fallback), so the model "
+                   "learns to answer <unk>. Use an LLM whose tokenizer covers the language.")
     n = len(full.input_ids)
     if n > cfg.max_length:
         cut = truncate(full, text_side.image_token_id, cfg.max_length)

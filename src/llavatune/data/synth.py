@@ -27,6 +27,15 @@ QUESTIONS = {
     "count": "How many shapes are there? Answer with one word.",
     "position": "Where is the shape? Answer with one word.",
 }
+QUESTIONS_ZH = {  # lang=zh: the same tasks as Chinese instruction data
+    "colour": "图中形状是什么颜色？用一个词回答。",
+    "shape": "这是什么形状？用一个词回答。",
+    "count": "图中有几个形状？用一个词回答。",
+    "position": "形状在哪里？用一个词回答。",
+}
+WORDS_ZH = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "circle": "圆形", "square": "正方形",
+            "triangle": "三角形", "one": "一个", "two": "两个", "three": "三个", "left": "左边", "right": "右边",
+            "top": "上边", "bottom": "下边"}
 CAPTION_PROMPT = "Describe the image briefly."
 DEFECT_QUESTION = "Is this part OK or NG? Answer with one word."
 
@@ -39,8 +48,11 @@ class SynthConfig:
     seed: int = 0
     size: int = 64                  # image side in pixels
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["colour", "shape"])
+    lang: str = "en"                # en | zh (shapes questions and answers in Chinese)
 
     def __post_init__(self):
+        if self.lang not in ("en", "zh"):
+            raise ValueError(f"lang must be en or zh, got {self.lang!r}")
         if self.kind not in ("shapes", "defects"):
             raise ValueError(f"kind must be shapes or defects, got {self.kind!r}")
         unknown = [t for t in self.tasks if t not in QUESTIONS]
@@ -71,7 +83,10 @@ def shapes(out: Path, cfg: SynthConfig, rng: np.random.Generator) -> None:
         captions.append(_row(f"cap-{i}", name, CAPTION_PROMPT, caption))
         task = cfg.tasks[i % len(cfg.tasks)]
         answer = {"colour": colour, "shape": shape, "count": NUMBERS[count], "position": position}[task]
-        qa.append(_row(f"qa-{i}", name, QUESTIONS[task], answer))
+        if cfg.lang == "zh":
+            qa.append(_row(f"qa-{i}", name, QUESTIONS_ZH[task], WORDS_ZH[answer]))
+        else:
+            qa.append(_row(f"qa-{i}", name, QUESTIONS[task], answer))
     _write(out / "captions.json", captions)
     _write(out / "qa.json", qa)
 

@@ -41,6 +41,15 @@ class Ranks:
         torch.distributed.all_reduce(t)
         return float(t.item())
 
+    def gather(self, value: float, device) -> list[float]:
+        """`value` of every rank, in rank order (a collective: every rank calls it)."""
+        if self.world == 1:
+            return [value]
+        t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+        out = [torch.zeros_like(t) for _ in range(self.world)]
+        torch.distributed.all_gather(out, t)
+        return [float(x.item()) for x in out]
+
     def all_true(self, flag: bool, device) -> bool:
         """True when `flag` holds on every rank (so all ranks take the same branch around collectives)."""
         return self.sum(0.0 if flag else 1.0, device) == 0.0

@@ -117,7 +117,7 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
                 _skip(state, plan, grad_norm)
             else:
                 state.nonfinite_in_a_row = 0
-            row = _metrics(state, loss, grad_norm, lr, samples, tokens, started, device, dataset)
+            row = _metrics(state, loss, grad_norm, lr, samples, tokens, started, device, dataset, ranks)
             bar.set_postfix({k: row[k] for k in ("loss", "lr", "samples_per_s", "tokens_per_s", "mem_gib") if k in row},
                             refresh=False)
             bar.update(1)
@@ -189,12 +189,19 @@ def _skip(state: State, plan: Plan, grad_norm: float) -> None:
 
 
 def _metrics(state: State, loss, grad_norm, lr: float, samples: int, tokens: int, started, device,
-             dataset) -> dict:
+             dataset, ranks) -> dict:
+    """One log row. samples/tokens are totals over the ranks; with several ranks, also per device, and
+    mem_gib is the largest peak of any device (each device's in mem_gib_per_device)."""
     seconds = max(time.perf_counter() - started, 1e-9)
+    memory = ranks.gather(memory_gib(device), device)
     row = {"step": state.step, "epoch": state.epoch, "lr": lr,
            "grad_norm": round(grad_norm, 6), "samples_per_s": round(samples / seconds, 3),
-           "tokens_per_s": round(tokens / seconds, 1), "mem_gib": round(memory_gib(device), 3),
+           "tokens_per_s": round(tokens / seconds, 1), "mem_gib": round(max(memory), 3),
            "skipped_steps": state.skipped_steps, "dropped_samples": sum(dataset.skipped.values())}
+    if ranks.world > 1:
+        row.update({"samples_per_s_per_device": round(samples / seconds / ranks.world, 3),
+                    "tokens_per_s_per_device": round(tokens / seconds / ranks.world, 1),
+                    "mem_gib_per_device": [round(m, 3) for m in memory]})
     if loss is not None:
         row["loss"] = loss
     return row
