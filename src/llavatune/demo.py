@@ -24,8 +24,8 @@ console = Console(stderr=True)
 class DemoConfig:
     out: Path = Path("runs/demo")
     samples: int = 400               # synthetic images (each with a caption and a question)
-    pretrain_steps: int = 150
-    finetune_steps: int = 400
+    pretrain_steps: int = 250
+    finetune_steps: int = 500
     val: float = 0.15                # held-out share for the before/after evaluation
     seed: int = 0
     overwrite: bool = True           # the demo folder is rebuilt on every run

@@ -7,6 +7,7 @@ specials, its own chat template, no pad).
 
 from __future__ import annotations
 
+import json
 import string
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -61,6 +62,7 @@ def tiny_tokenizer(style: str = "llama", vocab_size: int = 600) -> PreTrainedTok
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=LLAMA_SPECIALS, unk_token="<unk>",
                                           initial_alphabet=list(string.printable), show_progress=False)
         tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+        tok.model = _canonical_unigram(tok)
         bos = tok.token_to_id("<s>")
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                            special_tokens=[("<s>", bos)])
@@ -78,6 +80,18 @@ def tiny_tokenizer(style: str = "llama", vocab_size: int = 600) -> PreTrainedTok
                                    additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
     fast.chat_template = QWEN_CHAT_TEMPLATE
     return fast
+
+
+def _canonical_unigram(tok: Tokenizer) -> models.Unigram:
+    """The trained Unigram with scores rounded to 0.01 and pieces in a fixed order (specials, then by score
+    and text). The trainer sums floats in hash-map order, which changes from process to process, and gives the
+    characters it never saw scores in that order too: the same corpus gave different token ids in different
+    runs, and the demo's numbers moved with them. Rounding leaves the corpus's segmentation unchanged."""
+    vocab = json.loads(tok.to_str())["model"]["vocab"]                       # [[piece, score], ...]
+    rest = sorted(((piece, round(score, 2)) for piece, score in vocab if piece not in LLAMA_SPECIALS),
+                  key=lambda item: (-item[1], item[0]))
+    return models.Unigram([*((piece, 0.0) for piece in LLAMA_SPECIALS), *rest],
+                          unk_id=LLAMA_SPECIALS.index("<unk>"), byte_fallback=False)
 
 
 def tiny_llm_config(family: str, vocab_size: int, tokenizer: PreTrainedTokenizerFast):
