@@ -116,7 +116,7 @@ def read_state(folder: Path) -> dict[str, torch.Tensor]:
 
 def load(ref: str, dtype: torch.dtype | None = None,
          edit: Callable[[dict[str, torch.Tensor]], None] | None = None) -> tuple[LlamaForCausalLM, object]:
-    """(LlamaForCausalLM, LlamaTokenizer) of an InternLM2 folder or hub id. `edit` may change the weights in
+    """(LlamaForCausalLM, fast tokenizer) of an InternLM2 folder or hub id. `edit` may change the weights in
     place while they still carry InternLM2 names (xtuner's LoRA deltas are named that way)."""
     folder = _folder(ref)
     raw = json.loads((folder / "config.json").read_text())
