@@ -90,7 +90,8 @@ def train(
     master_addr: str = typer.Option("127.0.0.1", help="address of the rank-0 machine"),
     master_port: int = typer.Option(29500, help="a free port on the rank-0 machine"),
     strategy: Optional[str] = typer.Option(None, help="ddp (default: a whole model per device) | fsdp (FSDP2: "
-                                                       "weights, gradients, optimizer state sharded)"),
+                                                       "weights, gradients, optimizer state sharded) | zero2 | "
+                                                       "zero3 | zero3-offload (DeepSpeed)"),
 ):
     """Train one stage (pretrain | finetune) with one method (full | freeze | lora | qlora)."""
     import os
@@ -100,9 +101,6 @@ def train(
     from llavatune import train as verb
     from llavatune.training import distributed
 
-    if strategy in ("zero2", "zero3", "zero3-offload"):
-        raise LlavatuneError(f"--strategy {strategy}: DeepSpeed is not in this release (it could not be run "
-                             "here); use fsdp, which shards like ZeRO-3.")
     overrides = [*(overrides or []), *([f"strategy={strategy}"] if strategy else [])]
     n_gpus = len([g for g in (gpus or "").split(",") if g.strip()])
     if (n_gpus > 1 or (procs or 1) > 1 or nodes > 1) and "WORLD_SIZE" not in os.environ:

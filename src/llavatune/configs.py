@@ -20,12 +20,14 @@ def recipe_dir() -> Path:
 
 
 def names() -> list[str]:
-    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+    """Training recipes by name, then the DeepSpeed settings as deepspeed/<strategy>.json."""
+    return [*sorted(p.stem for p in recipe_dir().glob("*.yaml")),
+            *sorted(f"deepspeed/{p.name}" for p in (recipe_dir() / "deepspeed").glob("*.json"))]
 
 
 def path_of(name: str) -> Path:
-    """A shipped recipe by name (with or without .yaml)."""
-    path = recipe_dir() / f"{name.removesuffix('.yaml')}.yaml"
+    """A shipped recipe by name (with or without .yaml), or a shipped deepspeed/<strategy>.json."""
+    path = recipe_dir() / (name if name.endswith(".json") else f"{name.removesuffix('.yaml')}.yaml")
     if not path.is_file():
         close = difflib.get_close_matches(name, names(), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -41,6 +43,8 @@ def resolve(recipe: str) -> Path:
 
 def summary(name: str) -> str:
     """The first comment line of a recipe."""
+    if name.endswith(".json"):
+        return "DeepSpeed settings for deepspeed_config= (batch sizes, accumulation, clipping come from the run)"
     for line in path_of(name).read_text().splitlines():
         if line.startswith("#"):
             return line.lstrip("# ").strip()
@@ -50,7 +54,7 @@ def summary(name: str) -> str:
 def copy(name: str, dst: Path, overwrite: bool = False) -> Path:
     dst = Path(dst)
     if dst.is_dir():
-        dst = dst / f"{name}.yaml"
+        dst = dst / path_of(name).name
     if dst.exists() and not overwrite:
         raise LlavatuneError(f"{dst} exists; pass --overwrite to replace it.")
     shutil.copyfile(path_of(name), dst)

@@ -78,7 +78,8 @@ class TrainConfig:
     on_bad_image: Literal["skip", "stop"] = "skip"
     resume: str | None = None        # auto | a checkpoint folder
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    strategy: Literal["ddp", "fsdp"] = "ddp"  # several processes: DDP (whole model each) | FSDP2 (sharded)
+    strategy: Literal["ddp", "fsdp", "zero2", "zero3", "zero3-offload"] = "ddp"  # several processes; see docs/multi-gpu.md
+    deepspeed_config: Path | None = None  # zero*: a DeepSpeed JSON refining the strategy's (e.g. deepspeed/zero3.json)
     dry_run: bool = False            # print the plan (model, data, trainable counts, steps, memory) and stop
 
 

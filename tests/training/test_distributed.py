@@ -1,5 +1,5 @@
-"""Data parallel on CPU: 2 processes (gloo), DDP or FSDP2, give the loss curve of 1 process with doubled
-accumulation, for LoRA and full fine-tuning; their checkpoints have the single-process layout and weights
+"""Data parallel on CPU: 2 processes (gloo), DDP, FSDP2 or DeepSpeed ZeRO-2/3, give the loss curve of 1
+process with doubled accumulation, for LoRA and full fine-tuning; their checkpoints have the single-process layout and weights
 (gathered, never empty shards) and resume on 1 process."""
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def files(folder: Path) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,method", [("ddp", "lora"), ("ddp", "full"), ("fsdp", "lora"), ("fsdp", "full")])
+@pytest.mark.parametrize("strategy,method", [("ddp", "lora"), ("ddp", "full"), ("fsdp", "lora"), ("fsdp", "full"),
+                                             ("zero2", "lora"), ("zero3", "lora"), ("zero3", "full")])
 def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes_data, tmp_path, strategy, method):
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=4", "save_every=2", "keep_last=0", "report_to=[]", "lr=1e-3", f"method={method}",
@@ -74,3 +75,43 @@ def test_fsdp_bf16_checkpoint_keeps_the_trained_dtypes(tiny_model_dir, shapes_da
     assert {k: t.dtype for k, t in a.items()} == {k: t.dtype for k, t in b.items()}
     assert torch.bfloat16 in {t.dtype for t in a.values()}
     assert losses(two) == pytest.approx(losses(one), rel=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3"])
+def test_one_process_checkpoint_resumes_under_deepspeed(tiny_model_dir, shapes_data, tmp_path, strategy):
+    """The name-keyed optimizer state goes into the ZeRO partitions: resuming a 1-process run on 2 DeepSpeed
+    processes continues its loss curve."""
+    common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
+              "steps=4", "save_every=2", "keep_last=0", "report_to=[]", "lr=1e-3", "lora.dropout=0"]
+    one = tmp_path / "one"
+    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    import shutil
+    shutil.copytree(one / "checkpoint-2", resumed / "checkpoint-2")
+    exe = str(Path(sys.executable).parent / "llavatune")
+    result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={resumed}", "grad_accum=1", "resume=auto",
+                             "--procs", "2", "--strategy", strategy, "--master-port", "29735"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses(resumed) == pytest.approx(losses(one)[2:], abs=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "zero3", "zero3-offload"])
+def test_shipped_deepspeed_settings_refine_the_strategy(strategy, tmp_path):
+    from llavatune.errors import LlavatuneError
+    from llavatune.training.distributed import deepspeed_config
+
+    shipped = configs.path_of(f"deepspeed/{strategy}.json")
+    config = deepspeed_config(strategy, 4, 8, 1.0, shipped)
+    assert config["zero_optimization"]["overlap_comm"] is True  # the GPU setting replaced the CPU-safe default
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"],
+            config["gradient_clipping"]) == (4, 8, 1.0)
+    clash = tmp_path / "mine.json"
+    clash.write_text(json.dumps({"train_micro_batch_size_per_gpu": 16}))
+    with pytest.raises(LlavatuneError, match="mine.json: 'train_micro_batch_size_per_gpu' is set by the run"):
+        deepspeed_config(strategy, 4, 8, 1.0, clash)
+    other = "zero2" if strategy != "zero2" else "zero3"
+    with pytest.raises(LlavatuneError, match="contradicts"):
+        deepspeed_config(other, 4, 8, 1.0, shipped)

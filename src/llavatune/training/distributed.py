@@ -1,9 +1,10 @@
-"""Data parallelism through accelerate: which rank this is, and the few collectives the loop needs.
+"""Data parallelism: which rank this is, and the few collectives the loop needs.
 
 One process: everything is a no-op. Several (torchrun / `llavatune train --gpus` / `--procs`): accelerate wraps
 the model in DDP (a whole copy per rank), or torch's FSDP2 shards it (`strategy: fsdp`: weights, gradients and
 optimizer state sharded over the ranks, each LLM decoder layer and vision encoder layer its own unit; accelerate's
-FSDP plugin is GPU-only, torch's runs on CPU processes too); each rank trains on its
+FSDP plugin is GPU-only, torch's runs on CPU processes too), or DeepSpeed's ZeRO does (`zero2`: gradients and
+optimizer state; `zero3`: the weights too; `zero3-offload`: in CPU memory); each rank trains on its
 share of every optimizer step's micro-batches, and only rank 0 logs and writes. Checkpoints hold whole
 weights and an optimizer state keyed by parameter names, gathered from every rank, so they are the same files
 for any strategy and any number of processes.
@@ -13,9 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
+from pathlib import Path
 
 import torch
+
+from llavatune.errors import LlavatuneError
 
 
 @dataclasses.dataclass
@@ -25,10 +30,15 @@ class Ranks:
     accelerator: object = None
     strategy: str = "ddp"
     dtypes: dict = dataclasses.field(default_factory=dict)  # parameter name -> dtype before FSDP's fp32 storage
+    param_names: list = dataclasses.field(default_factory=list)  # DeepSpeed: names per optimizer group
 
     @property
     def sharded(self) -> bool:
         return self.world > 1 and self.strategy == "fsdp"
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.world > 1 and self.strategy.startswith("zero")
 
     @property
     def main(self) -> bool:
@@ -75,7 +85,7 @@ class Ranks:
 
         A unit must hold one dtype, and a bf16 LoRA run mixes bf16 base weights with fp32 adapters: under FSDP
         the shards are stored in fp32 and gathered in the compute dtype (gradients reduced in fp32)."""
-        if self.world == 1:
+        if self.world == 1 or self.deepspeed:  # DeepSpeed wraps model and optimizer together: see engine()
             return model
         if self.sharded:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -90,9 +100,32 @@ class Ranks:
             return model
         return self.accelerator.prepare_model(model)
 
+    def engine(self, model, optimizer, batch_size: int, grad_accum: int, max_grad_norm: float,
+               settings: Path | None = None):
+        """(DeepSpeed engine, its optimizer) for strategy zero2 / zero3 / zero3-offload. The engine reduces,
+        clips and steps at the last micro-batch of each window (gradient_accumulation_steps = the window); our
+        scheduler keeps driving the learning rates of the same parameter groups. Compute precision stays with
+        our autocast, so each parameter keeps the dtype the run gave it (fp32 adapters over a bf16 base)."""
+        try:
+            import deepspeed
+        except ImportError:
+            raise LlavatuneError(f"strategy={self.strategy} needs DeepSpeed: pip install 'llavatune[gpu]' "
+                                 "(or deepspeed), or use strategy=fsdp, which shards the same way.") from None
+        self.param_names = [[self._name(model, p) for p in group["params"]] for group in optimizer.param_groups]
+        config = deepspeed_config(self.strategy, batch_size, grad_accum, max_grad_norm, settings)
+        engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        return engine, ds_optimizer
+
+    @staticmethod
+    def _name(model, param) -> str:
+        return next(n for n, p in model.named_parameters() if p is param)
+
     def model_state(self, model) -> dict | None:
-        """Under FSDP the whole weights, gathered on rank 0 (a collective: every rank calls it); else None
-        (the model is whole on every rank and saves itself)."""
+        """Under FSDP and ZeRO-3 the whole weights, gathered on rank 0 (a collective: every rank calls it); else
+        None (the model is whole on every rank and saves itself)."""
+        if self.deepspeed and self.strategy != "zero2":
+            state = model._zero3_consolidated_16bit_state_dict()  # every rank takes part; rank 0 gets it
+            return {k: v.cpu() for k, v in state.items()} if self.main else None
         if not self.sharded:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -100,14 +133,124 @@ class Ranks:
         return {name: t.to(self.dtypes.get(name, t.dtype)) for name, t in state.items()}
 
     def optimizer_state(self, model, optimizer) -> dict:
-        """The optimizer state keyed by parameter names, whole (gathered on rank 0 under FSDP)."""
+        """The optimizer state keyed by parameter names, whole (gathered under FSDP and DeepSpeed): the layout
+        of torch's get_optimizer_state_dict, whatever the strategy, so any run resumes under any other."""
+        if self.deepspeed:
+            return self._deepspeed_optimizer_state(model, optimizer)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
         options = StateDictOptions(full_state_dict=True, cpu_offload=self.sharded)
         return get_optimizer_state_dict(model, optimizer, options=options)
 
     def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        if self.deepspeed:
+            return self._load_deepspeed_optimizer_state(model, optimizer, state)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=self.sharded))
+
+    def _deepspeed_optimizer_state(self, engine, optimizer) -> dict:
+        """AdamW's moments of each trained parameter, gathered from the ZeRO partitions (every rank calls it)."""
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        _link_optimizer_state(optimizer)
+        params = dict(engine.module.named_parameters())
+        step = _deepspeed_step(optimizer)
+        state = {name: {"step": step.clone(), **{key: safe_get_full_optimizer_state(params[name], key).cpu()
+                                                 for key in ("exp_avg", "exp_avg_sq")}}
+                 for names in self.param_names for name in names}
+        groups = [{**{k: v for k, v in group.items() if k != "params"}, "params": names}
+                  for group, names in zip(optimizer.param_groups, self.param_names)]
+        return {"state": state, "param_groups": groups}
+
+    def _load_deepspeed_optimizer_state(self, engine, optimizer, saved: dict) -> None:
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        _create_optimizer_state(optimizer)
+        params = dict(engine.module.named_parameters())
+        for names in self.param_names:
+            for name in names:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    safe_set_full_optimizer_state(params[name], saved["state"][name][key], key)
+        step = next(iter(saved["state"].values()))["step"]
+        for inner in optimizer.optimizer.state.values():
+            inner["step"] = step.clone() if torch.is_tensor(inner["step"]) else float(step)
+        for group, saved_group in zip(optimizer.param_groups, saved["param_groups"]):  # lr, betas, ... as saved
+            group.update({k: v for k, v in saved_group.items() if k != "params"})
+
+
+RUN_OWNED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+             "gradient_clipping", "fp16", "bf16", "optimizer", "scheduler")
+
+
+def deepspeed_config(strategy: str, batch_size: int, grad_accum: int, max_grad_norm: float,
+                     settings: Path | None = None) -> dict:
+    """zero2: optimizer state and gradients partitioned; zero3: the weights too; zero3-offload: ZeRO-3 with
+    optimizer state and weights in CPU memory. `settings` (a DeepSpeed JSON, e.g. the shipped
+    recipes/deepspeed/zero3.json with its GPU bucket sizes) refines the rest; what the run owns (batch sizes,
+    accumulation, clipping, precision, optimizer, schedule) comes from the run and may only be "auto" there."""
+    stage = {"zero2": 2, "zero3": 3, "zero3-offload": 3}[strategy]
+    zero = {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if strategy == "zero3-offload":
+        zero.update(offload_optimizer={"device": "cpu", "pin_memory": True},
+                    offload_param={"device": "cpu", "pin_memory": True})
+    config = {"zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
+              "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False}
+    if settings is not None:
+        try:
+            user = json.loads(Path(settings).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise LlavatuneError(f"deepspeed_config={settings}: cannot read it as JSON ({err}).") from None
+        owned = [k for k in RUN_OWNED if k in user and user[k] != "auto"]
+        if owned:
+            raise LlavatuneError(f"{settings}: '{owned[0]}' is set by the run (batch_size, grad_accum, "
+                                 "max_grad_norm, precision, lr and schedule keys); remove it or write \"auto\".")
+        if user.get("zero_optimization", {}).get("stage", stage) != stage:
+            raise LlavatuneError(f"{settings}: zero_optimization.stage {user['zero_optimization']['stage']} "
+                                 f"contradicts strategy={strategy}; pick the strategy of that stage.")
+        zero.update(user.pop("zero_optimization", {}))
+        config.update({k: v for k, v in user.items() if k not in RUN_OWNED})
+    return {**config, "train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": grad_accum,
+            "gradient_clipping": max_grad_norm if max_grad_norm > 0 else 0.0, "zero_optimization": zero}
+
+
+def _create_optimizer_state(optimizer) -> None:
+    """AdamW makes its moments at its first step, and ZeRO links them to the parameters only then; before saved
+    moments can go in, step each flat fp32 partition once in a way that moves nothing (zero gradients, lr 0,
+    so no decay either). ZeRO-3 hands its partitions to AdamW one sub-group at a time; ZeRO-1/2 keep them in
+    AdamW's groups."""
+    inner = optimizer.optimizer
+    if not inner.state:
+        partitions = getattr(optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO-3
+        units = ([(optimizer.sub_group_to_group_id[i], [p]) for i, p in enumerate(partitions)] if partitions
+                 else [(i, list(group["params"])) for i, group in enumerate(inner.param_groups)])
+        for group_id, params in units:
+            group = inner.param_groups[group_id]
+            kept = group["params"], group["lr"]
+            group["params"], group["lr"] = params, 0.0
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            inner.step()
+            for p in params:
+                p.grad = None
+            group["params"], group["lr"] = kept
+    _link_optimizer_state(optimizer)
+
+
+def _link_optimizer_state(optimizer) -> None:
+    """ZeRO-1/2 link each parameter to its AdamW state after the first step, but do so inside the loop over
+    parameter groups, so a second group (the projector's own lr) stays unlinked; link them all again."""
+    relink = getattr(optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if relink is not None and optimizer.optimizer.state:
+        optimizer._hp_optimizer_states_linked = False
+        relink()
+
+
+def _deepspeed_step(optimizer) -> torch.Tensor:
+    """AdamW's step count, from the inner optimizer behind the ZeRO partitions."""
+    steps = [s["step"] for s in optimizer.optimizer.state.values() if "step" in s]
+    step = steps[0] if steps else 0
+    return step.detach().clone().float() if torch.is_tensor(step) else torch.tensor(float(step))
 
 
 def sharded_layers(model) -> list:

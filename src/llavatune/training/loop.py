@@ -107,7 +107,8 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
             started = time.perf_counter()
             window = draw_window(dataset, order, state, plan.grad_accum, pad_id, ranks, plan.packing)
             lr = scheduler.get_last_lr()[0]  # the rate this update uses
-            loss, grad_norm = _update(model, window, optimizer, plan, device, autocast_dtype, scaler, ranks)
+            update = _update_deepspeed if ranks.deepspeed else _update
+            loss, grad_norm = update(model, window, optimizer, plan, device, autocast_dtype, scaler, ranks)
             scheduler.step()
             state.step += 1
             samples = int(ranks.sum(sum(n_samples(b) for b in window), device))
@@ -175,6 +176,27 @@ def _update(model, window, optimizer, plan: Plan, device, autocast_dtype, scaler
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total, float(norm)
+
+
+def _update_deepspeed(engine, window, optimizer, plan: Plan, device, autocast_dtype, scaler,
+                      ranks: Ranks) -> tuple[float, float]:
+    """One optimizer step through a DeepSpeed engine, with the loss of `_update`: the engine reduces, clips and
+    steps at the window's last micro-batch. It cannot drop gradients it has accumulated, so a non-finite loss
+    stops the run before that step (the weights stay those of the last checkpoint-able step)."""
+    n_items = ranks.sum(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window), device)
+    total = 0.0
+    for batch in window:
+        batch = {key: v.to(device) for key, v in batch.items()}
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = targets_loss(engine, batch, n_items)
+        if not ranks.all_true(bool(torch.isfinite(loss)), device):
+            raise LlavatuneError("non-finite loss under DeepSpeed, which cannot skip an update once gradients are "
+                                 "accumulated: stopped before it. Resume from the last checkpoint with a lower lr, "
+                                 "or check the data (llavatune data validate).")
+        engine.backward(loss * ranks.world, scale_wrt_gas=False)  # ZeRO averages over ranks, as DDP does
+        engine.step()                                              # a no-op until the window's last micro-batch
+        total += loss.item()
+    return ranks.sum(total, device), float(engine.get_global_grad_norm() or 0.0)
 
 
 def _skip(state: State, plan: Plan, grad_norm: float) -> None:

@@ -84,14 +84,18 @@ def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[s
 
 
 def by_strategy(memory: dict[str, float], n_layers: int, devices=(1, 2, 4, 8)) -> dict[str, dict[int, float]]:
-    """GiB per device for each strategy and device count. ddp: a whole copy everywhere. fsdp (FSDP2, sharded
-    like ZeRO-3): weights, gradients and optimizer state divided by the devices, plus two layers' weights whole
-    (the one computing and the one prefetched); activations and logits stay per device."""
-    states = memory["weights"] + memory["gradients"] + memory["optimizer"]
-    rest = memory["activations"] + memory["logits"]
-    return {"ddp": {n: states + rest for n in devices},
-            "fsdp": {n: states / n + 2 * memory["weights"] / n_layers + rest if n > 1 else states + rest
-                     for n in devices}}
+    """GiB per device for each strategy and device count; activations and logits always stay per device.
+    ddp: a whole copy everywhere. zero2: whole weights, gradients and optimizer state divided by the devices.
+    fsdp / zero3: all three divided, plus two layers' weights whole (the one computing and the one
+    prefetched). zero3-offload: ZeRO-3 with weights and optimizer state in CPU memory (only the gathered layers
+    and the gradient shards stay on the GPU)."""
+    w, g, o = memory["weights"], memory["gradients"], memory["optimizer"]
+    rest, layers = memory["activations"] + memory["logits"], 2 * w / n_layers
+    whole = w + g + o + rest
+    per_n = {"ddp": lambda n: whole, "zero2": lambda n: w + (g + o) / n + rest,
+             "fsdp": lambda n: (w + g + o) / n + layers + rest, "zero3": lambda n: (w + g + o) / n + layers + rest,
+             "zero3-offload": lambda n: g / n + layers + rest}
+    return {name: {n: f(n) if n > 1 else whole for n in devices} for name, f in per_n.items()}
 
 
 def dry_run(cfg: TrainConfig) -> dict:
