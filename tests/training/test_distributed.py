@@ -115,3 +115,21 @@ def test_shipped_deepspeed_settings_refine_the_strategy(strategy, tmp_path):
     other = "zero2" if strategy != "zero2" else "zero3"
     with pytest.raises(LlavatuneError, match="contradicts"):
         deepspeed_config(other, 4, 8, 1.0, shipped)
+
+
+@pytest.mark.slow
+def test_one_process_zero3_offload_trains_like_plain(tiny_model_dir, shapes_data, tmp_path):
+    """DeepSpeed in a single process (how zero3-offload fits a big model on one card) makes its own group of
+    one and gives the plain run's loss curve and weights."""
+    common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
+              "steps=3", "save_every=0", "report_to=[]", "lr=1e-3", "lora.dropout=0", "grad_accum=2"]
+    exe = str(Path(sys.executable).parent / "llavatune")
+    ds = tmp_path / "ds"
+    result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={ds}", "strategy=zero3-offload"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain = tmp_path / "plain"
+    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={plain}"]))
+    assert losses(ds) == pytest.approx(losses(plain), abs=1e-5)
+    a, b = (load_file(run / "final" / "adapter_model.safetensors") for run in (ds, plain))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

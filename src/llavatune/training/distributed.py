@@ -31,6 +31,7 @@ class Ranks:
     strategy: str = "ddp"
     dtypes: dict = dataclasses.field(default_factory=dict)  # parameter name -> dtype before FSDP's fp32 storage
     param_names: list = dataclasses.field(default_factory=list)  # DeepSpeed: names per optimizer group
+    kept_env: dict = dataclasses.field(default_factory=dict)  # launcher variables set for a one-process group
 
     @property
     def sharded(self) -> bool:
@@ -38,7 +39,8 @@ class Ranks:
 
     @property
     def deepspeed(self) -> bool:
-        return self.world > 1 and self.strategy.startswith("zero")
+        """ZeRO runs through DeepSpeed even in one process (zero3-offload is how a big model fits one card)."""
+        return self.accelerator is not None and self.strategy.startswith("zero")
 
     @property
     def main(self) -> bool:
@@ -75,9 +77,14 @@ class Ranks:
 
     def close(self) -> None:
         """Tear the process group down before exit: left to interpreter shutdown, gloo may abort the process."""
-        if self.world > 1 and torch.distributed.is_initialized():
+        if self.accelerator is not None and torch.distributed.is_initialized():
             self.barrier()
             torch.distributed.destroy_process_group()
+        for k, v in self.kept_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
     def wrap(self, model, compute_dtype: torch.dtype = torch.float32):
         """The model ready for this strategy. FSDP2 (torch's fully_shard) shards in place: each repeated layer
@@ -263,13 +270,30 @@ def sharded_layers(model) -> list:
 
 
 def setup(device: str, strategy: str = "ddp") -> tuple[Ranks, torch.device | None]:
-    """Ranks from the launcher's environment; (Ranks(), None) when this is a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """Ranks from the launcher's environment; (Ranks(), None) when this is a single process, unless the
+    strategy is DeepSpeed's, which needs a process group even for one process (zero3-offload on one card)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not strategy.startswith("zero"):
         return Ranks(), None
+    kept = _one_process_env() if "WORLD_SIZE" not in os.environ else {}
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
-    return Ranks(accelerator.process_index, accelerator.num_processes, accelerator, strategy), accelerator.device
+    return (Ranks(accelerator.process_index, accelerator.num_processes, accelerator, strategy, kept_env=kept),
+            accelerator.device)
+
+
+def _one_process_env() -> dict:
+    """Set the launcher's variables for a group of one (DeepSpeed reads them too); returns what they were, for
+    Ranks.close to put back, so that a later launch from this process does not take itself for a rank."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    single = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    kept = {k: os.environ.get(k) for k in single}
+    os.environ.update(single)
+    return kept
 
 
 def launch_command(argv: list[str], procs: int, nodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
