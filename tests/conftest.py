@@ -131,6 +131,20 @@ def tiny_model_dir(tmp_path_factory):
     return main(BuildConfig(out=tmp_path_factory.mktemp("models") / "tiny", preset="tiny"))
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`llavatune demo` in full, once per session: (its folder, seconds, returned metrics). test_demo checks its
+    numbers; the docs that run the demo get a copy of its folder instead of a rerun."""
+    import time
+
+    from llavatune.demo import DemoConfig, main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    started = time.perf_counter()
+    result = main(DemoConfig(out=out))
+    return out, time.perf_counter() - started, result
+
+
 @pytest.fixture
 def rgb_image():
     rng = np.random.default_rng(0)

@@ -1,6 +1,7 @@
 """Every command in README.md and docs/*.md runs, in order, per document, in a scratch folder.
 
-Hub ids cannot be downloaded here, so each is swapped for a tiny local stand-in of the same family."""
+Hub ids cannot be downloaded here, so each is swapped for a tiny local stand-in of the same family. The demo
+runs once per session (the README's `make demo` runs it again, for real, through make)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def stand_in_files(folder: Path, parts: Path) -> None:
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
-def test_doc_commands_run(doc, tiny_parts_dir, tmp_path, monkeypatch):
+def test_doc_commands_run(doc, tiny_parts_dir, demo_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     stand_in_files(tmp_path, tiny_parts_dir)
     cmds = commands(doc)
@@ -73,7 +74,10 @@ def test_doc_commands_run(doc, tiny_parts_dir, tmp_path, monkeypatch):
             for pattern, stand_in in BENCH_ON_CPU:
                 cmd = re.sub(pattern, stand_in, cmd)
         argv = shlex.split(cmd)
-        if argv[0] == "make":
+        if argv[:2] == ["llavatune", "demo"]:  # run once per session (demo_run, numbers in test_demo): copy it
+            import shutil
+            shutil.copytree(demo_run[0], argv[argv.index("--out") + 1])
+        elif argv[0] == "make":
             run_make(argv[1:], tmp_path)
         elif argv[:2] == ["llavatune", "serve"]:
             run_server(argv, doc)
