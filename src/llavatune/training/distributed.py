@@ -118,14 +118,11 @@ class Ranks:
         except ImportError:
             raise LlavatuneError(f"strategy={self.strategy} needs DeepSpeed: pip install 'llavatune[gpu]' "
                                  "(or deepspeed), or use strategy=fsdp, which shards the same way.") from None
-        self.param_names = [[self._name(model, p) for p in group["params"]] for group in optimizer.param_groups]
+        name_of = {p: n for n, p in model.named_parameters()}
+        self.param_names = [[name_of[p] for p in group["params"]] for group in optimizer.param_groups]
         config = deepspeed_config(self.strategy, batch_size, grad_accum, max_grad_norm, settings)
         engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         return engine, ds_optimizer
-
-    @staticmethod
-    def _name(model, param) -> str:
-        return next(n for n, p in model.named_parameters() if p is param)
 
     def model_state(self, model) -> dict | None:
         """Under FSDP and ZeRO-3 the whole weights, gathered on rank 0 (a collective: every rank calls it); else
