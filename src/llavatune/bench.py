@@ -121,9 +121,7 @@ def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype, ours
     if cfg.what == "generate":
         return model.eval(), config
     if ours:
-        fast.set_attention(model, fast.pick_attention(cfg.attention, device, cfg.packing))
-        if fast.pick_kernels(cfg.kernels, device) == "liger":
-            fast.use_liger(model)
+        fast.configure(model, cfg.attention, cfg.kernels, device, cfg.packing)
     lora = LoraSpec(r=cfg.lora_r, alpha=2 * cfg.lora_r, dropout=0.0, targets=cfg.lora_targets)
     model = trainable.apply(model, "finetune", "full" if cfg.method == "full" else "lora", lora)
     if cfg.gradient_checkpointing:

@@ -39,6 +39,13 @@ def targets_loss(model, batch: dict, n_items) -> torch.Tensor:
                            reduction="sum") / n_items
 
 
+def configure(model, attention: str, kernels: str, device: torch.device, packing: bool) -> None:
+    """The attention kernel and (on a GPU, when chosen) Liger's kernels; before LoRA wraps the model."""
+    set_attention(model, pick_attention(attention, device, packing))
+    if pick_kernels(kernels, device) == "liger":
+        use_liger(model)
+
+
 def pick_attention(name: str, device: torch.device, packing: bool) -> str:
     """auto: flash_attention_2 when flash-attn is installed on a GPU, else flex_attention for packed batches on
     a GPU, else SDPA."""

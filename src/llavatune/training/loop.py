@@ -144,13 +144,11 @@ def _update(model, window, optimizer, plan: Plan, device, autocast_dtype, scaler
 
     Each micro-batch's loss is its token-loss sum over the supervised tokens of the whole step on all ranks;
     times `world`, because DDP averages gradients over ranks: the gradient is then that of one big batch."""
-    n_items = ranks.sum(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window), device)
+    n_items = _supervised_tokens(window, ranks, device)
     total = 0.0
     for k, batch in enumerate(window):
-        batch = {key: v.to(device) for key, v in batch.items()}
         with ranks.no_sync(model, skip=k < len(window) - 1):
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                loss = targets_loss(model, batch, n_items)
+            loss = _micro_loss(model, batch, n_items, device, autocast_dtype)
             if not ranks.all_true(bool(torch.isfinite(loss)), device):  # every rank skips together
                 optimizer.zero_grad(set_to_none=True)
                 return None, float("nan")
@@ -183,12 +181,10 @@ def _update_deepspeed(engine, window, optimizer, plan: Plan, device, autocast_dt
     """One optimizer step through a DeepSpeed engine, with the loss of `_update`: the engine reduces, clips and
     steps at the window's last micro-batch. It cannot drop gradients it has accumulated, so a non-finite loss
     stops the run before that step (the weights stay those of the last checkpoint-able step)."""
-    n_items = ranks.sum(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window), device)
+    n_items = _supervised_tokens(window, ranks, device)
     total = 0.0
     for batch in window:
-        batch = {key: v.to(device) for key, v in batch.items()}
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = targets_loss(engine, batch, n_items)
+        loss = _micro_loss(engine, batch, n_items, device, autocast_dtype)
         if not ranks.all_true(bool(torch.isfinite(loss)), device):
             raise LlavatuneError("non-finite loss under DeepSpeed, which cannot skip an update once gradients are "
                                  "accumulated: stopped before it. Resume from the last checkpoint with a lower lr, "
@@ -197,6 +193,17 @@ def _update_deepspeed(engine, window, optimizer, plan: Plan, device, autocast_dt
         engine.step()                                              # a no-op until the window's last micro-batch
         total += loss.item()
     return ranks.sum(total, device), float(engine.get_global_grad_norm() or 0.0)
+
+
+def _supervised_tokens(window, ranks: Ranks, device) -> float:
+    """Tokens with a target in the whole step, over all ranks: the divisor of every micro-batch's loss."""
+    return ranks.sum(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window), device)
+
+
+def _micro_loss(model, batch: dict, n_items, device, autocast_dtype) -> torch.Tensor:
+    batch = {key: v.to(device) for key, v in batch.items()}
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        return targets_loss(model, batch, n_items)
 
 
 def _skip(state: State, plan: Plan, grad_norm: float) -> None:

@@ -133,9 +133,7 @@ class Run:
         source = resume_from if (resume_from is not None and full_weights) else self.base
         model, processor = loadlib.load_base(source, self.dtype, load_4bit=cfg.method == "qlora",
                                              device=str(self.device))
-        fast.set_attention(model, fast.pick_attention(cfg.attention, self.device, cfg.packing))
-        if fast.pick_kernels(cfg.kernels, self.device) == "liger":
-            fast.use_liger(model)
+        fast.configure(model, cfg.attention, cfg.kernels, self.device, cfg.packing)
         if cfg.method == "qlora":
             from peft import prepare_model_for_kbit_training
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
