@@ -1,8 +1,8 @@
 """`data validate`: find every bad row before training does, and say where and why.
 
 Per row: schema and roles, turn order, empty replies, `<image>` tags vs images, image files (inside the
-folder, present, decodable), duplicates; with a model: supervised tokens left, answers the tokenizer cannot spell (unknown tokens), and length with
-image tokens.
+folder, present, decodable), duplicates; with a model: supervised tokens left, answers the tokenizer can only
+spell as unknown tokens, and length with image tokens.
 Rows are streamed, so memory stays flat on the 665K-row LLaVA mix.
 """
 
@@ -128,7 +128,7 @@ def _check_image(ref, where: str, cfg: ValidateConfig, report: Report) -> None:
 
 
 def _check_tokens(record: Record, where: str, cfg: ValidateConfig, text_side, report: Report) -> None:
-    from llavatune.data.tokenize import Dropped, tokenize_turns, truncate
+    from llavatune.data.tokenize import IGNORE_INDEX, Dropped, tokenize_turns, truncate
 
     try:
         full = tokenize_turns(record.turns, text_side.template, text_side.tokenizer, text_side.image_token_id,
@@ -140,7 +140,7 @@ def _check_tokens(record: Record, where: str, cfg: ValidateConfig, text_side, re
         report.add(where, full.reason, full.detail)
         return
     unk = text_side.tokenizer.unk_token_id
-    supervised_unk = sum(1 for t, label in zip(full.input_ids, full.labels) if t == unk and label != -100)
+    supervised_unk = sum(1 for t, label in zip(full.input_ids, full.labels) if t == unk and label != IGNORE_INDEX)
     if unk is not None and supervised_unk:
         report.add(where, "answer has unknown tokens",
                    f"{supervised_unk} answer tokens are {text_side.tokenizer.unk_token}: the tokenizer cannot "
