@@ -51,7 +51,10 @@ def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes
     assert files(two / "checkpoint-2") == files(one / "checkpoint-2")
     weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
     a, b = load_file(two / "checkpoint-2" / weights), load_file(one / "checkpoint-2" / weights)
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # AdamW divides by sqrt(v): where a gradient is near 0, summation-order rounding (all-reduce vs accumulation)
+    # moves an element by up to ~1% of a step (lr 1e-3); losing or double-counting a rank's samples moves whole steps
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     # a 2-process checkpoint resumes on 1 process
     import shutil
     shutil.rmtree(two / "final")
@@ -132,4 +135,6 @@ def test_one_process_zero3_offload_trains_like_plain(tiny_model_dir, shapes_data
     train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={plain}"]))
     assert losses(ds) == pytest.approx(losses(plain), abs=1e-5)
     a, b = (load_file(run / "final" / "adapter_model.safetensors") for run in (ds, plain))
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # DeepSpeed's CPU AdamW rounds differently from torch's; same bound as above
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
