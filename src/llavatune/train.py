@@ -64,7 +64,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
     checkpoint_layers: int | None = None  # with gradient_checkpointing: the first k LLM layers only (None = all)
-    attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = "auto"  # see training/fast.py
+    attention: Literal["auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"] = "auto"  # training/fast.py
     kernels: Literal["auto", "none", "liger"] = "auto"  # liger: fused RMSNorm/SwiGLU/RoPE; auto: on a GPU when installed
     compile: bool = False            # torch.compile each LLM decoder layer
     group_by_length: bool = True     # LLaVA's modality-length grouping

@@ -4,7 +4,8 @@
   are image or prompt tokens, so most of the (tokens x vocab) logits, their fp32 copy and their gradient are
   never made; with a 150K vocabulary that is most of the memory the loss used to take.
 - attention: the kernel of the LLM. Packed micro-batches need one that skips the blocks between samples
-  (flex_attention, flash_attention_2); SDPA runs them with a dense block-diagonal mask.
+  (varlen: torch's variable-length flash attention, training/varlen.py; flash_attention_2; flex_attention);
+  SDPA runs them with a dense block-diagonal mask.
 - checkpoint_layers: with gradient checkpointing, how many LLM decoder layers recompute their activations
   (the first k; None = all). Each layer left out costs its activations in memory and saves its recompute.
 - kernels=liger: Liger's fused RMSNorm, SwiGLU and RoPE in the LLM (Llama, Mistral, Qwen2, ... families).
@@ -19,8 +20,9 @@ import torch.nn.functional as F
 
 from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
+from llavatune.training import varlen
 
-ATTENTION = ("auto", "sdpa", "flex_attention", "flash_attention_2", "eager")
+ATTENTION = ("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager")
 
 
 def targets_loss(model, batch: dict, n_items) -> torch.Tensor:
@@ -47,8 +49,8 @@ def configure(model, attention: str, kernels: str, device: torch.device, packing
 
 
 def pick_attention(name: str, device: torch.device, packing: bool) -> str:
-    """auto: flash_attention_2 when flash-attn is installed on a GPU, else flex_attention for packed batches on
-    a GPU, else SDPA."""
+    """auto: flash_attention_2 when flash-attn is installed on a GPU; for packed batches on a GPU torch's varlen
+    kernel (flex_attention on a torch without it); else SDPA."""
     if name != "auto":
         return name
     if device.type != "cuda":
@@ -57,11 +59,15 @@ def pick_attention(name: str, device: torch.device, packing: bool) -> str:
         import flash_attn  # noqa: F401
         return "flash_attention_2"
     except ImportError:
-        return "flex_attention" if packing else "sdpa"
+        if not packing:
+            return "sdpa"
+        return "varlen" if varlen.available() else "flex_attention"
 
 
 def set_attention(model, name: str) -> None:
     """The LLM's kernel only; the vision tower keeps its own (its batches are never packed)."""
+    if name == "varlen":
+        name = varlen.register()
     try:
         model.set_attn_implementation({"text_config": name})
     except (ValueError, ImportError) as err:
