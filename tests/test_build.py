@@ -117,3 +117,31 @@ def test_run_config_records_the_build(tiny_model_dir):
     assert run["config"]["preset"] == "tiny"
     assert run["model"] == {"template": "vicuna_v1", "image_tokens": 16}
     assert run["versions"]["transformers"] >= "5"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_shape_preset_builds_the_published_architecture(tmp_path, monkeypatch, family):
+    """`--preset <shape>`: the shape's LLM and vision configs with random weights, its vocabulary kept, the tiny
+    tokenizer of its family; a shrunken shape stands in for the published ones (same code path, seconds)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, Qwen2Config
+
+    from llavatune.model import shapes
+
+    text = (LlamaConfig if family == "llama" else Qwen2Config)(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=5000)
+    monkeypatch.setitem(shapes.LLM, "test/llm", lambda: text)
+    monkeypatch.setitem(shapes.VISION, "test/vision", lambda: CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+        patch_size=14))
+    monkeypatch.setitem(shapes.SHAPES, "test-shape", ("test/llm", "test/vision"))
+    out = main(BuildConfig(out=tmp_path / "m", preset="test-shape", dtype="bfloat16"))
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    processor = AutoProcessor.from_pretrained(out)
+    assert model.config.text_config.model_type == family and model.config.text_config.vocab_size == 5000
+    assert model.config.text_config.num_key_value_heads == 2 and model.config.image_seq_length == 4
+    assert model.dtype == torch.bfloat16
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>") < 5000
+    assert ("<|im_start|>" in processor.tokenizer.get_vocab()) == (family == "qwen2")
+    with pytest.raises(Exception, match="unknown preset 'nope'.*test-shape"):
+        main(BuildConfig(out=tmp_path / "n", preset="nope"))

@@ -2,6 +2,11 @@
 
     llavatune build --llm Qwen/Qwen1.5-4B-Chat --vision openai/clip-vit-large-patch14-336 --out models/qwen-clip
     llavatune build --preset tiny --out models/tiny      # random weights, offline, seconds on a CPU
+    llavatune build --preset internlm2-1.8b --dtype bfloat16 --out models/random-1.8b   # a published shape
+
+A preset builds random weights offline: `tiny` / `tiny-qwen` (a few MB), or a shape of model/shapes.py at its
+published size (llava15-7b, qwen15-4b, internlm2-1.8b, ...) with the tiny tokenizer of its family, to try memory,
+speed and the distributed set-up on a GPU before downloading anything. It cannot talk: the weights are random.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ class BuildConfig:
     out: Path                            # the checkpoint folder to write
     llm: str | None = None               # hub id or folder of a causal LM (llama, qwen2, mistral, phi3, gemma...)
     vision: str | None = None            # hub id or folder of a vision encoder (CLIP, SigLIP)
-    preset: Literal["tiny", "tiny-qwen"] | None = None  # build random tiny parts instead of loading them
+    preset: str | None = None            # tiny | tiny-qwen | a shape name: random parts instead of loading
     projector: str = "mlp2x_gelu"        # linear | mlp2x_gelu
     feature_layer: int = -2              # hidden state of the tower that feeds the projector (LLaVA-1.5: -2)
     feature_select: Literal["auto", "default", "full"] = "auto"  # auto: drop CLS when the tower has one
@@ -49,7 +54,7 @@ def main(cfg: BuildConfig) -> Path:
     check_out_dir(cfg.out, cfg.overwrite)
     projector = compose.Projector.parse(cfg.projector)
     torch.manual_seed(cfg.seed)
-    parts = tiny_parts(cfg.preset) if cfg.preset else load_parts(cfg)
+    parts = preset_parts(cfg.preset, cfg.dtype) if cfg.preset else load_parts(cfg)
     template = get_template(resolve_template_name(cfg.template, parts.tokenizer))
     torch.manual_seed(cfg.seed)
     model, processor = compose.assemble(parts, projector, cfg.feature_layer, cfg.feature_select,
@@ -85,17 +90,32 @@ def load_parts(cfg: BuildConfig) -> compose.Parts:
     return compose.Parts(llm, tokenizer, tower, mean, std)
 
 
-def tiny_parts(preset: str) -> compose.Parts:
-    """tiny: Llama-style LLM + CLIP; tiny-qwen: Qwen2-style LLM (no bos, ChatML) + SigLIP. A few MB each."""
+def preset_parts(preset: str, dtype: str = "auto") -> compose.Parts:
+    """tiny: Llama-style LLM + CLIP; tiny-qwen: Qwen2-style LLM (no bos, ChatML) + SigLIP; a shape name: its
+    published LLM and vision configs, random weights, the tiny tokenizer of the LLM's family (ids below the
+    shape's vocabulary, which is kept)."""
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-    if preset not in ("tiny", "tiny-qwen"):
-        raise LlavatuneError(f"unknown preset '{preset}': choose tiny or tiny-qwen.")
-    qwen = preset == "tiny-qwen"
-    tokenizer = tiny.tiny_tokenizer("qwen" if qwen else "llama")
-    llm = AutoModelForCausalLM.from_config(tiny.tiny_llm_config("qwen2" if qwen else "llama", len(tokenizer),
-                                                                tokenizer))
-    tower = AutoModel.from_config(tiny.tiny_vision_config("siglip" if qwen else "clip"))
-    mean, std = ([0.5] * 3, [0.5] * 3) if qwen else (list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD))
+    from llavatune.model import shapes
+    from llavatune.model.load import DTYPES
+
+    clip_stats = (list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD))
+    if preset in shapes.SHAPES:
+        llm_id, vision_id = shapes.SHAPES[preset]
+        text, vision = shapes.LLM[llm_id](), shapes.VISION[vision_id]()
+        tokenizer = tiny.tiny_tokenizer("qwen" if text.model_type == "qwen2" else "llama")
+        mean, std = clip_stats
+    elif preset in ("tiny", "tiny-qwen"):
+        qwen = preset == "tiny-qwen"
+        tokenizer = tiny.tiny_tokenizer("qwen" if qwen else "llama")
+        text = tiny.tiny_llm_config("qwen2" if qwen else "llama", len(tokenizer), tokenizer)
+        vision = tiny.tiny_vision_config("siglip" if qwen else "clip")
+        mean, std = ([0.5] * 3, [0.5] * 3) if qwen else clip_stats
+    else:
+        raise LlavatuneError(f"unknown preset '{preset}': choose tiny, tiny-qwen or a shape "
+                             f"({', '.join(shapes.SHAPES)}).")
+    kwargs = {} if dtype == "auto" else {"dtype": DTYPES[dtype]}
+    llm = AutoModelForCausalLM.from_config(text, **kwargs)
+    tower = AutoModel.from_config(vision, **kwargs)
     return compose.Parts(llm, tokenizer, tower, mean, std)

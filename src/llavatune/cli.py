@@ -36,13 +36,14 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show full traceback
 
 @app.command(epilog="Examples:\n\n"
              "  llavatune build --preset tiny --out models/tiny\n\n"
+             "  llavatune build --preset internlm2-1.8b --dtype bfloat16 --out models/random-1.8b\n\n"
              "  llavatune build --llm Qwen/Qwen1.5-4B-Chat --vision openai/clip-vit-large-patch14-336 "
              "--out models/qwen-clip --dtype bfloat16")
 def build(
     out: Path = typer.Option(..., "--out", help="checkpoint folder to write (must not exist or be empty)"),
     llm: Optional[str] = typer.Option(None, help="hub id or folder of a causal LM"),
     vision: Optional[str] = typer.Option(None, help="hub id or folder of a vision encoder (CLIP, SigLIP)"),
-    preset: Optional[str] = typer.Option(None, help="tiny | tiny-qwen: random tiny parts, offline"),
+    preset: Optional[str] = typer.Option(None, help="tiny | tiny-qwen | a shape (llava15-7b, internlm2-1.8b, ...): random weights, offline"),
     projector: Optional[str] = typer.Option(None, help="linear | mlp2x_gelu (default)"),
     feature_layer: Optional[int] = typer.Option(None, help="vision hidden state to use (default -2)"),
     feature_select: Optional[str] = typer.Option(None, help="auto | default (drop CLS) | full"),
