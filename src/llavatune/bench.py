@@ -55,7 +55,8 @@ class BenchConfig:
     packing: bool = False                # micro-batches without padding (the baseline pads)
     group_by_length: bool = True         # LLaVA's modality-length grouping, as `train` does by default
     attention: str = "auto"
-    checkpoint_layers: int | None = None
+    checkpoint_layers: int | Literal["auto"] | None = None  # auto: fit memory_budget_gib (GPU)
+    memory_budget_gib: float | None = None  # auto's budget; default: the baseline's peak measured in this run
     kernels: Literal["auto", "none", "liger"] = "auto"
     compile: bool = False
     # generate
@@ -254,6 +255,9 @@ def bench_train(cfg: BenchConfig, device, dtype) -> dict:
         if name == "ours" and cfg.group_by_length:
             samples = grouped(samples, cfg)
         micro = batches(samples, cfg, config, device, pack=cfg.packing and name == "ours")
+        fitted = cfg.checkpoint_layers if name == "ours" else None
+        if fitted == "auto" and cfg.gradient_checkpointing:
+            fitted = fit(model, micro, cfg, results, device, dtype)
         _reset_peak(device)
         seconds = runner(model, micro, cfg, device, dtype)
         measured = micro[cfg.grad_accum:]  # the warm-up step's micro-batches are not timed
@@ -265,9 +269,22 @@ def bench_train(cfg: BenchConfig, device, dtype) -> dict:
         results[name] = {"samples_per_s": samples_done / seconds, "tokens_per_s": real / seconds,
                          "pad_fraction": 1 - real / padded, "peak_mem_gib": memory_gib(device),
                          "mfu": flops / (peak * 1e12) if peak else None}
+        if name == "ours" and cfg.gradient_checkpointing:
+            results[name]["checkpoint_layers"] = fitted  # None: every layer
         del model, micro
         _free(device)
     return results
+
+
+def fit(model, micro: list[dict], cfg: BenchConfig, results: dict, device, dtype) -> int:
+    """checkpoint_layers=auto for our side: the budget is the baseline's peak unless one is given."""
+    from llavatune.training import loop
+
+    if device.type != "cuda":
+        raise ValueError("checkpoint_layers=auto measures GPU memory; run it on a GPU or give a number")
+    budget = cfg.memory_budget_gib or (results["hf"]["peak_mem_gib"] if "hf" in results else None)
+    largest = max(micro, key=lambda b: b["input_ids"].numel())
+    return loop.fit_checkpointing(model, largest, budget, device, dtype if dtype != torch.float32 else None)
 
 
 @torch.no_grad()

@@ -63,7 +63,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
-    checkpoint_layers: int | None = None  # with gradient_checkpointing: the first k LLM layers only (None = all)
+    checkpoint_layers: int | Literal["auto"] | None = None  # with gradient_checkpointing: the first k LLM layers
+    #   only (None = all); auto: as few as fit memory_budget_gib, measured on the largest micro-batch (one GPU)
+    memory_budget_gib: float | None = None  # checkpoint_layers=auto: peak to stay within (default 90% of the GPU)
     attention: Literal["auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"] = "auto"  # training/fast.py
     kernels: Literal["auto", "none", "liger"] = "auto"  # liger: fused RMSNorm/SwiGLU/RoPE; auto: on a GPU when installed
     compile: bool = False            # torch.compile each LLM decoder layer

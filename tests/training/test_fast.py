@@ -66,3 +66,50 @@ def test_checkpoint_layers_sets_the_first_k(tiny_model_dir):
 def test_pick_attention():
     assert fast.pick_attention("auto", torch.device("cpu"), packing=True) == "sdpa"
     assert fast.pick_attention("eager", torch.device("cpu"), packing=False) == "eager"
+
+
+def test_layers_to_checkpoint_fills_the_budget():
+    gib = 2**30
+    # 20 GiB with every layer checkpointed, +1 GiB per layer left out (+10% margin), 2 GiB of optimizer to come
+    assert fast.layers_to_checkpoint(32, 20 * gib, 21 * gib, 26 * gib, 2 * gib) == 29
+    assert fast.layers_to_checkpoint(32, 20 * gib, 21 * gib, 21 * gib, 2 * gib) == 32   # over budget already
+    assert fast.layers_to_checkpoint(32, 20 * gib, 21 * gib, 200 * gib, 0) == 0         # everything fits
+
+
+def test_fit_checkpointing_probes_and_leaves_the_run_unchanged(tiny_model_dir, shapes_data, monkeypatch):
+    """The probe's wiring, with the GPU's memory counter simulated (1 GiB + 0.25 GiB per layer left out of
+    checkpointing): it measures all / all-but-one, sets the layers, drops its gradients, restores the RNG."""
+    from llavatune.training import loop
+
+    model, processor = loadlib.load_base(tiny_model_dir)
+    model = trainable.apply(model, "finetune", "lora", LoraSpec())
+    data = SupervisedDataset(shapes_data / "qa.json", shapes_data, processor, get_template("vicuna_v1"),
+                             model.config.image_token_id, model.config.image_seq_length, 2048)
+    batch = collate([data[i] for i in range(2)], processor.tokenizer.pad_token_id)
+    fast.checkpoint_layers(model, "auto")
+    layers = fast.decoder_layers(model)
+    gib = 2**30
+    seen = []
+
+    def peak(device):
+        left_out = sum(not layer.gradient_checkpointing for layer in layers)
+        seen.append(left_out)
+        return gib + left_out * gib // 4
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": 8 * gib}))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", peak)
+    before = torch.get_rng_state()
+    reserve = sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    budget = (gib + reserve + int(1.1 * gib // 4) + 1) / 2**30  # room for exactly one layer
+    k = loop.fit_checkpointing(model, batch, budget, torch.device("cpu"), None)
+    assert seen == [0, 1] and k == 1
+    assert [layer.gradient_checkpointing for layer in layers] == [True, False]
+    assert all(p.grad is None for p in model.parameters()) and torch.equal(torch.get_rng_state(), before)
+
+
+def test_auto_checkpointing_needs_a_gpu(tiny_model_dir, shapes_data, tmp_path):
+    with pytest.raises(LlavatuneError, match="one CUDA GPU"):
+        train(train_config(tiny_model_dir, shapes_data, tmp_path / "r", "steps=1", "gradient_checkpointing=true",
+                           "checkpoint_layers=auto"))

@@ -8,6 +8,7 @@
   SDPA runs them with a dense block-diagonal mask.
 - checkpoint_layers: with gradient checkpointing, how many LLM decoder layers recompute their activations
   (the first k; None = all). Each layer left out costs its activations in memory and saves its recompute.
+  auto: as few as fit a memory budget, measured on the run's largest micro-batch (loop.fit_checkpointing).
 - kernels=liger: Liger's fused RMSNorm, SwiGLU and RoPE in the LLM (Llama, Mistral, Qwen2, ... families).
   Liger patches transformers' module classes for the whole process, so models built afterwards get them too.
 - compile: torch.compile each LLM decoder layer (regional: one graph reused by every layer).
@@ -74,16 +75,32 @@ def set_attention(model, name: str) -> None:
         raise LlavatuneError(f"attention={name}: {err}") from None
 
 
-def checkpoint_layers(model, k: int | None) -> None:
-    """Gradient checkpointing on the LLM's first k decoder layers only (None: all of them)."""
+def checkpoint_layers(model, k: int | str | None) -> None:
+    """Gradient checkpointing on the LLM's first k decoder layers only (None: all of them; "auto" is resolved
+    by loop.fit_checkpointing, which starts from all)."""
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if k is None:
-        return
+    if k not in (None, "auto"):
+        checkpoint_first(model, k)
+
+
+def checkpoint_first(model, k: int) -> None:
+    """With checkpointing enabled: the first k LLM decoder layers recompute, the others keep activations."""
     layers = decoder_layers(model)
     if not 0 <= k <= len(layers):
         raise LlavatuneError(f"checkpoint_layers={k}: the LLM has {len(layers)} decoder layers.")
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i < k
+
+
+def layers_to_checkpoint(n_layers: int, peak_all: int, peak_one_less: int, budget: int, reserve: int,
+                         margin: float = 0.1) -> int:
+    """How many of `n_layers` must stay checkpointed so the peak stays within `budget` bytes. `peak_all` and
+    `peak_one_less` are measured peaks (all layers checkpointed / all but one); their difference is one layer's
+    activations. `reserve`: what the measurement did not hold yet (optimizer state). `margin`: the share of
+    each layer's activations added for micro-batches a little longer than the measured one."""
+    per_layer = max(peak_one_less - peak_all, 1) * (1 + margin)
+    free = int((budget - reserve - peak_all) // per_layer)
+    return n_layers - min(max(free, 0), n_layers)
 
 
 def pick_kernels(name: str, device: torch.device) -> str:

@@ -23,7 +23,7 @@ from llavatune.data.dataset import collate, n_samples, n_tokens
 from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
 from llavatune.training.distributed import Ranks
-from llavatune.training.fast import targets_loss
+from llavatune.training import fast
 
 OOM_HELP = ("out of memory. Knobs, most effective first: batch_size (keep the global batch with grad_accum), "
             "gradient_checkpointing=true, method=qlora (4-bit LLM), max_length, precision=bf16.")
@@ -203,7 +203,42 @@ def _supervised_tokens(window, ranks: Ranks, device) -> float:
 def _micro_loss(model, batch: dict, n_items, device, autocast_dtype) -> torch.Tensor:
     batch = {key: v.to(device) for key, v in batch.items()}
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        return targets_loss(model, batch, n_items)
+        return fast.targets_loss(model, batch, n_items)
+
+
+def fit_checkpointing(model, batch: dict, budget_gib: float | None, device, autocast_dtype) -> int:
+    """checkpoint_layers=auto: checkpoint as few LLM layers as fit `budget_gib` (default 90% of the GPU), measured
+    rather than estimated: `batch` (the run's largest micro-batch) goes forward and backward twice, with every
+    layer checkpointed and with all but one; the peaks' difference is one layer's activations. Gradients are
+    dropped and the RNG state restored, so the run itself is unchanged. Returns k and leaves it set."""
+    layers = len(fast.decoder_layers(model))
+    total = torch.cuda.get_device_properties(device).total_memory
+    budget = int(budget_gib * 2**30) if budget_gib else int(0.9 * total)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    reserve = sum(2 * p.numel() * p.element_size() for p in trained)  # AdamW's two moments, not made yet
+    saved = rng_state()
+    n_items = _supervised_tokens([batch], Ranks(), device)
+
+    def peak(k: int) -> int:
+        fast.checkpoint_first(model, k)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        _micro_loss(model, batch, n_items, device, autocast_dtype).backward()
+        model.zero_grad(set_to_none=True)
+        return torch.cuda.max_memory_allocated(device)
+
+    try:
+        peak_all = peak(layers)
+        peak_one_less = peak(layers - 1) if layers > 1 else peak_all
+    except torch.OutOfMemoryError:
+        raise LlavatuneError(f"the largest micro-batch ({n_tokens(batch)} tokens) does not fit even with every layer "
+                             f"checkpointed: {OOM_HELP}") from None
+    finally:
+        set_rng_state(saved)
+    k = fast.layers_to_checkpoint(layers, peak_all, peak_one_less, budget, reserve)
+    fast.checkpoint_first(model, k)
+    torch.cuda.reset_peak_memory_stats(device)
+    return k
 
 
 def _skip(state: State, plan: Plan, grad_norm: float) -> None:

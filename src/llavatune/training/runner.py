@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from llavatune.config import save_run_config, to_dict
-from llavatune.data.dataset import SupervisedDataset, batch_order
+from llavatune.data.dataset import SupervisedDataset, batch_order, collate, n_tokens
 from llavatune.data.templates import get_template, to_jinja
 from llavatune.errors import LlavatuneError
 from llavatune.model import load as loadlib
@@ -43,6 +43,8 @@ class Run:
             return batch_order(lengths, cfg.batch_size, cfg.seed + epoch, cfg.group_by_length)
 
         steps = total_steps(cfg, len(order(0)), self.ranks.world)
+        if cfg.gradient_checkpointing and cfg.checkpoint_layers == "auto":
+            self._fit_checkpointing(lengths, order(0))
         model = self.ranks.wrap(self.model, self.dtype)  # FSDP2 shards self.model in place: the optimizer comes after
         optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.projector_lr, cfg.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.schedule, round(cfg.warmup_ratio * steps), steps)
@@ -152,6 +154,30 @@ class Run:
         if cfg.compile:
             fast.compile_layers(model)
         return model, processor
+
+    def _fit_checkpointing(self, lengths: list[int], batches: list[list[int]]) -> None:
+        """checkpoint_layers=auto on one GPU: probe the largest micro-batch of the first epoch (by the dataset's
+        length estimates) and keep the layers the budget does not fit checkpointed."""
+        cfg = self.cfg
+        if self.device.type != "cuda" or self.ranks.world > 1:
+            raise LlavatuneError("checkpoint_layers=auto measures memory on one CUDA GPU; give a number of layers "
+                                 "instead (the value a one-GPU run prints), or leave it unset to checkpoint all.")
+        def size(batch: list[int]) -> int:
+            sizes = [abs(lengths[i]) for i in batch]
+            return sum(sizes) if cfg.packing else len(batch) * max(sizes)
+
+        largest = max(batches, key=size)
+        skipped, served = self.dataset.skipped.copy(), self.dataset.served  # the probe is not part of the run
+        batch = collate([self.dataset[i] for i in largest], self.processor.tokenizer.pad_token_id, cfg.packing)
+        self.dataset.skipped, self.dataset.served = skipped, served
+        if batch is None:
+            raise LlavatuneError("checkpoint_layers=auto: every sample of the largest micro-batch was dropped; "
+                                 "run `llavatune data validate`.")
+        k = loop.fit_checkpointing(self.model, batch, cfg.memory_budget_gib, self.device,
+                                   None if cfg.precision == "fp32" else self.dtype)
+        n = len(fast.decoder_layers(self.model))
+        self._say(f"checkpoint_layers=auto: {k} of {n} LLM layers checkpointed (largest micro-batch "
+                  f"{n_tokens(batch)} tokens; pass checkpoint_layers={k} to skip this probe next time)")
 
     def run_doc(self) -> dict:
         # the template the checkpoint answers in: stage 1 (plain captions) leaves the base's chat template

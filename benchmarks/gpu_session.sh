@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU measurements still owed (issues 9 and 10), each part under 10 minutes on one H100, results in $OUT.
+# Run `bash benchmarks/get_wheels.sh` first where there is a package index, carry wheels/, then on the GPU:
+#   bash benchmarks/gpu_setup.sh && bash benchmarks/gpu_session.sh zero     # ZeRO-2/3 LoRA: train, merge, chat
+#   bash benchmarks/gpu_session.sh bench7b                                  # 7B shape: packing (varlen) vs HF
+#   bash benchmarks/gpu_session.sh benchqwen                                # Qwen1.5-4B shape, clean baseline
+set -euo pipefail
+part=${1:?"part: zero | bench7b | benchqwen"}
+OUT=${OUT:-out}
+mkdir -p "$OUT" work
+log() { echo "== $*" | tee -a "$OUT/commands.txt"; }
+run() {  # a failing command is logged and the part goes on to the next
+  log "$*"
+  "$@" > "$OUT/last.log" 2>&1 || echo "FAILED (exit $?): $*" >> "$OUT/last.log"
+  tail -n 25 "$OUT/last.log" | tee -a "$OUT/$part.log"
+}
+
+case $part in
+zero)  # issue 9: DeepSpeed ZeRO-2 and ZeRO-3 LoRA on one GPU, the tiny model and a 1B-class shape
+  [ -d work/tiny ] || run llavatune build --preset tiny --out work/tiny
+  [ -d work/r18 ] || run llavatune build --preset internlm2-1.8b --dtype bfloat16 --out work/r18
+  [ -d work/shapes ] || run llavatune data synth --kind shapes --n 200 --out work/shapes
+  for model in tiny r18; do
+    steps=$([ $model = tiny ] && echo 200 || echo 20)
+    for s in zero2 zero3; do
+      run llavatune train tiny-lora model=work/$model data=work/shapes/qa.json images=work/shapes steps=$steps \
+        batch_size=8 precision=bf16 gradient_checkpointing=true save_every=0 out=work/$model-$s --gpus 0 --strategy $s
+      cp work/$model-$s/metrics.jsonl "$OUT/$model-$s-metrics.jsonl"
+      run llavatune merge work/$model-$s --out work/$model-$s-merged
+      run llavatune chat work/$model-$s-merged --image work/shapes/images/shape_00000.png \
+        --prompt "What colour is the shape? Answer with one word."
+    done
+  done
+  ;;
+bench7b)  # issue 10: packing (torch's varlen kernel) and checkpointing fitted to the baseline's peak; same run each
+  run llavatune bench train --shape llava15-7b --batch-size 16 --steps 5 --lengths llava665k packing=true \
+    --out "$OUT/7b-665k-packed.json"
+  run llavatune bench train --shape llava15-7b --batch-size 16 --steps 5 --lengths llava665k packing=true \
+    checkpoint_layers=auto --out "$OUT/7b-665k-packed-auto.json"
+  run llavatune bench train --shape llava15-7b --batch-size 16 --steps 5 checkpoint_layers=auto \
+    --out "$OUT/7b-fixed-auto.json"
+  ;;
+benchqwen)  # issue 10: the Qwen1.5-4B baseline measured before Liger patches anything (bench runs it first)
+  run llavatune bench train --shape qwen15-4b --batch-size 6 --steps 8 lora_r=4 "lora_targets=[q_proj,v_proj]" \
+    --out "$OUT/qwen-4b.json"
+  run llavatune bench train --shape qwen15-4b --batch-size 6 --steps 8 lora_r=4 "lora_targets=[q_proj,v_proj]" \
+    checkpoint_layers=auto --out "$OUT/qwen-4b-auto.json"
+  ;;
+*) echo "unknown part $part: zero | bench7b | benchqwen" >&2; exit 2 ;;
+esac
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/$part.log"
