@@ -71,6 +71,7 @@ class TrainConfig:
     compile: bool = False            # torch.compile each LLM decoder layer
     group_by_length: bool = True     # LLaVA's modality-length grouping
     packing: bool = False            # samples end to end without padding (loss identical; speed unmeasured yet)
+    vision_cache: bool = False       # frozen tower: compute image features once into <out>/vision_cache, train from them
     seed: int = 0
     save_every: int = 200            # steps; 0 = only at the end
     keep_last: int = 3               # checkpoints kept (0 = all)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from llavatune.data import features
 from llavatune.data import images as imagelib
 from llavatune.data.formats import DataError, Record, read_records
 from llavatune.data.tokenize import IGNORE_INDEX, Dropped, tokenize_turns
@@ -25,6 +26,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     pixel_values: torch.Tensor | None   # (n_images, 3, H, W)
+    image_features: torch.Tensor | None = None  # (n_images, image tokens, vision hidden), from a vision cache
 
 
 class SupervisedDataset(torch.utils.data.Dataset):
@@ -40,6 +42,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.on_bad_image = on_bad_image
         self.skipped: collections.Counter = collections.Counter()
         self.served = 0  # samples returned so far (to tell "some were dropped" from "none is usable")
+        self.features: Path | None = None  # a vision cache (data/features.py): read instead of the images
 
     def __len__(self) -> int:
         return len(self.records)
@@ -60,6 +63,13 @@ class SupervisedDataset(torch.utils.data.Dataset):
         if out.n_images != len(record.images):
             return self._bad(record, f"{out.n_images} <image> tag(s) but {len(record.images)} image(s)")
         pixel_values = None
+        if record.images and self.features is not None:
+            try:
+                cached = torch.stack([features.load(self.features, ref) for ref in record.images])
+            except DataError as err:
+                return self._bad(record, f"{record.source}: {err}")
+            self.served += 1
+            return Encoded(out.input_ids, out.labels, None, cached)
         if record.images:
             try:
                 pil = [imagelib.load(ref, self.image_dir, record.source) for ref in record.images]
@@ -95,9 +105,7 @@ def collate(items: list[Encoded | None], pad_id: int, pack: bool = False) -> dic
         labels[row, :n] = torch.tensor(it.labels)
         mask[row, :n] = 1
     batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-    pixels = [it.pixel_values for it in items if it.pixel_values is not None]
-    if pixels:
-        batch["pixel_values"] = torch.cat(pixels)
+    _add_images(batch, items)
     return batch
 
 
@@ -113,10 +121,18 @@ def _packed(items: list[Encoded]) -> dict[str, torch.Tensor]:
         labels.append(lab)
     positions = torch.cat([torch.arange(len(it.input_ids)) for it in items])[None]
     batch = {"input_ids": ids, "labels": torch.cat(labels)[None], "position_ids": positions}
+    _add_images(batch, items)
+    return batch
+
+
+def _add_images(batch: dict, items: list[Encoded]) -> None:
+    """Pixels (n_images, 3, H, W), or cached features (n_images, tokens, hidden), in sample order."""
     pixels = [it.pixel_values for it in items if it.pixel_values is not None]
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)
-    return batch
+    cached = [it.image_features for it in items if it.image_features is not None]
+    if cached:
+        batch["image_features"] = torch.cat(cached)
 
 
 def n_samples(batch: dict) -> int:

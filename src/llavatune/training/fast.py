@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llavatune.data import features
 from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
 from llavatune.training import varlen
@@ -35,6 +36,8 @@ def targets_loss(model, batch: dict, n_items) -> torch.Tensor:
     has_target = labels[:, 1:] != IGNORE_INDEX                 # [b, t]: position t predicts labels[b, t + 1]
     positions = has_target.any(0).nonzero().squeeze(1)         # (K,)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if "image_features" in inputs:  # a vision cache: projected features in place of the tower's (data/features.py)
+        inputs = features.embed(model, inputs)
     # no KV cache in training: it costs memory, and with one transformers ignores packed positions
     logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits   # (B, K, vocab)
     targets = labels[:, 1:][:, positions]                      # (B, K), IGNORE_INDEX where a row has none

@@ -43,6 +43,8 @@ class Run:
             return batch_order(lengths, cfg.batch_size, cfg.seed + epoch, cfg.group_by_length)
 
         steps = total_steps(cfg, len(order(0)), self.ranks.world)
+        if cfg.vision_cache:
+            self._vision_cache()
         if cfg.gradient_checkpointing and cfg.checkpoint_layers == "auto":
             self._fit_checkpointing(lengths, order(0))
         model = self.ranks.wrap(self.model, self.dtype)  # FSDP2 shards self.model in place: the optimizer comes after
@@ -154,6 +156,28 @@ class Run:
         if cfg.compile:
             fast.compile_layers(model)
         return model, processor
+
+    def _vision_cache(self) -> None:
+        """vision_cache=true: every image's features computed once (shared out over the ranks), then read."""
+        from llavatune.data import features
+
+        tower = features.llava_of(self.model).model.vision_tower
+        if any(p.requires_grad for p in tower.parameters()):
+            raise LlavatuneError("vision_cache=true needs a frozen vision tower; drop train_vision / lora.vision, "
+                                 "or the cache.")
+        if self.ranks.world > 1 and self.cfg.strategy == "fsdp":
+            raise LlavatuneError("vision_cache=true runs the projector outside the sharded forward: use ddp or a "
+                                 "zero strategy with it.")
+        folder = self.out / "vision_cache"
+        if self.ranks.main:
+            features.check(self.model, self.processor, folder)
+        self.ranks.barrier()
+        autocast = None if self.cfg.precision == "fp32" else self.dtype
+        made = features.prepare(self.model, self.processor, self.dataset, folder, self.device, autocast,
+                                self.ranks.rank, self.ranks.world)
+        self.ranks.barrier()
+        self._say(f"vision features: {folder} ({made} computed on rank 0)")
+        self.dataset.features = folder
 
     def _fit_checkpointing(self, lengths: list[int], batches: list[list[int]]) -> None:
         """checkpoint_layers=auto on one GPU: probe the largest micro-batch of the first epoch (by the dataset's
