@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_session.sh bench7b                                  # 7B shape: packing (varlen) vs HF
 #   bash benchmarks/gpu_session.sh benchqwen                                # Qwen1.5-4B shape, clean baseline
 set -euo pipefail
-part=${1:?"part: zero | bench7b | benchqwen"}
+part=${1:?"part: zero | bench7b | benchqwen | compile | sweep"}
 OUT=${OUT:-out}
 mkdir -p "$OUT" work
 log() { echo "== $*" | tee -a "$OUT/commands.txt"; }
@@ -46,6 +46,20 @@ benchqwen)  # issue 10: the Qwen1.5-4B baseline measured before Liger patches an
   run llavatune bench train --shape qwen15-4b --batch-size 6 --steps 8 lora_r=4 "lora_targets=[q_proj,v_proj]" \
     checkpoint_layers=auto --out "$OUT/qwen-4b-auto.json"
   ;;
-*) echo "unknown part $part: zero | bench7b | benchqwen" >&2; exit 2 ;;
+compile)  # issue 10: regional torch.compile on the 7B shape (timed out at 60 s on the tiny shape once; on 2 CPU
+          # cores the tiny shape compiles in ~20 s with varying lengths), enough steps to see past the compile
+  run timeout 540 llavatune bench train --shape llava15-7b --batch-size 16 --steps 12 --baseline none compile=true \
+    --out "$OUT/7b-fixed-compile.json"
+  ;;
+sweep)  # issue 10: how cost grows with sequence length and batch, ours and HF side by side
+  for len in 1024 2048; do
+    run llavatune bench train --shape llava15-7b --batch-size 4 --steps 3 --lengths max max_length=$len \
+      --out "$OUT/7b-max$len-b4.json"
+  done
+  for b in 4 8; do
+    run llavatune bench train --shape llava15-7b --batch-size $b --steps 3 --out "$OUT/7b-fixed-b$b.json"
+  done
+  ;;
+*) echo "unknown part $part: zero | bench7b | benchqwen | compile | sweep" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/$part.log"
