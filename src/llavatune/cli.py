@@ -43,7 +43,8 @@ def build(
     out: Path = typer.Option(..., "--out", help="checkpoint folder to write (must not exist or be empty)"),
     llm: Optional[str] = typer.Option(None, help="hub id or folder of a causal LM"),
     vision: Optional[str] = typer.Option(None, help="hub id or folder of a vision encoder (CLIP, SigLIP)"),
-    preset: Optional[str] = typer.Option(None, help="tiny | tiny-qwen | a shape (llava15-7b, internlm2-1.8b, ...): random weights, offline"),
+    preset: Optional[str] = typer.Option(
+        None, help="tiny | tiny-qwen | a shape (llava15-7b, internlm2-1.8b, ...): random weights, offline"),
     projector: Optional[str] = typer.Option(None, help="linear | mlp2x_gelu (default)"),
     feature_layer: Optional[int] = typer.Option(None, help="vision hidden state to use (default -2)"),
     feature_select: Optional[str] = typer.Option(None, help="auto | default (drop CLS) | full"),

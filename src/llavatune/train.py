@@ -66,12 +66,13 @@ class TrainConfig:
     checkpoint_layers: int | Literal["auto"] | None = None  # with gradient_checkpointing: the first k LLM layers
     #   only (None = all); auto: as few as fit memory_budget_gib, measured on the largest micro-batch (one GPU)
     memory_budget_gib: float | None = None  # checkpoint_layers=auto: peak to stay within (default 90% of the GPU)
-    attention: Literal["auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"] = "auto"  # training/fast.py
+    # the LLM's attention kernel (training/fast.py); varlen: torch's variable-length flash attention, packed rows
+    attention: Literal["auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"] = "auto"
     kernels: Literal["auto", "none", "liger"] = "auto"  # liger: fused RMSNorm/SwiGLU/RoPE; auto: on a GPU when installed
     compile: bool = False            # torch.compile each LLM decoder layer
     group_by_length: bool = True     # LLaVA's modality-length grouping
     packing: bool = False            # samples end to end without padding (loss identical; speed unmeasured yet)
-    vision_cache: bool = False       # frozen tower: compute image features once into <out>/vision_cache, train from them
+    vision_cache: bool = False       # frozen tower: image features computed once into <out>/vision_cache, then read
     seed: int = 0
     save_every: int = 200            # steps; 0 = only at the end
     keep_last: int = 3               # checkpoints kept (0 = all)

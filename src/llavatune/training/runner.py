@@ -31,6 +31,7 @@ class Run:
         self.ranks, device = distributed.setup(cfg.device, cfg.strategy)
         self.device = device or loadlib.pick_device(cfg.device)
         self.dtype = PRECISION[cfg.precision]
+        self.autocast = None if cfg.precision == "fp32" else self.dtype  # fp32 runs without autocast
 
     def execute(self) -> Path:
         cfg = self.cfg
@@ -73,7 +74,7 @@ class Run:
 
         scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
         state = loop.train(model, self.dataset, order, optimizer, scheduler, plan, state,
-                           device=self.device, autocast_dtype=None if cfg.precision == "fp32" else self.dtype,
+                           device=self.device, autocast_dtype=self.autocast,
                            pad_id=self.processor.tokenizer.pad_token_id, logger=logger, save=save, scaler=scaler,
                            ranks=self.ranks)
         save(state, "final")
@@ -172,8 +173,7 @@ class Run:
         if self.ranks.main:
             features.check(self.model, self.processor, folder)
         self.ranks.barrier()
-        autocast = None if self.cfg.precision == "fp32" else self.dtype
-        made = features.prepare(self.model, self.processor, self.dataset, folder, self.device, autocast,
+        made = features.prepare(self.model, self.processor, self.dataset, folder, self.device, self.autocast,
                                 self.ranks.rank, self.ranks.world)
         self.ranks.barrier()
         self._say(f"vision features: {folder} ({made} computed on rank 0)")
@@ -186,6 +186,7 @@ class Run:
         if self.device.type != "cuda" or self.ranks.world > 1:
             raise LlavatuneError("checkpoint_layers=auto measures memory on one CUDA GPU; give a number of layers "
                                  "instead (the value a one-GPU run prints), or leave it unset to checkpoint all.")
+
         def size(batch: list[int]) -> int:
             sizes = [abs(lengths[i]) for i in batch]
             return sum(sizes) if cfg.packing else len(batch) * max(sizes)
@@ -197,8 +198,7 @@ class Run:
         if batch is None:
             raise LlavatuneError("checkpoint_layers=auto: every sample of the largest micro-batch was dropped; "
                                  "run `llavatune data validate`.")
-        k = loop.fit_checkpointing(self.model, batch, cfg.memory_budget_gib, self.device,
-                                   None if cfg.precision == "fp32" else self.dtype)
+        k = loop.fit_checkpointing(self.model, batch, cfg.memory_budget_gib, self.device, self.autocast)
         n = len(fast.decoder_layers(self.model))
         self._say(f"checkpoint_layers=auto: {k} of {n} LLM layers checkpointed (largest micro-batch "
                   f"{n_tokens(batch)} tokens; pass checkpoint_layers={k} to skip this probe next time)")
