@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,49 @@ def test_one_process_zero3_offload_trains_like_plain(tiny_model_dir, shapes_data
     # DeepSpeed's CPU AdamW rounds differently from torch's; same bound as above
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_under_deepspeed_stops_before_the_step(tiny_model_dir, shapes_data, tmp_path):
+    """DeepSpeed cannot drop accumulated gradients, so a NaN loss stops the run (with what to do) before its
+    step; the checkpoints written before it are whole and finite. The NaN is injected in a subprocess."""
+    poison = textwrap.dedent("""
+        import sys
+        from transformers import LlavaForConditionalGeneration
+        forward, calls = LlavaForConditionalGeneration.forward, [0]
+        def poisoned(self, *args, **kwargs):
+            out = forward(self, *args, **kwargs)
+            calls[0] += 1
+            if calls[0] == 3:  # step 3 of a run with one micro-batch per step
+                out.logits = out.logits * float("nan")
+            return out
+        LlavaForConditionalGeneration.forward = poisoned
+        from llavatune.cli import run
+        run(sys.argv[1:])
+    """)
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", poison, "train", "tiny-lora", f"model={tiny_model_dir}",
+                             f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2", "steps=4",
+                             "save_every=1", "keep_last=0", "report_to=[]", f"out={run}", "strategy=zero2"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "non-finite loss under DeepSpeed" in result.stderr, result.stderr[-2000:]
+    from llavatune.training import checkpoint
+    assert checkpoint.latest(run) == run / "checkpoint-2" and not (run / "checkpoint-3").exists()
+    weights = load_file(run / "checkpoint-2" / "adapter_model.safetensors")
+    assert weights and all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_a_failed_in_process_run_leaves_no_process_group(tiny_model_dir, shapes_data, tmp_path):
+    """ZeRO on one device makes a one-process group and sets launcher variables; a run that fails after that
+    (here: checkpoint_layers=auto refused on a CPU) tears both down, so the caller's process is as it was."""
+    import os
+
+    from conftest import train_config
+    from llavatune.errors import LlavatuneError
+
+    before = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")}
+    with pytest.raises(LlavatuneError, match="one CUDA GPU"):
+        train(train_config(tiny_model_dir, shapes_data, tmp_path / "r", "steps=1", "strategy=zero2",
+                           "gradient_checkpointing=true", "checkpoint_layers=auto"))
+    assert not torch.distributed.is_initialized()
+    assert {k: os.environ.get(k) for k in before} == before

@@ -75,10 +75,12 @@ class Ranks:
         FSDP reduces every micro-batch: unreduced gradients would be whole, not sharded."""
         return model.no_sync() if skip and self.world > 1 and not self.sharded else contextlib.nullcontext()
 
-    def close(self) -> None:
-        """Tear the process group down before exit: left to interpreter shutdown, gloo may abort the process."""
+    def close(self, wait: bool = True) -> None:
+        """Tear the process group down before exit: left to interpreter shutdown, gloo may abort the process.
+        `wait`: meet the other ranks first (a normal end); not after a failure, when they may be gone."""
         if self.accelerator is not None and torch.distributed.is_initialized():
-            self.barrier()
+            if wait:
+                self.barrier()
             torch.distributed.destroy_process_group()
         for k, v in self.kept_env.items():
             if v is None:

@@ -34,6 +34,17 @@ class Run:
         self.autocast = None if cfg.precision == "fp32" else self.dtype  # fp32 runs without autocast
 
     def execute(self) -> Path:
+        """Train; the process group (a one-process one for ZeRO on one device) is torn down on every exit, so an
+        in-process caller is left as it was, and a failed run does not wait on ranks that may be gone."""
+        try:
+            final = self._train()
+        except BaseException:
+            self.ranks.close(wait=False)
+            raise
+        self.ranks.close()
+        return final
+
+    def _train(self) -> Path:
         cfg = self.cfg
         resume_from = self._resume_folder()
         _seed(cfg.seed)
@@ -79,7 +90,6 @@ class Run:
                            ranks=self.ranks)
         save(state, "final")
         logger.close()
-        self.ranks.close()
         dropped = dict(self.dataset.skipped)
         self._say(f"[green]done[/green]: {state.step} steps, final checkpoint {self.out / 'final'}"
                   + (f"; samples dropped on rank 0: {dropped}" if dropped else ""))
