@@ -56,26 +56,34 @@ def check(model, processor, folder: Path) -> None:
     meta_file.write_text(json.dumps(meta, indent=1))
 
 
-def prepare(model, processor, dataset, folder: Path, device, dtype, rank: int = 0, world: int = 1) -> int:
-    """Compute the features of the images of `dataset` not in `folder` yet (rank r of `world` takes every
-    world-th); returns how many this rank computed. A missing or corrupt image is left out: the dataset skips
-    or stops on it when the sample is drawn, as it would from images."""
+def prepare(model, processor, dataset, folder: Path, device, dtype, rank: int = 0, world: int = 1,
+            batch_size: int = 16) -> int:
+    """Compute the features of the images of `dataset` not in `folder` yet, `batch_size` images per tower
+    forward (rank r of `world` takes every world-th); returns how many this rank computed. A missing or corrupt
+    image is left out: the dataset skips or stops on it when the sample is drawn, as it would from images."""
     todo = {}
     for record in dataset.records:
         for ref in record.images:
             if not (folder / f"{key(ref)}.safetensors").exists():
                 todo[key(ref)] = (ref, record.source)
     mine = sorted(todo)[rank::world]
-    for stem in tqdm(mine, desc="vision features", disable=not mine or rank != 0):
-        ref, where = todo[stem]
-        try:
-            pil = imagelib.load(ref, dataset.image_dir, where)
-        except DataError:
-            continue
-        pixels = processor.image_processor([pil], return_tensors="pt")["pixel_values"].to(device)
-        tmp = folder / f"{stem}.tmp"
-        save_file({"features": encode(model, pixels, dtype)[0].contiguous().cpu()}, str(tmp))
-        tmp.replace(folder / f"{stem}.safetensors")  # atomic: a killed run never leaves half a file
+    bar = tqdm(total=len(mine), desc="vision features", disable=not mine or rank != 0)
+    for start in range(0, len(mine), batch_size):
+        loaded = {}
+        for stem in mine[start:start + batch_size]:
+            ref, where = todo[stem]
+            try:
+                loaded[stem] = imagelib.load(ref, dataset.image_dir, where)
+            except DataError:
+                pass
+        if loaded:
+            pixels = processor.image_processor(list(loaded.values()), return_tensors="pt")["pixel_values"]
+            for stem, feats in zip(loaded, encode(model, pixels.to(device), dtype)):
+                tmp = folder / f"{stem}.tmp"
+                save_file({"features": feats.contiguous().cpu()}, str(tmp))
+                tmp.replace(folder / f"{stem}.safetensors")  # atomic: a killed run never leaves half a file
+        bar.update(len(mine[start:start + batch_size]))
+    bar.close()
     return len(mine)
 
 
