@@ -2,9 +2,10 @@
 
 A packed row holds several samples end to end with position ids restarting at 0 (data/dataset.py). SDPA can only
 run it with a dense (T, T) block-diagonal mask, computing every block between samples; flex_attention skips them
-but compiles per sequence length. torch.nn.attention.varlen.varlen_attn (torch >= 2.9, CUDA, bf16/fp16) takes
-the samples' boundaries (cu_seqlens) and computes each sample's causal attention alone, like flash-attn's varlen
-kernel, without the flash-attn package. Registered with transformers' AttentionInterface under `NAME`.
+but is compiled, and timed out on the GPU (docs/benchmarks.md). torch.nn.attention.varlen.varlen_attn (recent
+torch; CUDA, bf16/fp16) takes the samples' boundaries (cu_seqlens) and computes each sample's causal attention
+alone, like flash-attn's varlen kernel, without the flash-attn package. Registered with transformers'
+AttentionInterface under `NAME`.
 
 Where that kernel cannot run (CPU, fp32) the same boundaries drive one SDPA call per sample: exact, and what the
 tests compare against padded batches. Batches with a padding mask, and decoding with a KV cache, go to SDPA.
