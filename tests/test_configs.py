@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from llavatune import configs
@@ -87,3 +89,21 @@ def test_unknown_strategy_is_refused_with_the_choices(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(["train", "tiny-lora", "--strategy", "zero4"])
     assert exit_info.value.code == 2 and "zero3-offload" in capsys.readouterr().err
+
+
+def test_dry_run_counts_selective_checkpointing_and_the_vision_cache(tmp_path, monkeypatch):
+    """Activations grow with every layer left out of checkpointing (LLaVA-1.5-7B: 32 layers, 4096 wide, bf16,
+    batch 16 x 2048: 32h bytes more per token per layer); the vision cache is rows x 576 x 1024 x 2 bytes."""
+    from llavatune.config import load
+    from llavatune.train import TrainConfig, main
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"image": f"{i}.jpg", "conversations": [{"from": "human", "value": "<image>\nx"},
+                                                     {"from": "gpt", "value": "y"}]} for i in range(1000)]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    plan = {k: main(load(TrainConfig, configs.path_of("llava15-finetune-lora"),
+                         ["dry_run=true", "data=d.json", "vision_cache=true", f"checkpoint_layers={k}"]))
+            for k in (32, 30)}
+    extra = plan[30]["memory_gib"]["activations"] - plan[32]["memory_gib"]["activations"]
+    assert extra == pytest.approx(2 * 16 * 2048 * 32 * 4096 * 2 / 2**30)
+    assert plan[32]["vision_cache_gib"] == pytest.approx(1000 * 576 * 1024 * 2 / 2**30)

@@ -70,8 +70,11 @@ def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[s
     optim_bytes = 2 if cfg.optimizer == "adamw_8bit" else 2 * master
     text = config.text_config
     tokens = cfg.batch_size * cfg.max_length
-    per_layer = (2 if cfg.gradient_checkpointing else 34) * text.hidden_size * b  # bytes per token per layer
-    acts = tokens * per_layer * text.num_hidden_layers
+    layers = text.num_hidden_layers
+    checkpointed = 0 if not cfg.gradient_checkpointing else (
+        cfg.checkpoint_layers if isinstance(cfg.checkpoint_layers, int) else layers)  # auto: sized at run time
+    # bytes per token: a checkpointed layer keeps its input (2h values), another all its activations (~34h)
+    acts = tokens * text.hidden_size * b * (2 * checkpointed + 34 * (layers - checkpointed))
     if cfg.gradient_checkpointing:
         acts += tokens * 34 * text.hidden_size * b  # one layer recomputed at a time
     logits = tokens * text.vocab_size * 4 * 2  # fp32 logits and gradient; an upper bound: only target positions
@@ -109,6 +112,9 @@ def dry_run(cfg: TrainConfig) -> dict:
             "parameters": counts, "data_rows": rows, "steps": steps,
             "global_batch": cfg.batch_size * cfg.grad_accum, "memory_gib": memory,
             "memory_gib_by_strategy": by_strategy(memory, config.text_config.num_hidden_layers)}
+    if cfg.vision_cache and rows:  # one image per row: (image tokens, vision hidden) in the training dtype
+        per_image = config.image_seq_length * config.vision_config.hidden_size * (4 if cfg.precision == "fp32" else 2)
+        plan["vision_cache_gib"] = rows * per_image / GIB
     _print(plan, cfg)
     return plan
 
@@ -126,6 +132,9 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
     mem = plan["memory_gib"]
     table.add_row("memory (rough)", f"{mem['total']:.1f} GiB per device = " + ", ".join(
         f"{k} {v:.1f}" for k, v in mem.items() if k != "total"))
+    if "vision_cache_gib" in plan:
+        table.add_row("vision cache", f"about {plan['vision_cache_gib']:.1f} GiB of disk in {cfg.out}/vision_cache "
+                      "(one image per row)")
     for strategy, per_n in plan["memory_gib_by_strategy"].items():
         table.add_row(f"  --strategy {strategy}", ", ".join(f"{n} GPU{'s' if n > 1 else ''}: {v:.1f} GiB"
                                                            for n, v in per_n.items()))
