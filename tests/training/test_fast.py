@@ -54,11 +54,26 @@ def test_switches_keep_the_loss_curve(tiny_model_dir, shapes_data, tmp_path):
         assert all(abs(a - b) < 1e-4 for a, b in zip(runs["plain"], runs[name])), (name, runs)
 
 
-def test_checkpoint_layers_sets_the_first_k(tiny_model_dir):
+def test_checkpoint_layers_sets_the_first_k(tiny_model_dir, monkeypatch):
     model, _ = loadlib.load_base(tiny_model_dir)
-    model = trainable.apply(model, "finetune", "lora", LoraSpec())
+    model = trainable.apply(model, "finetune", "lora", LoraSpec(targets=["all"]))
     fast.checkpoint_layers(model, 1)
-    assert [layer.gradient_checkpointing for layer in fast.decoder_layers(model)] == [True, False]
+    layers = fast.decoder_layers(model)
+    assert [layer.gradient_checkpointing for layer in layers] == [True, False]
+    # the checkpointed layer runs again in the backward pass, the other does not (counted in the MLP class's
+    # forward: module hooks do not fire in the recompute)
+    mlp_class, runs = type(layers[0].mlp), [0, 0]
+    forward = mlp_class.forward
+
+    def counted(self, x):
+        runs[[layer.mlp for layer in layers].index(self)] += 1
+        return forward(self, x)
+
+    monkeypatch.setattr(mlp_class, "forward", counted)
+    model.train()
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    assert runs == [2, 1]
     with pytest.raises(LlavatuneError, match="decoder layers"):
         fast.checkpoint_layers(model, 5)
 

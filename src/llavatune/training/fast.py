@@ -81,7 +81,11 @@ def set_attention(model, name: str) -> None:
 def checkpoint_layers(model, k: int | str | None) -> None:
     """Gradient checkpointing on the LLM's first k decoder layers only (None: all of them; "auto" is resolved
     by loop.fit_checkpointing, which starts from all)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if k not in (None, "auto"):
         checkpoint_first(model, k)
 
