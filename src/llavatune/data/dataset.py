@@ -62,22 +62,17 @@ class SupervisedDataset(torch.utils.data.Dataset):
             return None
         if out.n_images != len(record.images):
             return self._bad(record, f"{out.n_images} <image> tag(s) but {len(record.images)} image(s)")
-        pixel_values = None
-        if record.images and self.features is not None:
-            try:
-                cached = torch.stack([features.load(self.features, ref) for ref in record.images])
-            except DataError as err:
-                return self._bad(record, f"{record.source}: {err}")
-            self.served += 1
-            return Encoded(out.input_ids, out.labels, None, cached)
-        if record.images:
-            try:
+        pixel_values = cached = None
+        try:
+            if record.images and self.features is not None:  # a vision cache: features instead of pixels
+                cached = torch.stack([features.load(self.features, ref, record.source) for ref in record.images])
+            elif record.images:
                 pil = [imagelib.load(ref, self.image_dir, record.source) for ref in record.images]
-            except DataError as err:
-                return self._bad(record, str(err))
-            pixel_values = self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
+                pixel_values = self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
+        except DataError as err:
+            return self._bad(record, str(err))
         self.served += 1
-        return Encoded(out.input_ids, out.labels, pixel_values)
+        return Encoded(out.input_ids, out.labels, pixel_values, cached)
 
     def _bad(self, record: Record, message: str) -> None:
         if self.on_bad_image == "stop":

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from llavatune.data import images as imagelib
 from llavatune.data.formats import DataError
 from llavatune.errors import LlavatuneError
+from llavatune.model.trainable import unwrap
 
 META = "meta.json"
 
@@ -36,7 +37,7 @@ def key(ref: str | bytes) -> str:
 def fingerprint(model) -> dict:
     """What the features depend on: the tower's weights (a sum per tensor, cheap and order-sensitive enough to
     tell two towers apart), the feature layer and selection, and the image processor's settings."""
-    llava = llava_of(model)
+    llava = unwrap(model)
     tower = llava.model.vision_tower
     sums = [round(float(p.detach().float().sum()), 3) for p in tower.parameters()]
     return {"tower_sums": hashlib.sha1(json.dumps(sums).encode()).hexdigest(),
@@ -91,7 +92,7 @@ def prepare(model, processor, dataset, folder: Path, device, dtype, rank: int = 
 def encode(model, pixel_values: torch.Tensor, dtype) -> torch.Tensor:
     """(n, 3, H, W) -> (n, image tokens, vision hidden): transformers' own feature selection, projector set
     aside."""
-    llava = llava_of(model).model
+    llava = unwrap(model).model
     projector = llava.multi_modal_projector
     llava.multi_modal_projector = torch.nn.Identity()
     try:
@@ -104,17 +105,20 @@ def encode(model, pixel_values: torch.Tensor, dtype) -> torch.Tensor:
     return torch.stack(out.pooler_output).to(dtype or torch.float32)
 
 
-def load(folder: Path, ref: str | bytes) -> torch.Tensor:
+def load(folder: Path, ref: str | bytes, where: str) -> torch.Tensor:
+    """(image tokens, vision hidden) of one image; DataError naming the sample (`where`) when it has none (its
+    image was missing or corrupt when the cache was made)."""
     path = folder / f"{key(ref)}.safetensors"
     if not path.exists():
-        raise DataError(f"no cached features for image '{ref if isinstance(ref, str) else 'embedded'}' in {folder}")
+        name = ref if isinstance(ref, str) else "embedded image"
+        raise DataError(f"{where}: no cached features for image '{name}' in {folder}")
     return load_file(str(path))["features"]
 
 
 def embed(model, batch: dict) -> dict:
     """A batch with `image_features` -> the same batch with `inputs_embeds`: token embeddings with the projected
     features written over the image tokens, as LLaVA's forward does with the tower's output."""
-    llava = llava_of(model)
+    llava = unwrap(model)
     ids = batch["input_ids"]                                                   # (B, T)
     embeds = llava.get_input_embeddings()(ids)                                 # (B, T, hidden)
     features = llava.model.multi_modal_projector(batch["image_features"])     # (n_images, tokens, hidden)
@@ -122,9 +126,3 @@ def embed(model, batch: dict) -> dict:
     embeds = embeds.masked_scatter(image, features.to(embeds.dtype))
     rest = {k: v for k, v in batch.items() if k not in ("input_ids", "image_features")}
     return {**rest, "inputs_embeds": embeds}
-
-
-def llava_of(model):
-    """The LlavaForConditionalGeneration under PEFT or DDP wrappers."""
-    model = getattr(model, "module", model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -97,6 +97,12 @@ def _apply_lora(model: nn.Module, lora, train_vision: bool) -> nn.Module:
     return peft_model
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The LlavaForConditionalGeneration inside a DDP / DeepSpeed wrapper (`.module`) and a PeftModel."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def trainable_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
 

@@ -263,8 +263,10 @@ def sharded_layers(model) -> list:
     """FSDP units: the decoder layers of the LLM and the encoder layers of the vision tower."""
     from llavatune.training.fast import decoder_layers
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    vision = getattr(base.model.vision_tower, "vision_model", base.model.vision_tower)
+    from llavatune.model.trainable import unwrap
+
+    tower = unwrap(model).model.vision_tower
+    vision = getattr(tower, "vision_model", tower)
     return [*decoder_layers(model), *vision.encoder.layers]
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from llavatune.data import features
 from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
+from llavatune.model import trainable
 from llavatune.training import varlen
 
 ATTENTION = ("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager")
@@ -141,5 +142,4 @@ def compile_layers(model) -> None:
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under PEFT
-    return base.model.language_model.layers
+    return trainable.unwrap(model).model.language_model.layers

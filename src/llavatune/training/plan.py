@@ -55,7 +55,7 @@ def count_rows(path: Path) -> int | None:
 def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[str, float]:
     """GiB per device, rough: weights, gradients, optimizer states, activations (at max_length), logits."""
     half = cfg.precision in ("bf16", "fp16")
-    b = 2 if half else 4
+    b = _value_bytes(cfg)
     c = trainable.counts(model)
     frozen = sum(v["total"] - v["trainable"] for v in c.values())
     trained = sum(v["trainable"] for v in c.values())
@@ -86,6 +86,11 @@ def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[s
     return out
 
 
+def _value_bytes(cfg: TrainConfig) -> int:
+    """Bytes per weight or activation value in the run's precision."""
+    return 2 if cfg.precision in ("bf16", "fp16") else 4
+
+
 def by_strategy(memory: dict[str, float], n_layers: int, devices=(1, 2, 4, 8)) -> dict[str, dict[int, float]]:
     """GiB per device for each strategy and device count; activations and logits always stay per device.
     ddp: a whole copy everywhere. zero2: whole weights, gradients and optimizer state divided by the devices.
@@ -95,9 +100,11 @@ def by_strategy(memory: dict[str, float], n_layers: int, devices=(1, 2, 4, 8)) -
     w, g, o = memory["weights"], memory["gradients"], memory["optimizer"]
     rest, layers = memory["activations"] + memory["logits"], 2 * w / n_layers
     whole = w + g + o + rest
-    per_n = {"ddp": lambda n: whole, "zero2": lambda n: w + (g + o) / n + rest,
-             "fsdp": lambda n: (w + g + o) / n + layers + rest, "zero3": lambda n: (w + g + o) / n + layers + rest,
-             "zero3-offload": lambda n: g / n + layers + rest}
+    def all_sharded(n: int) -> float:
+        return (w + g + o) / n + layers + rest
+
+    per_n = {"ddp": lambda n: whole, "zero2": lambda n: w + (g + o) / n + rest, "fsdp": all_sharded,
+             "zero3": all_sharded, "zero3-offload": lambda n: g / n + layers + rest}
     return {name: {n: f(n) if n > 1 else whole for n in devices} for name, f in per_n.items()}
 
 
@@ -113,7 +120,7 @@ def dry_run(cfg: TrainConfig) -> dict:
             "global_batch": cfg.batch_size * cfg.grad_accum, "memory_gib": memory,
             "memory_gib_by_strategy": by_strategy(memory, config.text_config.num_hidden_layers)}
     if cfg.vision_cache and rows:  # one image per row: (image tokens, vision hidden) in the training dtype
-        per_image = config.image_seq_length * config.vision_config.hidden_size * (4 if cfg.precision == "fp32" else 2)
+        per_image = config.image_seq_length * config.vision_config.hidden_size * _value_bytes(cfg)
         plan["vision_cache_gib"] = rows * per_image / GIB
     _print(plan, cfg)
     return plan

@@ -172,7 +172,7 @@ class Run:
         """vision_cache=true: every image's features computed once (shared out over the ranks), then read."""
         from llavatune.data import features
 
-        tower = features.llava_of(self.model).model.vision_tower
+        tower = trainable.unwrap(self.model).model.vision_tower
         if any(p.requires_grad for p in tower.parameters()):
             raise LlavatuneError("vision_cache=true needs a frozen vision tower; drop train_vision / lora.vision, "
                                  "or the cache.")

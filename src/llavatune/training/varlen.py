@@ -13,6 +13,7 @@ tests compare against padded batches. Batches with a padding mask, and decoding 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 
@@ -87,14 +88,22 @@ def boundaries(position_ids: torch.Tensor, batch: int, length: int) -> tuple[tor
 def _flash(q, k, v, cu_seqlens, max_len, scale):
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
-    # torch 2.9-2.10 spell causal `is_causal=True`, later ones `window_size=(-1, 0)`
+    params = _varlen_params()
+    # older torch spells causal `is_causal=True`, newer `window_size=(-1, 0)`
     extra = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
     if "scale" in params:
         extra["scale"] = scale
     else:
         q = q * (scale * q.shape[-1] ** 0.5)  # the kernel's default scale is 1/sqrt(D)
     return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **extra)
+
+
+@functools.cache
+def _varlen_params() -> frozenset[str]:
+    """varlen_attn's keyword names, read once (every layer of every forward asks)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
 
 
 def _per_sample(q, k, v, cu: list[int], scale):
