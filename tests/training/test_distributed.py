@@ -50,6 +50,8 @@ def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes
     run_config = (two / "run_config.yaml").read_text()
     assert "global_batch: 4" in run_config and "devices: 2" in run_config
     assert files(two / "checkpoint-2") == files(one / "checkpoint-2")
+    # the same counts, though ZeRO-3 leaves each parameter empty outside its forward
+    assert (two / "trainable.txt").read_text() == (one / "trainable.txt").read_text()
     weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
     a, b = load_file(two / "checkpoint-2" / weights), load_file(one / "checkpoint-2" / weights)
     # AdamW divides by sqrt(v): where a gradient is near 0, summation-order rounding (all-reduce vs accumulation)

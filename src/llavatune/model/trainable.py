@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import re
+import warnings
 
 from torch import nn
 
@@ -91,7 +92,9 @@ def _apply_lora(model: nn.Module, lora, train_vision: bool) -> nn.Module:
     targets = lora_targets(model, lora.targets, lora.regex, lora.vision)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                         modules_to_save=[PROJECTOR], bias="none", task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # PEFT 0.21 reads a flag transformers 5.2x deprecates; nothing to act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, config)
     if train_vision:
         _open(peft_model, lambda n: "vision_tower" in n and "lora_" not in n)
     return peft_model
@@ -114,8 +117,9 @@ def counts(model: nn.Module) -> dict[str, dict[str, int]]:
         if "original_module" in name:  # PEFT keeps the frozen original next to the trained copy
             continue
         comp = component(name)
-        out[comp]["total"] += p.numel()
-        out[comp]["trainable"] += p.numel() if p.requires_grad else 0
+        n = getattr(p, "ds_numel", p.numel())  # a ZeRO-3 partitioned parameter is empty here (numel 0)
+        out[comp]["total"] += n
+        out[comp]["trainable"] += n if p.requires_grad else 0
     return dict(out)
 
 
