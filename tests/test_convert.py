@@ -253,6 +253,9 @@ def test_xtuner_checkpoint_with_llm_and_vit_lora(tiny_parts_dir, tmp_path):
     pth = tmp_path / "iter_100.pth"
     torch.save({"state_dict": state, "meta": {"iter": 100}}, pth)
     assert detect(pth) == "xtuner"
+    legacy = tmp_path / "legacy.pth"  # torch's pre-zip format cannot be memory-mapped: read whole
+    torch.save({"state_dict": state}, legacy, _use_new_zipfile_serialization=False)
+    assert detect(legacy) == "xtuner"
     with pytest.raises(LlavatuneError, match="pass --lora-alpha"):
         main(ConvertConfig(src=pth, dst=tmp_path / "x", model_base=str(base), vision=str(clip)))
     out = main(ConvertConfig(src=pth, dst=tmp_path / "hf", model_base=str(base), vision=str(clip), lora_alpha=alpha))

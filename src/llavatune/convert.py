@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -295,8 +296,11 @@ def xtuner_state(src: Path) -> dict[str, torch.Tensor]:
     """The state dict of an xtuner `.pth` file (mmengine: under 'state_dict') or an `iter_N.pth` DeepSpeed folder
     (mp_rank_00_model_states.pt: under 'module'). These are pickles from your own training run."""
     path = src / "mp_rank_00_model_states.pt" if src.is_dir() else src
+    # memory-mapped (torch's zip format; not the legacy one): detect() reads the keys, the conversion the tensors,
+    # and neither copies the file into memory
+    mmap = path.is_file() and zipfile.is_zipfile(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:
         raise LlavatuneError(f"{path}: cannot read the checkpoint ({str(err).splitlines()[0][:120]}).") from None
     for key in ("state_dict", "module"):
