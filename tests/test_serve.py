@@ -153,6 +153,22 @@ def test_page_and_sample_endpoint(server):
     assert httpx.get(f"{server}/api/sample/100000").status_code == 404
 
 
+def test_sample_tab_reads_its_dataset_once(tiny_model_dir, shapes_data, monkeypatch):
+    """A 665K-row JSON takes seconds to parse: the page's sample requests must not each reread it."""
+    from fastapi.testclient import TestClient
+
+    from llavatune.data import formats
+
+    calls, real = [], formats.read_records
+    monkeypatch.setattr(formats, "read_records", lambda *a, **k: calls.append(a) or real(*a, **k))
+    cfg = ServeConfig(model=tiny_model_dir, data=shapes_data / "qa.json", images=shapes_data)
+    client = TestClient(create_app(cfg, {"base": None}))
+    first, second, again = (client.get(f"/api/sample/{i}").json() for i in (0, 1, 0))
+    assert len(calls) == 1 and first == again != second
+    missing = client.get("/api/sample/-1")
+    assert missing.status_code == 404 and "0 to" in missing.json()["error"]["message"]
+
+
 CHROMIUM = "/usr/bin/chromium"
 
 

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import functools
 import io
 import json
 import threading
@@ -207,9 +208,20 @@ def create_app(cfg: ServeConfig, slots: dict[str, Slot]) -> FastAPI:
         text = await asyncio.to_thread(_locked, slot, lambda: slot.model.chat(messages, images=images, **args))
         return _completion(name, text)
 
+    @functools.cache
+    def records() -> list:  # the sample tab's dataset, read once, on its first request
+        from llavatune.data.formats import read_records
+
+        return list(read_records(cfg.data))
+
     @app.get("/api/sample/{index}")
     async def sample(index: int):
-        return _sample(cfg, index)
+        if cfg.data is None:
+            raise ApiError(404, "no dataset: start the server with --data FILE --images DIR")
+        if not 0 <= index < len(records()):
+            raise ApiError(404, f"no sample {index} in {cfg.data} ({len(records())} samples, 0 to "
+                                f"{len(records()) - 1})")
+        return _sample(cfg, records()[index], index)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -258,17 +270,10 @@ async def _sse(slot: Slot, messages, images, args):
     yield "data: [DONE]\n\n"
 
 
-def _sample(cfg: ServeConfig, index: int) -> dict:
+def _sample(cfg: ServeConfig, record, index: int) -> dict:
+    """One record for the page: its first image as a data URI, the first question, the reference answer."""
     from llavatune.data import images as imagelib
-    from llavatune.data.formats import read_records
 
-    if cfg.data is None:
-        raise ApiError(404, "no dataset: start the server with --data FILE --images DIR")
-    for i, record in enumerate(read_records(cfg.data)):
-        if i == index:
-            break
-    else:
-        raise ApiError(404, f"sample {index} is past the end of {cfg.data}")
     image_uri = None
     if record.images:
         img = imagelib.load(record.images[0], cfg.images, record.source)  # stays inside --images
