@@ -161,6 +161,13 @@ def test_qlora_on_cpu_says_what_it_needs(tiny_model_dir, shapes_data, tmp_path):
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "q", "steps=1", "method=qlora"))
 
 
+def test_qlora_is_refused_where_the_weights_would_be_sharded(tiny_model_dir, shapes_data, tmp_path):
+    for strategy in ("zero3", "zero3-offload"):  # a group of one process: DeepSpeed's strategies need one
+        with pytest.raises(LlavatuneError, match="use strategy=ddp or zero2"):
+            train(train_config(tiny_model_dir, shapes_data, tmp_path / strategy, "steps=1", "method=qlora",
+                               f"strategy={strategy}"))
+
+
 def test_cli_train_with_a_shipped_recipe_name(tiny_model_dir, shapes_data, tmp_path):
     from llavatune.cli import run as cli
 

@@ -43,6 +43,12 @@ class Ranks:
         return self.accelerator is not None and self.strategy.startswith("zero")
 
     @property
+    def places_weights(self) -> bool:
+        """FSDP over processes and ZeRO-3 move the weights to the device shard by shard: the model waits on the
+        CPU until then, so no card ever holds it whole (a 13B model in fp32 is 52 GB)."""
+        return self.sharded or (self.deepspeed and self.strategy != "zero2")
+
+    @property
     def main(self) -> bool:
         return self.rank == 0
 
@@ -103,7 +109,7 @@ class Ranks:
                 self.dtypes = {name: p.dtype for name, p in model.state_dict().items()}  # saved as trained
                 model.float()
                 policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-            for layer in sharded_layers(model):
+            for layer in sharded_layers(model):  # from the CPU, each unit moves to the device as its shard
                 fully_shard(layer, mp_policy=policy)
             fully_shard(model, mp_policy=policy)
             return model
@@ -123,6 +129,9 @@ class Ranks:
         name_of = {p: n for n, p in model.named_parameters()}
         self.param_names = [[name_of[p] for p in group["params"]] for group in optimizer.param_groups]
         config = deepspeed_config(self.strategy, batch_size, grad_accum, max_grad_norm, settings)
+        if self.places_weights:  # partition from the CPU one parameter at a time (the engine would move it whole)
+            deepspeed.zero.Init(module=model, config_dict_or_path=config, mem_efficient_linear=False)
+            model.to(self.accelerator.device)  # the buffers; partitioned parameters are already where ZeRO keeps them
         engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         return engine, ds_optimizer
 

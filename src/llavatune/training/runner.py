@@ -146,8 +146,12 @@ class Run:
         cfg = self.cfg
         full_weights = cfg.method not in ("lora", "qlora") or cfg.stage == "pretrain"
         source = resume_from if (resume_from is not None and full_weights) else self.base
-        model, processor = loadlib.load_base(source, self.dtype, load_4bit=cfg.method == "qlora",
-                                             device=str(self.device))
+        if cfg.method == "qlora" and self.ranks.places_weights:
+            raise LlavatuneError(f"method=qlora keeps the 4-bit LLM whole on every card; strategy={cfg.strategy} "
+                                 "would shard it: use strategy=ddp or zero2 (a 7B LLM in 4-bit is ~4 GB).")
+        # FSDP and ZeRO-3 place the weights shard by shard when they wrap the model: until then it stays on the CPU
+        place = "cpu" if self.ranks.places_weights else self.device
+        model, processor = loadlib.load_base(source, self.dtype, load_4bit=cfg.method == "qlora", device=str(place))
         fast.configure(model, cfg.attention, cfg.kernels, self.device, cfg.packing)
         if cfg.method == "qlora":
             from peft import prepare_model_for_kbit_training
@@ -163,7 +167,7 @@ class Run:
             set_peft_model_state_dict(model, load_file(resume_from / "adapter_model.safetensors"))
         if cfg.gradient_checkpointing:
             fast.checkpoint_layers(model, cfg.checkpoint_layers)
-        model = model.to(self.device)
+        model = model.to(place)
         if cfg.compile:
             fast.compile_layers(model)
         return model, processor
@@ -183,8 +187,11 @@ class Run:
         if self.ranks.main:
             features.check(self.model, self.processor, folder)
         self.ranks.barrier()
+        home = next(tower.parameters()).device  # the CPU under ZeRO-3, which places the weights later
+        tower.to(self.device)
         made = features.prepare(self.model, self.processor, self.dataset, folder, self.device, self.autocast,
                                 self.ranks.rank, self.ranks.world)
+        tower.to(home)
         self.ranks.barrier()
         self._say(f"vision features: {folder} ({made} computed on rank 0)")
         self.dataset.features = folder
@@ -193,9 +200,10 @@ class Run:
         """checkpoint_layers=auto on one GPU: probe the largest micro-batch of the first epoch (by the dataset's
         length estimates) and keep the layers the budget does not fit checkpointed."""
         cfg = self.cfg
-        if self.device.type != "cuda" or self.ranks.world > 1:
-            raise LlavatuneError("checkpoint_layers=auto measures memory on one CUDA GPU; give a number of layers "
-                                 "instead (the value a one-GPU run prints), or leave it unset to checkpoint all.")
+        if self.device.type != "cuda" or self.ranks.world > 1 or self.ranks.places_weights:
+            raise LlavatuneError("checkpoint_layers=auto measures memory on one CUDA GPU holding the whole model "
+                                 "(not under FSDP or ZeRO-3); give a number of layers instead (the value a one-GPU "
+                                 "run prints), or leave it unset to checkpoint all.")
 
         def size(batch: list[int]) -> int:
             sizes = [abs(lengths[i]) for i in batch]
