@@ -156,6 +156,18 @@ def test_ctrl_c_saves_and_resume_continues(tiny_model_dir, shapes_data, tmp_path
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
+def test_each_epoch_is_ordered_once(tiny_model_dir, shapes_data, tmp_path, monkeypatch):
+    """Ordering 665K rows by modality and length takes about a second: once per epoch, not once per step."""
+    from llavatune.training import runner
+
+    seeds = []
+    real = runner.batch_order
+    monkeypatch.setattr(runner, "batch_order", lambda lengths, size, seed, grouped: seeds.append(seed) or
+                        real(lengths, size, seed, grouped))
+    train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "epochs=2.5", "save_every=0", "seed=7"))
+    assert seeds == [7, 8, 9]  # epochs 0, 1 and the half of 2
+
+
 def test_qlora_on_cpu_says_what_it_needs(tiny_model_dir, shapes_data, tmp_path):
     with pytest.raises(LlavatuneError, match="needs"):
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "q", "steps=1", "method=qlora"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class Run:
         self._load(resume_from)
         lengths = [self.dataset.length(i) for i in range(len(self.dataset))]
 
+        @functools.lru_cache(maxsize=2)  # the loop asks every step; 665K rows take ~1 s to order
         def order(epoch: int) -> list[list[int]]:
             return batch_order(lengths, cfg.batch_size, cfg.seed + epoch, cfg.group_by_length)
 
