@@ -208,20 +208,11 @@ def create_app(cfg: ServeConfig, slots: dict[str, Slot]) -> FastAPI:
         text = await asyncio.to_thread(_locked, slot, lambda: slot.model.chat(messages, images=images, **args))
         return _completion(name, text)
 
-    @functools.cache
-    def records() -> list:  # the sample tab's dataset, read once, on its first request
-        from llavatune.data.formats import read_records
-
-        return list(read_records(cfg.data))
+    samples = Samples(cfg)
 
     @app.get("/api/sample/{index}")
     async def sample(index: int):
-        if cfg.data is None:
-            raise ApiError(404, "no dataset: start the server with --data FILE --images DIR")
-        if not 0 <= index < len(records()):
-            raise ApiError(404, f"no sample {index} in {cfg.data} ({len(records())} samples, 0 to "
-                                f"{len(records()) - 1})")
-        return _sample(cfg, records()[index], index)
+        return samples.get(index)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -270,20 +261,38 @@ async def _sse(slot: Slot, messages, images, args):
     yield "data: [DONE]\n\n"
 
 
-def _sample(cfg: ServeConfig, record, index: int) -> dict:
-    """One record for the page: its first image as a data URI, the first question, the reference answer."""
-    from llavatune.data import images as imagelib
+class Samples:
+    """The page's sample tab: rows of --data, read once on the first request, with their images from --images."""
 
-    image_uri = None
-    if record.images:
-        img = imagelib.load(record.images[0], cfg.images, record.source)  # stays inside --images
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        image_uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    user = [t for r, t in record.turns if r == "user"]
-    reference = record.turns[-1][1] if record.turns[-1][0] == "assistant" else ""
-    return {"index": index, "image": image_uri, "question": user[0].replace("<image>", "").strip() if user else "",
-            "reference": reference}
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+
+    @functools.cached_property
+    def records(self) -> list:
+        from llavatune.data.formats import read_records
+
+        return list(read_records(self.cfg.data))
+
+    def get(self, index: int) -> dict:
+        """Row `index`: its first image as a data URI, the first question, the reference answer."""
+        from llavatune.data import images as imagelib
+
+        if self.cfg.data is None:
+            raise ApiError(404, "no dataset: start the server with --data FILE --images DIR")
+        n = len(self.records)
+        if not 0 <= index < n:
+            raise ApiError(404, f"no sample {index} in {self.cfg.data} ({n} samples, 0 to {n - 1})")
+        record = self.records[index]
+        image_uri = None
+        if record.images:
+            img = imagelib.load(record.images[0], self.cfg.images, record.source)  # stays inside --images
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            image_uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        user = [t for r, t in record.turns if r == "user"]
+        reference = record.turns[-1][1] if record.turns[-1][0] == "assistant" else ""
+        return {"index": index, "image": image_uri,
+                "question": user[0].replace("<image>", "").strip() if user else "", "reference": reference}
 
 
 def main(cfg: ServeConfig) -> None:

@@ -54,7 +54,6 @@ def count_rows(path: Path) -> int | None:
 
 def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[str, float]:
     """GiB per device, rough: weights, gradients, optimizer states, activations (at max_length), logits."""
-    half = cfg.precision in ("bf16", "fp16")
     b = _value_bytes(cfg)
     c = trainable.counts(model)
     frozen = sum(v["total"] - v["trainable"] for v in c.values())
@@ -64,7 +63,7 @@ def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[s
         weights = (frozen - llm_frozen) * b + llm_frozen * 0.55
     else:
         weights = frozen * b
-    master = 4 if (cfg.method != "full" or not half) else b  # small trained parts keep fp32 weights
+    master = 4 if cfg.method != "full" else b  # small trained parts keep fp32 weights
     weights += trained * master
     grads = trained * master
     optim_bytes = 2 if cfg.optimizer == "adamw_8bit" else 2 * master

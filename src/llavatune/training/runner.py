@@ -182,7 +182,7 @@ class Run:
         if any(p.requires_grad for p in tower.parameters()):
             raise LlavatuneError("vision_cache=true needs a frozen vision tower; drop train_vision / lora.vision, "
                                  "or the cache.")
-        if self.ranks.world > 1 and self.cfg.strategy == "fsdp":
+        if self.ranks.sharded:
             raise LlavatuneError("vision_cache=true runs the projector outside the sharded forward: use ddp or a "
                                  "zero strategy with it.")
         folder = self.out / "vision_cache"
