@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_session.sh bench7b                                  # 7B shape: packing (varlen) vs HF
 #   bash benchmarks/gpu_session.sh benchqwen                                # Qwen1.5-4B shape, clean baseline
 set -euo pipefail
-part=${1:?"part: zero | bench7b | benchqwen | compile | sweep"}
+part=${1:?"part: zero | bench7b | benchqwen | compile | sweep | data"}
 OUT=${OUT:-out}
 mkdir -p "$OUT" work
 log() { echo "== $*" | tee -a "$OUT/commands.txt"; }
@@ -40,6 +40,10 @@ bench7b)  # issue 10: packing (torch's varlen kernel) and checkpointing fitted t
   run llavatune bench train --shape llava15-7b --batch-size 16 --steps 5 checkpoint_layers=auto \
     --out "$OUT/7b-fixed-auto.json"
   ;;
+data)  # data_workers on a GPU host: how many workers keep a cheap model fed from 640x480 JPEGs
+  run python benchmarks/data_workers.py --work work/dw --workers 0 1 2 4
+  cp work/dw/data_workers.json "$OUT/data-workers.json"
+  ;;
 benchqwen)  # issue 10: the Qwen1.5-4B baseline measured before Liger patches anything (bench runs it first)
   run llavatune bench train --shape qwen15-4b --batch-size 6 --steps 8 lora_r=4 "lora_targets=[q_proj,v_proj]" \
     --out "$OUT/qwen-4b.json"
@@ -60,6 +64,6 @@ sweep)  # issue 10: how cost grows with sequence length and batch, ours and HF s
     run llavatune bench train --shape llava15-7b --batch-size $b --steps 3 --out "$OUT/7b-fixed-b$b.json"
   done
   ;;
-*) echo "unknown part $part: zero | bench7b | benchqwen | compile | sweep" >&2; exit 2 ;;
+*) echo "unknown part $part: zero | bench7b | benchqwen | compile | sweep | data" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/$part.log"

@@ -72,6 +72,8 @@ class TrainConfig:
     compile: bool = False            # torch.compile each LLM decoder layer
     group_by_length: bool = True     # LLaVA's modality-length grouping
     packing: bool = False            # samples end to end without padding (loss identical; speed unmeasured yet)
+    data_workers: int | Literal["auto"] = "auto"  # processes preparing the next batches; auto: 0 on a CPU, up to
+    #   4 per GPU (the cores there are idle)
     vision_cache: bool = False       # frozen tower: image features computed once into <out>/vision_cache, then read
     seed: int = 0
     save_every: int = 200            # steps; 0 = only at the end

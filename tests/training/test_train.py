@@ -61,6 +61,22 @@ def test_resume_is_exact(tiny_model_dir, shapes_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_data_workers_give_the_same_run_and_resume(tiny_model_dir, shapes_data, tmp_path):
+    """Batches made in 2 worker processes, the run cut after step 3 and resumed: the losses and adapters of
+    a run that made its batches in the main process."""
+    common = ["steps=6", "save_every=3", "keep_last=0", "grad_accum=2", "batch_size=3"]  # 40 rows: epochs cross
+    plain = tmp_path / "plain"
+    train(train_config(tiny_model_dir, shapes_data, plain, *common, "data_workers=0"))
+    forked = tmp_path / "forked"
+    train(train_config(tiny_model_dir, shapes_data, forked, *common, "data_workers=2"))
+    shutil.rmtree(forked / "final")  # as if killed after the checkpoint of step 3
+    (forked / "metrics.jsonl").write_text("".join((forked / "metrics.jsonl").open().readlines()[:3]))
+    train(train_config(tiny_model_dir, shapes_data, forked, *common, "data_workers=2", "resume=auto"))
+    assert losses(forked) == losses(plain) and len(losses(plain)) == 6
+    a, b = (load_file(r / "final" / "adapter_model.safetensors") for r in (plain, forked))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_auto_skips_a_truncated_checkpoint(tiny_model_dir, shapes_data, tmp_path):
     run = tmp_path / "run"
     train(train_config(tiny_model_dir, shapes_data, run, "steps=4", "save_every=2", "keep_last=0"))

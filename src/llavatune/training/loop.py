@@ -10,6 +10,7 @@ pure function of the seed, so the position (epoch, micro-batch) plus the RNG sta
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import resource
 import time
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llavatune.data.dataset import collate, n_samples, n_tokens
+from llavatune.data.dataset import n_samples, n_tokens
+from llavatune.data.loader import Batches, Order, advance
 from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
 from llavatune.training.distributed import Ranks
@@ -38,6 +40,7 @@ class Plan:
     log_every: int
     nan_patience: int
     packing: bool = False
+    data_workers: int = 0       # processes making the next micro-batches while this one computes
 
 
 @dataclasses.dataclass
@@ -65,22 +68,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def draw_window(dataset, order: Callable[[int], list[list[int]]], state: State, n: int, pad_id: int,
-                ranks: Ranks, pack: bool = False) -> list[dict]:
+def draw_window(batches: Batches, order: Order, state: State, n: int, ranks: Ranks) -> list[dict]:
     """This rank's micro-batches of the next optimizer step. A step spans n x world micro-batches of the
     epoch order (crossing into the next epoch as needed); rank r takes positions r, r + world, ... The
     position advances the same way on every rank, so a run resumes at the same place on any world size."""
-    window = []
-    batches = order(state.epoch)
-    for k in range(n * ranks.world):
-        if state.index >= len(batches):
-            state.epoch, state.index = state.epoch + 1, 0
-            batches = order(state.epoch)
-        if k % ranks.world == ranks.rank:
-            batch = collate([dataset[i] for i in batches[state.index]], pad_id, pack)
-            if batch is not None:  # None: every sample of it was dropped (and counted)
-                window.append(batch)
-        state.index += 1
+    window = [batch for batch in itertools.islice(batches, n) if batch is not None]  # None: all samples dropped
+    state.epoch, state.index = advance(order, state.epoch, state.index, n * ranks.world)
+    dataset = batches.dataset
     if not window and dataset.served == 0 and sum(dataset.skipped.values()) >= len(dataset):
         raise LlavatuneError(f"no usable training sample: all {len(dataset)} were dropped ({dict(dataset.skipped)}). "
                              "Run `llavatune data validate` on the data with --images and --model.")
@@ -101,11 +95,14 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
     model.train()
     bar = tqdm(total=plan.steps, initial=state.step, desc="train", dynamic_ncols=True, disable=not ranks.main)
     committed = dataclasses.replace(state)  # the state after the last finished update
+    batches = Batches(dataset, order, state.epoch, state.index, pad_id, plan.packing, ranks.world, ranks.rank,
+                      plan.data_workers, pin_memory=device.type == "cuda")
     try:
         while state.step < plan.steps:
             committed = dataclasses.replace(state)
             started = time.perf_counter()
-            window = draw_window(dataset, order, state, plan.grad_accum, pad_id, ranks, plan.packing)
+            window = draw_window(batches, order, state, plan.grad_accum, ranks)
+            waited = time.perf_counter() - started  # the step's wait for its batches: ~0 when workers keep up
             lr = scheduler.get_last_lr()[0]  # the rate this update uses
             update = _update_deepspeed if ranks.deepspeed else _update
             loss, grad_norm = update(model, window, optimizer, plan, device, autocast_dtype, scaler, ranks)
@@ -118,7 +115,8 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
                 _skip(state, plan, grad_norm)
             else:
                 state.nonfinite_in_a_row = 0
-            row = _metrics(state, loss, grad_norm, lr, samples, tokens, started, device, dataset, ranks)
+            row = _metrics(state, loss, grad_norm, lr, samples, tokens, started, waited, device, dataset, ranks)
+            _hint_data_workers(row, plan, ranks, device)
             bar.set_postfix({k: row[k] for k in ("loss", "lr", "samples_per_s", "tokens_per_s", "mem_gib") if k in row},
                             refresh=False)
             bar.update(1)
@@ -133,6 +131,8 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
                              "Continue with resume=auto.") from None
     except torch.OutOfMemoryError:
         raise LlavatuneError(f"step {state.step + 1}: {OOM_HELP}") from None
+    finally:
+        batches.close()
     bar.close()
     return state
 
@@ -201,7 +201,7 @@ def _supervised_tokens(window, ranks: Ranks, device) -> float:
 
 
 def _micro_loss(model, batch: dict, n_items, device, autocast_dtype) -> torch.Tensor:
-    batch = {key: v.to(device) for key, v in batch.items()}
+    batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}  # pinned: async
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         return fast.targets_loss(model, batch, n_items)
 
@@ -252,7 +252,18 @@ def _skip(state: State, plan: Plan, grad_norm: float) -> None:
                              "check the data (llavatune data validate).")
 
 
-def _metrics(state: State, loss, grad_norm, lr: float, samples: int, tokens: int, started, device,
+def _hint_data_workers(row: dict, plan: Plan, ranks: Ranks, device) -> None:
+    """Once, at step 10 (past the first steps' warm-up): say so when a GPU waited for its data. Not on a CPU,
+    where workers take cores from the model (measured: no gain on 2 cores; docs/training.md)."""
+    if row["step"] != 10 or not ranks.main or device.type != "cuda":
+        return
+    share = row["data_wait_s"] / row["step_s"]
+    if share > 0.1:
+        tqdm.write(f"note: step 10 spent {share:.0%} of its time waiting for data ({row['data_wait_s']:.2f} s, "
+                   f"data_workers={plan.data_workers}); more data_workers would prepare batches during the step.")
+
+
+def _metrics(state: State, loss, grad_norm, lr: float, samples: int, tokens: int, started, waited: float, device,
              dataset, ranks) -> dict:
     """One log row. samples/tokens are totals over the ranks; with several ranks, also per device, and
     mem_gib is the largest peak of any device (each device's in mem_gib_per_device)."""
@@ -261,6 +272,7 @@ def _metrics(state: State, loss, grad_norm, lr: float, samples: int, tokens: int
     row = {"step": state.step, "epoch": state.epoch, "lr": lr,
            "grad_norm": round(grad_norm, 6), "samples_per_s": round(samples / seconds, 3),
            "tokens_per_s": round(tokens / seconds, 1), "mem_gib": round(max(memory), 3),
+           "data_wait_s": round(waited, 4), "step_s": round(seconds, 4),
            "skipped_steps": state.skipped_steps, "dropped_samples": sum(dataset.skipped.values())}
     if ranks.world > 1:
         row.update({"samples_per_s_per_device": round(samples / seconds / ranks.world, 3),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import random
 from pathlib import Path
 
@@ -73,7 +74,7 @@ class Run:
             self._say(f"resuming from {resume_from} at step {state.step}")
         logger = self._start_logging(steps, state)
         plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience,
-                         cfg.packing)
+                         cfg.packing, self._data_workers())
 
         def save(st: loop.State, name: str | None = None) -> None:
             weights = self.ranks.model_state(model)  # every rank takes part in gathering; rank 0 writes
@@ -173,6 +174,20 @@ class Run:
         if cfg.compile:
             fast.compile_layers(model)
         return model, processor
+
+    def _data_workers(self) -> int:
+        """auto: none on a CPU, where the model's compute uses every core; on GPUs, up to 4 processes per device
+        out of the cores this node has (one per device stays with the training process)."""
+        if self.cfg.data_workers != "auto":
+            if self.cfg.data_workers < 0:
+                raise LlavatuneError(f"data_workers={self.cfg.data_workers}: give 0 (batches made in this process), "
+                                     "a number of worker processes, or auto.")
+            return self.cfg.data_workers
+        if self.device.type != "cuda":
+            return 0
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
+        return max(0, min(4, cores // per_node - 1))
 
     def _vision_cache(self) -> None:
         """vision_cache=true: every image's features computed once (shared out over the ranks), then read."""
