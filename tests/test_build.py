@@ -119,10 +119,11 @@ def test_run_config_records_the_build(tiny_model_dir):
     assert run["versions"]["transformers"] >= "5"
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_shape_preset_builds_the_published_architecture(tmp_path, monkeypatch, family):
+@pytest.mark.parametrize("family, template", [("llama", "internlm2_chat"), ("qwen2", "hf")])
+def test_shape_preset_builds_the_published_architecture(tmp_path, monkeypatch, family, template):
     """`--preset <shape>`: the shape's LLM and vision configs with random weights, its vocabulary kept, the tiny
-    tokenizer of its family; a shrunken shape stands in for the published ones (same code path, seconds)."""
+    tokenizer of its family, the published model's template; a shrunken shape stands in for the published ones
+    (same code path, seconds)."""
     from transformers import CLIPVisionConfig, LlamaConfig, Qwen2Config
 
     from llavatune.model import shapes
@@ -135,6 +136,7 @@ def test_shape_preset_builds_the_published_architecture(tmp_path, monkeypatch, f
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
         patch_size=14))
     monkeypatch.setitem(shapes.SHAPES, "test-shape", ("test/llm", "test/vision"))
+    monkeypatch.setitem(shapes.TEMPLATES, "test/llm", template)
     out = main(BuildConfig(out=tmp_path / "m", preset="test-shape", dtype="bfloat16"))
     model = LlavaForConditionalGeneration.from_pretrained(out)
     processor = AutoProcessor.from_pretrained(out)
@@ -143,5 +145,8 @@ def test_shape_preset_builds_the_published_architecture(tmp_path, monkeypatch, f
     assert model.dtype == torch.bfloat16
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>") < 5000
     assert ("<|im_start|>" in processor.tokenizer.get_vocab()) == (family == "qwen2")
+    assert read_run_config(out)["model"]["template"] == template
+    prompt = processor.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert prompt.startswith("<|im_start|>")  # ChatML: InternLM2's (as xtuner writes it) and Qwen's
     with pytest.raises(Exception, match="unknown preset 'nope'.*test-shape"):
         main(BuildConfig(out=tmp_path / "n", preset="nope"))

@@ -55,7 +55,7 @@ def main(cfg: BuildConfig) -> Path:
     projector = compose.Projector.parse(cfg.projector)
     torch.manual_seed(cfg.seed)
     parts = preset_parts(cfg.preset, cfg.dtype) if cfg.preset else load_parts(cfg)
-    template = get_template(resolve_template_name(cfg.template, parts.tokenizer))
+    template = get_template(resolve_template_name(cfg.template, parts.tokenizer, cfg.preset))
     torch.manual_seed(cfg.seed)
     model, processor = compose.assemble(parts, projector, cfg.feature_layer, cfg.feature_select,
                                         cfg.image_aspect, template)
@@ -71,9 +71,15 @@ def main(cfg: BuildConfig) -> Path:
     return cfg.out
 
 
-def resolve_template_name(name: str, tokenizer) -> str:
+def resolve_template_name(name: str, tokenizer, preset: str | None = None) -> str:
+    """auto: a shape preset's published template (its tiny tokenizer has no chat template of the model's own),
+    else the tokenizer's chat template, else vicuna_v1."""
+    from llavatune.model import shapes
+
     if name != "auto":
         return name
+    if preset in shapes.SHAPES:
+        return shapes.TEMPLATES[shapes.SHAPES[preset][0]]
     return "hf" if getattr(tokenizer, "chat_template", None) else "vicuna_v1"
 
 

@@ -30,6 +30,13 @@ LLM = {
         num_key_value_heads=8, vocab_size=92544, max_position_embeddings=32768),
 }
 
+TEMPLATES = {  # the template each LLM was tuned with: a random-weight preset prompts its shape the same way
+    "lmsys/vicuna-7b-v1.5": "vicuna_v1",
+    "lmsys/vicuna-13b-v1.5": "vicuna_v1",
+    "Qwen/Qwen1.5-4B-Chat": "hf",  # the (tiny) Qwen tokenizer's ChatML chat template
+    "internlm/internlm2-chat-1_8b": "internlm2_chat",
+}
+
 LLAVA = {  # llava-hf checkpoints: (LLM, vision) of the table above
     "llava-hf/llava-1.5-7b-hf": ("lmsys/vicuna-7b-v1.5", "openai/clip-vit-large-patch14-336"),
     "llava-hf/llava-1.5-13b-hf": ("lmsys/vicuna-13b-v1.5", "openai/clip-vit-large-patch14-336"),
