@@ -33,6 +33,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from llavatune.errors import LlavatuneError
+
 console = Console()
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
 
@@ -108,7 +110,7 @@ def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype, ours
 
     config = shapes.known(cfg.shape)
     if config is None:
-        raise ValueError(f"unknown shape {cfg.shape}")
+        raise LlavatuneError(f"unknown shape '{cfg.shape}': choose tiny or one of {', '.join(shapes.SHAPES)}.")
     torch.manual_seed(cfg.seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # made in the training dtype: a 7B model never exists in fp32
@@ -281,7 +283,8 @@ def fit(model, micro: list[dict], cfg: BenchConfig, results: dict, device, dtype
     from llavatune.training import loop
 
     if device.type != "cuda":
-        raise ValueError("checkpoint_layers=auto measures GPU memory; run it on a GPU or give a number")
+        raise LlavatuneError("checkpoint_layers=auto measures GPU memory: run it on a GPU, or give a number of "
+                             "layers.")
     budget = cfg.memory_budget_gib or (results["hf"]["peak_mem_gib"] if "hf" in results else None)
     largest = max(micro, key=lambda b: b["input_ids"].numel())
     return loop.fit_checkpointing(model, largest, budget, device, dtype if dtype != torch.float32 else None)
