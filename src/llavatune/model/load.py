@@ -95,13 +95,16 @@ def load(path: Path | str, adapter: Path | str | None = None, dtype: torch.dtype
     """(model, processor) for inference: a plain checkpoint, or a base with an adapter attached (not merged)."""
     from peft import PeftModel
 
+    from llavatune.model.trainable import peft_quietly
+
     path = resolve(path)
     if adapter is None and is_adapter(path):
         path, adapter = base_of(path), path
     model, processor = load_base(path, dtype, load_4bit, device)
     if adapter is not None:
         adapter = resolve(adapter)
-        model = PeftModel.from_pretrained(model, adapter).to(device)
+        with peft_quietly():
+            model = PeftModel.from_pretrained(model, adapter).to(device)
         processor = _processor_of(adapter, processor)
     return model.eval(), processor
 

@@ -10,6 +10,7 @@ stage pretrain: the projector only. stage finetune with method
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import warnings
 
@@ -86,14 +87,22 @@ def _open(model: nn.Module, keep) -> None:
             p.requires_grad_(True)
 
 
+@contextlib.contextmanager
+def peft_quietly():
+    """PEFT 0.21 reads `is_gradient_checkpointing`, which transformers 5.2x deprecates with a FutureWarning on
+    every LoRA wrap or load: nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def _apply_lora(model: nn.Module, lora, train_vision: bool) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets = lora_targets(model, lora.targets, lora.regex, lora.vision)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                         modules_to_save=[PROJECTOR], bias="none", task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # PEFT 0.21 reads a flag transformers 5.2x deprecates; nothing to act on
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with peft_quietly():
         peft_model = get_peft_model(model, config)
     if train_vision:
         _open(peft_model, lambda n: "vision_tower" in n and "lora_" not in n)
