@@ -8,6 +8,11 @@ does, its config.json and weights are read directly and renamed, and `wqkv` is s
 
     wqkv rows, (kv_heads * (q_per_kv + 2) * head_dim, hidden): grouped per key/value head, each group holding
     its q_per_kv query heads, then its key head, then its value head.
+
+Checked once (2026-11-23) against the released remote code (modeling_internlm2.py, whose attention splits wqkv
+with einops "b q (h gs d) -> b q h gs d", gs = q_per_kv + 2): 2 random layers, 8 query / 2 key-value heads,
+rope_theta 1e6, its eager forward and ours agree to 9e-7 (fp32). Its code is not ours to ship, so the tests
+check the same layout against a Llama packed into it (tests/model/test_internlm2.py).
 """
 
 from __future__ import annotations
