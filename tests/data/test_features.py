@@ -70,3 +70,27 @@ def test_vision_cache_needs_a_frozen_tower(tiny_model_dir, shapes_data, tmp_path
     with pytest.raises(LlavatuneError, match="frozen vision tower"):
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "r", "steps=1", "method=full",
                            "train_vision=true", "vision_cache=true"))
+
+
+def test_worker_processes_make_the_same_cache(tiny_model_dir, shapes_data, tmp_path):
+    """Images decoded in 2 worker processes (the training run's data_workers): the same files, byte for byte;
+    a missing image is left out either way."""
+    from safetensors.torch import load_file
+
+    from llavatune.data.dataset import SupervisedDataset
+    from llavatune.data.templates import get_template
+
+    rows = json.loads((shapes_data / "qa.json").read_text())[:9]
+    rows[4]["image"] = "images/missing.png"
+    (tmp_path / "qa.json").write_text(json.dumps(rows))
+    model, processor = loadlib.load_base(tiny_model_dir)
+    data = SupervisedDataset(tmp_path / "qa.json", shapes_data, processor, get_template("vicuna_v1"),
+                             model.config.image_token_id, model.config.image_seq_length, 2048)
+    made = {}
+    for workers in (0, 2):
+        folder = tmp_path / f"cache{workers}"
+        folder.mkdir()
+        features.prepare(model, processor, data, folder, torch.device("cpu"), None, batch_size=4, workers=workers)
+        made[workers] = {f.name: load_file(f)["features"] for f in sorted(folder.glob("*.safetensors"))}
+    assert len(made[0]) == len({row["image"] for row in rows}) - 1
+    assert made[0].keys() == made[2].keys() and all(torch.equal(made[0][k], made[2][k]) for k in made[0])

@@ -58,34 +58,57 @@ def check(model, processor, folder: Path) -> None:
 
 
 def prepare(model, processor, dataset, folder: Path, device, dtype, rank: int = 0, world: int = 1,
-            batch_size: int = 16) -> int:
+            batch_size: int = 16, workers: int = 0) -> int:
     """Compute the features of the images of `dataset` not in `folder` yet, `batch_size` images per tower
-    forward (rank r of `world` takes every world-th); returns how many this rank computed. A missing or corrupt
-    image is left out: the dataset skips or stops on it when the sample is drawn, as it would from images."""
+    forward (rank r of `world` takes every world-th; `workers` processes decode the next images meanwhile);
+    returns how many this rank computed. A missing or corrupt image is left out: the dataset skips or stops on
+    it when the sample is drawn, as it would from images."""
     todo = {}
     for record in dataset.records:
         for ref in record.images:
             if not (folder / f"{key(ref)}.safetensors").exists():
                 todo[key(ref)] = (ref, record.source)
     mine = sorted(todo)[rank::world]
+    chunks = [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
+    images = _Images(chunks, todo, dataset.image_dir, processor)
+    loader = torch.utils.data.DataLoader(images, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                                         generator=torch.Generator())  # its own: the run's RNG stays untouched
     bar = tqdm(total=len(mine), desc="vision features", disable=not mine or rank != 0)
-    for start in range(0, len(mine), batch_size):
-        loaded = {}
-        for stem in mine[start:start + batch_size]:
-            ref, where = todo[stem]
-            try:
-                loaded[stem] = imagelib.load(ref, dataset.image_dir, where)
-            except DataError:
-                pass
-        if loaded:
-            pixels = processor.image_processor(list(loaded.values()), return_tensors="pt")["pixel_values"]
-            for stem, feats in zip(loaded, encode(model, pixels.to(device), dtype)):
+    for chunk, (stems, pixels) in zip(chunks, loader):
+        if stems:
+            for stem, feats in zip(stems, encode(model, pixels.to(device), dtype)):
                 tmp = folder / f"{stem}.tmp"
                 save_file({"features": feats.contiguous().cpu()}, str(tmp))
                 tmp.replace(folder / f"{stem}.safetensors")  # atomic: a killed run never leaves half a file
-        bar.update(len(mine[start:start + batch_size]))
+        bar.update(len(chunk))
     bar.close()
     return len(mine)
+
+
+class _Images(torch.utils.data.Dataset):
+    """Chunk k of image stems -> (the stems that decoded, their pixel values (n, 3, H, W)); in a worker or not."""
+
+    def __init__(self, chunks: list[list[str]], todo: dict, image_dir: Path | None, processor):
+        self.chunks, self.todo, self.image_dir, self.processor = chunks, todo, image_dir, processor
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> tuple[list[str], torch.Tensor | None]:
+        loaded = {}
+        for stem in self.chunks[k]:
+            ref, where = self.todo[stem]
+            try:
+                loaded[stem] = imagelib.load(ref, self.image_dir, where)
+            except DataError:
+                pass
+        if not loaded:
+            return [], None
+        return list(loaded), self.processor.image_processor(list(loaded.values()), return_tensors="pt")["pixel_values"]
+
+
+def _as_is(item):
+    return item
 
 
 @torch.no_grad()

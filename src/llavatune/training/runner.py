@@ -207,7 +207,7 @@ class Run:
         home = next(tower.parameters()).device  # the CPU under ZeRO-3, which places the weights later
         tower.to(self.device)
         made = features.prepare(self.model, self.processor, self.dataset, folder, self.device, self.autocast,
-                                self.ranks.rank, self.ranks.world)
+                                self.ranks.rank, self.ranks.world, workers=self._data_workers())
         tower.to(home)
         self.ranks.barrier()
         self._say(f"vision features: {folder} ({made} computed on rank 0)")
