@@ -71,7 +71,7 @@ def prepare(model, processor, dataset, folder: Path, device, dtype, rank: int = 
     mine = sorted(todo)[rank::world]
     chunks = [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
     images = _Images(chunks, todo, dataset.image_dir, processor)
-    loader = torch.utils.data.DataLoader(images, batch_size=None, num_workers=workers, collate_fn=_as_is,
+    loader = torch.utils.data.DataLoader(images, batch_size=None, num_workers=workers,  # items as they are
                                          generator=torch.Generator())  # its own: the run's RNG stays untouched
     bar = tqdm(total=len(mine), desc="vision features", disable=not mine or rank != 0)
     for chunk, (stems, pixels) in zip(chunks, loader):
@@ -105,10 +105,6 @@ class _Images(torch.utils.data.Dataset):
         if not loaded:
             return [], None
         return list(loaded), self.processor.image_processor(list(loaded.values()), return_tensors="pt")["pixel_values"]
-
-
-def _as_is(item):
-    return item
 
 
 @torch.no_grad()
