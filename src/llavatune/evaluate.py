@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from tqdm.auto import tqdm
 
 from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
@@ -63,18 +64,22 @@ def samples(cfg: EvalConfig) -> list[Sample]:
     return out
 
 
-def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg: EvalConfig) -> tuple[list[str], dict]:
+def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg: EvalConfig,
+               label: str = "model") -> tuple[list[str], dict]:
     """The model's answers, and its parameter counts (total; trained in the run that made it, when known)."""
     from llavatune.inference.api import load
 
     loaded = load(model_path, adapter=adapter, device=cfg.device, template=cfg.template)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
     answers: list[str] = []
+    bar = tqdm(total=len(items), desc=f"answering ({label})", unit="sample", dynamic_ncols=True)
     for start in range(0, len(items), cfg.batch_size):
         batch = items[start:start + cfg.batch_size]
         pil = [[imagelib.load(ref, cfg.images, s.record.source) for ref in s.record.images] for s in batch]
         answers += generate(loaded.model, loaded.processor, loaded.template, [s.question_turns for s in batch], pil,
                             gen, loaded.device)
+        bar.update(len(batch))
+    bar.close()
     params = {"total": sum(p.numel() for n, p in loaded.model.named_parameters() if "original_module" not in n),
               "trained": trained_count(loaded.source)}
     return answers, params
@@ -128,7 +133,7 @@ def main(cfg: EvalConfig) -> dict:
     predictions, params, result = {}, {}, {"n": len(items), "models": {}}
     for label, (model_path, adapter) in runs.items():
         with torch.no_grad():
-            predictions[label], params[label] = answer_all(model_path, adapter, items, cfg)
+            predictions[label], params[label] = answer_all(model_path, adapter, items, cfg, label)
         result["models"][label] = score(predictions[label], items, cfg.metrics)
     write(cfg.out, items, predictions, result)
     save_run_config(cfg.out, "eval", cfg, result=result)
