@@ -43,3 +43,17 @@ def test_mme_metric_takes_the_category_from_the_row_or_the_image_folder():
                       "mme_code_reasoning": 50.0}
     with pytest.raises(LlavatuneError, match="two questions per image"):
         score(["yes"], items[:1], ["mme"])
+
+
+def test_worker_processes_give_the_same_answers_and_name_a_bad_image(tiny_model_dir, shapes_data, tmp_path):
+    """Batches encoded in 2 worker processes (what `auto` does on a GPU): the answers of the main process."""
+    common = dict(model=tiny_model_dir, data=shapes_data / "qa.json", images=shapes_data, limit=9, batch_size=2,
+                  max_new_tokens=4)
+    main(EvalConfig(out=tmp_path / "w0", data_workers=0, **common))
+    main(EvalConfig(out=tmp_path / "w2", data_workers=2, **common))
+    assert (tmp_path / "w0" / "predictions.jsonl").read_text() == (tmp_path / "w2" / "predictions.jsonl").read_text()
+    rows = json.loads((shapes_data / "qa.json").read_text())[:4]
+    rows[3]["image"] = "images/missing.png"
+    (tmp_path / "bad.json").write_text(json.dumps(rows))
+    with pytest.raises(LlavatuneError, match="missing.png' not found"):
+        main(EvalConfig(out=tmp_path / "bad", **{**common, "data": tmp_path / "bad.json"}, data_workers=2))

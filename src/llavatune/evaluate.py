@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
 from rich.console import Console
@@ -20,9 +21,10 @@ from tqdm.auto import tqdm
 
 from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
-from llavatune.data.formats import Record, read_records
+from llavatune.data.formats import DataError, Record, read_records
+from llavatune.data.loader import auto_workers
 from llavatune.errors import LlavatuneError
-from llavatune.inference.generate import GenerationConfig, generate
+from llavatune.inference.generate import GenerationConfig, answer, encode
 from llavatune.metrics import choice_accuracy, exact_match, mme_scores, vqa_accuracy, yesno_scores
 from llavatune.report import trained_count, write_all
 
@@ -44,6 +46,8 @@ class EvalConfig:
     max_new_tokens: int = 32
     template: str | None = None      # default: each model's own
     device: str = "auto"
+    data_workers: int | Literal["auto"] = "auto"  # processes opening images and encoding the next batches;
+    #   auto: up to 4 on a GPU, none on a CPU (as in train)
 
 
 @dataclasses.dataclass
@@ -71,18 +75,39 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
 
     loaded = load(model_path, adapter=adapter, device=cfg.device, template=cfg.template)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
+    batches = [items[start:start + cfg.batch_size] for start in range(0, len(items), cfg.batch_size)]
+    encoded = torch.utils.data.DataLoader(  # batch_size=None: each batch's inputs as they are
+        _Encoded(batches, loaded.processor, loaded.template, cfg.images), batch_size=None,
+        num_workers=auto_workers(cfg.data_workers, loaded.device), generator=torch.Generator())
     answers: list[str] = []
     bar = tqdm(total=len(items), desc=f"answering ({label})", unit="sample", dynamic_ncols=True)
-    for start in range(0, len(items), cfg.batch_size):
-        batch = items[start:start + cfg.batch_size]
-        pil = [[imagelib.load(ref, cfg.images, s.record.source) for ref in s.record.images] for s in batch]
-        answers += generate(loaded.model, loaded.processor, loaded.template, [s.question_turns for s in batch], pil,
-                            gen, loaded.device)
+    for batch, inputs in zip(batches, encoded):
+        if isinstance(inputs, str):  # a missing or undecodable image, named by the worker
+            raise LlavatuneError(inputs)
+        answers += answer(loaded.model, loaded.processor, loaded.template, inputs, gen, loaded.device)
         bar.update(len(batch))
     bar.close()
     params = {"total": sum(p.numel() for n, p in loaded.model.named_parameters() if "original_module" not in n),
               "trained": trained_count(loaded.source)}
     return answers, params
+
+
+class _Encoded(torch.utils.data.Dataset):
+    """Batch k of samples -> its encoded prompts and images (generate.encode), or the error of a bad image."""
+
+    def __init__(self, batches: list[list[Sample]], processor, template, image_dir: Path | None):
+        self.batches, self.processor, self.template, self.image_dir = batches, processor, template, image_dir
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> dict | str:
+        batch = self.batches[k]
+        try:
+            pil = [[imagelib.load(ref, self.image_dir, s.record.source) for ref in s.record.images] for s in batch]
+        except DataError as err:
+            return str(err)
+        return encode(self.processor, self.template, [s.question_turns for s in batch], pil)
 
 
 def gt_answers(sample: Sample) -> list[str]:

@@ -58,7 +58,7 @@ def check(model, processor, folder: Path) -> None:
 
 
 def prepare(model, processor, dataset, folder: Path, device, dtype, rank: int = 0, world: int = 1,
-            batch_size: int = 16, workers: int = 0) -> int:
+            workers: int = 0, batch_size: int = 16) -> int:
     """Compute the features of the images of `dataset` not in `folder` yet, `batch_size` images per tower
     forward (rank r of `world` takes every world-th; `workers` processes decode the next images meanwhile);
     returns how many this rank computed. A missing or corrupt image is left out: the dataset skips or stops on

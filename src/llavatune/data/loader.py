@@ -42,6 +42,21 @@ def advance(order: Order, epoch: int, index: int, n: int) -> tuple[int, int]:
     return epoch, index
 
 
+def auto_workers(setting: int | str, device) -> int:
+    """`data_workers`: a number, or auto: none on a CPU, where the model's compute uses every core; on GPUs up
+    to 4 processes per device, out of the cores this node has (one per device stays with its process)."""
+    if setting != "auto":
+        if int(setting) < 0:
+            raise LlavatuneError(f"data_workers={setting}: give 0 (batches made in this process), a number of "
+                                 "worker processes, or auto.")
+        return int(setting)
+    if torch.device(device).type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
+    return max(0, min(4, cores // per_node - 1))
+
+
 class Batches:
     """Iterator over this rank's collated micro-batches from (epoch, index): every `world`-th one, from the
     `rank`-th on (None for a micro-batch whose samples were all dropped)."""

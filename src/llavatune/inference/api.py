@@ -17,7 +17,7 @@ from PIL import Image
 
 from llavatune.data.formats import IMAGE_TAG
 from llavatune.data.templates import Template, get_template
-from llavatune.inference.generate import GenerationConfig, generate, prepare
+from llavatune.inference.generate import GenerationConfig, encode, generate, prepare
 from llavatune.model import load as loadlib
 from llavatune.model.meta import template_name
 
@@ -48,7 +48,8 @@ class Model:
 
         images = list(images or [])
         turns = as_turns(messages_or_prompt, len(images))
-        inputs, kwargs, stop = prepare(self.processor, self.template, [turns], [images],
+        inputs, kwargs, stop = prepare(self.processor, self.template,
+                                       encode(self.processor, self.template, [turns], [images]),
                                        GenerationConfig(**generation), self.device)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs.update(inputs, streamer=streamer)

@@ -25,16 +25,23 @@ def prompt_text(template: Template, turns: list[tuple[str, str]], tokenizer) -> 
     return render(template, [*turns, ("assistant", "x")], generation_prompt=True, tokenizer=tokenizer)
 
 
-def prepare(processor, template: Template, conversations: list[list[tuple[str, str]]], images: list[list],
-            cfg: GenerationConfig, device) -> tuple[dict, dict, list[str]]:
-    """(model inputs, generate() keyword arguments, stop strings) for a left-padded batch."""
+def encode(processor, template: Template, conversations: list[list[tuple[str, str]]],
+           images: list[list]) -> dict[str, torch.Tensor]:
+    """Left-padded model inputs on the CPU: prompts in the template, images through the processor. Pure, so
+    `eval` makes the next batches in worker processes."""
     tokenizer = processor.tokenizer
     prompts = [prompt_text(template, turns, tokenizer) for turns in conversations]
     flat_images = [im for ims in images for im in ims]
     tokenizer.padding_side = "left"
     add_special = template.style != "hf"  # the tokenizer's own template writes its own bos
-    inputs = processor(images=flat_images or None, text=prompts, return_tensors="pt", padding=True,
-                       add_special_tokens=add_special)
+    return dict(processor(images=flat_images or None, text=prompts, return_tensors="pt", padding=True,
+                          add_special_tokens=add_special))
+
+
+def prepare(processor, template: Template, inputs: dict[str, torch.Tensor], cfg: GenerationConfig,
+            device) -> tuple[dict, dict, list[str]]:
+    """(encoded inputs on the device, generate() keyword arguments, stop strings)."""
+    tokenizer = processor.tokenizer
     inputs = {k: v.to(device) for k, v in inputs.items()}
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
@@ -53,11 +60,17 @@ def speed_kwargs(device) -> dict:
     return {"cache_implementation": "static"} if torch.device(device).type == "cuda" else {}
 
 
-@torch.no_grad()
 def generate(model, processor, template: Template, conversations: list[list[tuple[str, str]]],
              images: list[list], cfg: GenerationConfig, device: torch.device | str = "cpu") -> list[str]:
     """One answer per conversation. `images[i]` are the PIL images of conversation i, one per <image> tag."""
-    inputs, kwargs, stop = prepare(processor, template, conversations, images, cfg, device)
+    return answer(model, processor, template, encode(processor, template, conversations, images), cfg, device)
+
+
+@torch.no_grad()
+def answer(model, processor, template: Template, inputs: dict[str, torch.Tensor], cfg: GenerationConfig,
+           device: torch.device | str = "cpu") -> list[str]:
+    """One answer per row of encode()'s inputs."""
+    inputs, kwargs, stop = prepare(processor, template, inputs, cfg, device)
     out = model.generate(**inputs, **kwargs)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
     tokenizer = processor.tokenizer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import random
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from rich.console import Console
 
 from llavatune.config import save_run_config, to_dict
 from llavatune.data.dataset import SupervisedDataset, batch_order, collate, n_tokens
+from llavatune.data.loader import auto_workers
 from llavatune.data.templates import get_template, to_jinja
 from llavatune.errors import LlavatuneError
 from llavatune.model import load as loadlib
@@ -74,7 +74,7 @@ class Run:
             self._say(f"resuming from {resume_from} at step {state.step}")
         logger = self._start_logging(steps, state)
         plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience,
-                         cfg.packing, self._data_workers())
+                         cfg.packing, auto_workers(cfg.data_workers, self.device))
 
         def save(st: loop.State, name: str | None = None) -> None:
             weights = self.ranks.model_state(model)  # every rank takes part in gathering; rank 0 writes
@@ -175,20 +175,6 @@ class Run:
             fast.compile_layers(model)
         return model, processor
 
-    def _data_workers(self) -> int:
-        """auto: none on a CPU, where the model's compute uses every core; on GPUs, up to 4 processes per device
-        out of the cores this node has (one per device stays with the training process)."""
-        if self.cfg.data_workers != "auto":
-            if self.cfg.data_workers < 0:
-                raise LlavatuneError(f"data_workers={self.cfg.data_workers}: give 0 (batches made in this process), "
-                                     "a number of worker processes, or auto.")
-            return self.cfg.data_workers
-        if self.device.type != "cuda":
-            return 0
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
-        return max(0, min(4, cores // per_node - 1))
-
     def _vision_cache(self) -> None:
         """vision_cache=true: every image's features computed once (shared out over the ranks), then read."""
         from llavatune.data import features
@@ -207,7 +193,7 @@ class Run:
         home = next(tower.parameters()).device  # the CPU under ZeRO-3, which places the weights later
         tower.to(self.device)
         made = features.prepare(self.model, self.processor, self.dataset, folder, self.device, self.autocast,
-                                self.ranks.rank, self.ranks.world, workers=self._data_workers())
+                                self.ranks.rank, self.ranks.world, auto_workers(self.cfg.data_workers, self.device))
         tower.to(home)
         self.ranks.barrier()
         self._say(f"vision features: {folder} ({made} computed on rank 0)")
