@@ -68,7 +68,6 @@ class Batches:
         if workers == 0:
             self._items = (collate([dataset[i] for i in batch], pad_id, pack) for batch in mine)
             return
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the fast tokenizer warns in forked workers
         # collate_fn=_as_is: the default conversion "copies" the drop Counter with update(), doubling its counts.
         # Its own generator: the workers' seeds are not drawn from the global RNG, which dropout and resume own
         loader = torch.utils.data.DataLoader(_Jobs(dataset, pad_id, pack), sampler=mine, batch_size=None,
