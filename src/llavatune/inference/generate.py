@@ -27,8 +27,8 @@ def prompt_text(template: Template, turns: list[tuple[str, str]], tokenizer) -> 
 
 def encode(processor, template: Template, conversations: list[list[tuple[str, str]]],
            images: list[list]) -> dict[str, torch.Tensor]:
-    """Left-padded model inputs on the CPU: prompts in the template, images through the processor. Pure, so
-    `eval` makes the next batches in worker processes."""
+    """Left-padded model inputs on the CPU: prompts in the template, images through the processor. No model
+    needed, so `eval` makes the next batches in worker processes."""
     tokenizer = processor.tokenizer
     prompts = [prompt_text(template, turns, tokenizer) for turns in conversations]
     flat_images = [im for ims in images for im in ims]
