@@ -313,10 +313,12 @@ def data_stats(
     model: Optional[Path] = typer.Option(None, help="count tokens with this model (else words)"),
     plot: Optional[Path] = typer.Option(None, help="PNG for the length histogram"),
     limit: Optional[int] = typer.Option(None, help="only the first N rows"),
+    images: Optional[Path] = typer.Option(None, help="image folder: also image sizes (megapixels, headers only)"),
 ):
     """Counts, text-only share and a length histogram (with image tokens) as a table and a PNG."""
     from llavatune.data import stats
-    stats.stats(cfglib.load(stats.StatsConfig, None, None, dict(data=data, model=model, plot=plot, limit=limit)))
+    stats.stats(cfglib.load(stats.StatsConfig, None, None, dict(data=data, model=model, plot=plot, limit=limit,
+                                                                images=images)))
 
 
 @data_app.command("preview", epilog="Example:\n\n  llavatune data preview data/qa.json --model models/tiny --index 0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 from pathlib import Path
 
 from rich.console import Console
@@ -23,6 +24,8 @@ class StatsConfig:
     model: Path | None = None      # counts tokens (with image tokens) with this model's tokenizer and template
     plot: Path | None = None       # PNG of the length histogram (default: DATA.lengths.png)
     limit: int | None = None       # only the first N rows
+    images: Path | None = None     # also the sizes of (up to `image_sample`) images, read from their headers
+    image_sample: int = 1000       # images measured, spread evenly over the rows that have one
 
 
 @dataclasses.dataclass
@@ -38,6 +41,7 @@ def stats(cfg: StatsConfig) -> dict:
     text_side = _text_side(cfg.model)
     counts: collections.Counter = collections.Counter()
     lengths: list[int] = []
+    refs: list[tuple[str | bytes, str]] = []  # (image, row) of every row, for the size sample
     for n, (row_number, row) in enumerate(iter_rows(Path(cfg.data))):
         if cfg.limit is not None and n >= cfg.limit:
             break
@@ -50,16 +54,47 @@ def stats(cfg: StatsConfig) -> dict:
         counts["text-only" if not record.images else "multi-image" if len(record.images) > 1 else "one image"] += 1
         counts["turns"] += len(record.turns)
         lengths.append(_length(record, text_side))
+        refs += [(ref, record.source) for ref in record.images[:1]]
     unit = "tokens (with image tokens)" if text_side else "words (pass --model for tokens)"
     result = {"rows": counts["rows"], "text_only": counts["text-only"], "one_image": counts["one image"],
               "multi_image": counts["multi-image"], "unreadable": counts["unreadable"],
               "mean_turns": counts["turns"] / max(1, counts["rows"]), "length_unit": unit,
               **_percentiles(lengths)}
+    if cfg.images is not None:
+        result.update(_image_sizes(refs, cfg.images, cfg.image_sample))
     _print_stats(cfg.data, result)
+    if result.get("images_over_4mp"):
+        console.print("large images: a 12 MP photo takes ~0.4 s of a core to decode and resize each time its sample "
+                      "is drawn (docs/scenario-defects.md); train with vision_cache=true (frozen tower) or "
+                      "data_workers, or shrink the files once.")
     plot = cfg.plot or Path(str(cfg.data) + ".lengths.png")
     _plot(lengths, unit, plot)
     console.print(f"length histogram: {plot}")
     return result
+
+
+def _image_sizes(refs: list[tuple[str | bytes, str]], image_dir: Path, sample: int) -> dict:
+    """Megapixels of up to `sample` images spread evenly over the rows, from their headers (no decoding): what
+    each costs to decode and resize every time a sample is drawn. Unreadable ones are for `data validate`."""
+    from PIL import Image
+
+    from llavatune.data.images import resolve
+
+    step = max(1, len(refs) // max(1, sample))
+    pixels = []
+    for ref, where in refs[::step][:sample]:
+        try:
+            source = io.BytesIO(ref) if isinstance(ref, bytes) else resolve(ref, image_dir, where)
+            with Image.open(source) as img:
+                pixels.append(img.width * img.height / 1e6)
+        except (DataError, OSError, ValueError):
+            continue
+    if not pixels:
+        return {"images_measured": 0}
+    pixels.sort()
+    pick = lambda q: pixels[min(len(pixels) - 1, int(q * len(pixels)))]  # noqa: E731
+    return {"images_measured": len(pixels), "megapixels_p50": pick(0.5), "megapixels_p95": pick(0.95),
+            "megapixels_max": pixels[-1], "images_over_4mp": sum(mp > 4 for mp in pixels)}
 
 
 def _text_side(model):
