@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args()
     if not (args.work / "qa.json").exists():
+        args.work.mkdir(parents=True, exist_ok=True)
         prepare(args.work)
     results = [measure(args.work, w, args.threads, args.steps) for w in args.workers]
     base = results[0]["samples_per_s"]
