@@ -154,7 +154,8 @@ def test_bad_image_skips_or_stops(tiny_model_dir, shapes_data, tmp_path):
                            "on_bad_image=stop"))
 
 
-def test_ctrl_c_saves_and_resume_continues(tiny_model_dir, shapes_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", ["data_workers=0", "data_workers=2"])
+def test_ctrl_c_saves_and_resume_continues(tiny_model_dir, shapes_data, tmp_path, monkeypatch, workers):
     from llavatune.training import loop
 
     real = loop._update
@@ -169,10 +170,10 @@ def test_ctrl_c_saves_and_resume_continues(tiny_model_dir, shapes_data, tmp_path
     monkeypatch.setattr(loop, "_update", interrupted)
     run = tmp_path / "run"
     with pytest.raises(LlavatuneError, match="interrupted after step 2"):
-        train(train_config(tiny_model_dir, shapes_data, run, "steps=4"))
+        train(train_config(tiny_model_dir, shapes_data, run, "steps=4", workers))
     assert checkpoint.latest(run) == run / "checkpoint-2"
     monkeypatch.setattr(loop, "_update", real)
-    train(train_config(tiny_model_dir, shapes_data, run, "steps=4", "resume=auto"))
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=4", "resume=auto", workers))
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
