@@ -71,8 +71,9 @@ def prepare(model, processor, dataset, folder: Path, device, dtype, rank: int = 
     mine = sorted(todo)[rank::world]
     chunks = [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
     images = _Images(chunks, todo, dataset.image_dir, processor)
-    loader = torch.utils.data.DataLoader(images, batch_size=None, num_workers=workers,  # items as they are
-                                         generator=torch.Generator())  # its own: the run's RNG stays untouched
+    # batch_size=None: torch's default conversion hands each (stems, pixels) back as a list of the same two;
+    # its own generator: the run's RNG stays untouched
+    loader = torch.utils.data.DataLoader(images, batch_size=None, num_workers=workers, generator=torch.Generator())
     bar = tqdm(total=len(mine), desc="vision features", disable=not mine or rank != 0)
     for chunk, (stems, pixels) in zip(chunks, loader):
         if stems:
