@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
 from llavatune.data.formats import DataError, Record, read_records
-from llavatune.data.loader import auto_workers
+from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answer, encode
 from llavatune.metrics import choice_accuracy, exact_match, mme_scores, vqa_accuracy, yesno_scores
@@ -76,9 +76,8 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
     loaded = load(model_path, adapter=adapter, device=cfg.device, template=cfg.template)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
     batches = [items[start:start + cfg.batch_size] for start in range(0, len(items), cfg.batch_size)]
-    encoded = torch.utils.data.DataLoader(  # batch_size=None: each batch's inputs as they are
-        _Encoded(batches, loaded.processor, loaded.template, cfg.images), batch_size=None,
-        num_workers=auto_workers(cfg.data_workers, loaded.device), generator=torch.Generator())
+    encoded = in_workers(_Encoded(batches, loaded.processor, loaded.template, cfg.images),
+                         auto_workers(cfg.data_workers, loaded.device))
     answers: list[str] = []
     bar = tqdm(total=len(items), desc=f"answering ({label})", unit="sample", dynamic_ncols=True)
     for batch, inputs in zip(batches, encoded):

@@ -63,6 +63,8 @@ def prepare(model, processor, dataset, folder: Path, device, dtype, rank: int = 
     forward (rank r of `world` takes every world-th; `workers` processes decode the next images meanwhile);
     returns how many this rank computed. A missing or corrupt image is left out: the dataset skips or stops on
     it when the sample is drawn, as it would from images."""
+    from llavatune.data.loader import in_workers  # loader -> dataset -> this module
+
     todo = {}
     for record in dataset.records:
         for ref in record.images:
@@ -70,12 +72,9 @@ def prepare(model, processor, dataset, folder: Path, device, dtype, rank: int = 
                 todo[key(ref)] = (ref, record.source)
     mine = sorted(todo)[rank::world]
     chunks = [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
-    images = _Images(chunks, todo, dataset.image_dir, processor)
-    # batch_size=None: torch's default conversion hands each (stems, pixels) back as a list of the same two;
-    # its own generator: the run's RNG stays untouched
-    loader = torch.utils.data.DataLoader(images, batch_size=None, num_workers=workers, generator=torch.Generator())
     bar = tqdm(total=len(mine), desc="vision features", disable=not mine or rank != 0)
-    for chunk, (stems, pixels) in zip(chunks, loader):
+    decoded = in_workers(_Images(chunks, todo, dataset.image_dir, processor), workers)
+    for chunk, (stems, pixels) in zip(chunks, decoded):
         if stems:
             for stem, feats in zip(stems, encode(model, pixels.to(device), dtype)):
                 tmp = folder / f"{stem}.tmp"

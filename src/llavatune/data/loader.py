@@ -42,6 +42,15 @@ def advance(order: Order, epoch: int, index: int, n: int) -> tuple[int, int]:
     return epoch, index
 
 
+def in_workers(jobs: torch.utils.data.Dataset, workers: int, sampler=None, pin_memory: bool = False) -> Iterator:
+    """jobs[key] for each key of `sampler` (default 0 .. len - 1), in order, computed `workers` ahead in worker
+    processes (0: here) and handed over exactly as returned: torch's default conversion would "copy" a Counter
+    with update(), doubling its counts, and turn tuples into lists. Its own generator: the workers' seeds are not
+    drawn from the global RNG, which dropout and resume own."""
+    return iter(torch.utils.data.DataLoader(jobs, sampler=sampler, batch_size=None, num_workers=workers,
+                                            collate_fn=_as_is, pin_memory=pin_memory, generator=torch.Generator()))
+
+
 def auto_workers(setting: int | str, device) -> int:
     """`data_workers`: a number, or auto: none on a CPU, where the model's compute uses every core; on GPUs up
     to 4 processes per device, out of the cores this node has (one per device stays with its process)."""
@@ -68,12 +77,7 @@ class Batches:
         if workers == 0:
             self._items = (collate([dataset[i] for i in batch], pad_id, pack) for batch in mine)
             return
-        # collate_fn=_as_is: the default conversion "copies" the drop Counter with update(), doubling its counts.
-        # Its own generator: the workers' seeds are not drawn from the global RNG, which dropout and resume own
-        loader = torch.utils.data.DataLoader(_Jobs(dataset, pad_id, pack), sampler=mine, batch_size=None,
-                                             num_workers=workers, collate_fn=_as_is, pin_memory=pin_memory,
-                                             generator=torch.Generator())
-        self._items = iter(loader)
+        self._items = in_workers(_Jobs(dataset, pad_id, pack), workers, sampler=mine, pin_memory=pin_memory)
 
     def __iter__(self) -> Batches:
         return self

@@ -49,6 +49,7 @@ class Run:
     def _train(self) -> Path:
         cfg = self.cfg
         resume_from = self._resume_folder()
+        self.workers = auto_workers(cfg.data_workers, self.device)  # checked before anything loads
         _seed(cfg.seed)
         self._load(resume_from)
         lengths = [self.dataset.length(i) for i in range(len(self.dataset))]
@@ -74,7 +75,7 @@ class Run:
             self._say(f"resuming from {resume_from} at step {state.step}")
         logger = self._start_logging(steps, state)
         plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience,
-                         cfg.packing, auto_workers(cfg.data_workers, self.device))
+                         cfg.packing, self.workers)
 
         def save(st: loop.State, name: str | None = None) -> None:
             weights = self.ranks.model_state(model)  # every rank takes part in gathering; rank 0 writes
@@ -193,7 +194,7 @@ class Run:
         home = next(tower.parameters()).device  # the CPU under ZeRO-3, which places the weights later
         tower.to(self.device)
         made = features.prepare(self.model, self.processor, self.dataset, folder, self.device, self.autocast,
-                                self.ranks.rank, self.ranks.world, auto_workers(self.cfg.data_workers, self.device))
+                                self.ranks.rank, self.ranks.world, self.workers)
         tower.to(home)
         self.ranks.barrier()
         self._say(f"vision features: {folder} ({made} computed on rank 0)")
