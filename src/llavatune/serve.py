@@ -268,10 +268,11 @@ class Samples:
         self.cfg = cfg
 
     @functools.cached_property
-    def records(self) -> list:
+    def records(self):
+        from llavatune.data.dataset import Packed
         from llavatune.data.formats import read_records
 
-        return list(read_records(self.cfg.data))
+        return Packed(read_records(self.cfg.data))  # compact: a server may be pointed at a 665K-row file
 
     def get(self, index: int) -> dict:
         """Row `index`: its first image as a data URI, the first question, the reference answer."""
