@@ -66,6 +66,22 @@ def test_siglip_keeps_every_patch_and_clip_drops_cls(tiny_parts_dir, tmp_path):
     assert siglip.config.vision_feature_select_strategy == "full"
 
 
+def test_processor_normalises_as_the_encoder_was_trained(tiny_parts_dir, tmp_path):
+    """Mean and std come from the encoder's preprocessor_config.json (read as a file: transformers 5.17's
+    AutoImageProcessor needs torchvision), else the family's default (OpenAI CLIP's for CLIP)."""
+    import json
+
+    vision = tmp_path / "vision-own-stats"
+    shutil.copytree(tiny_parts_dir / "vision-siglip", vision)
+    (vision / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "SiglipImageProcessor", "image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}))
+    own = main(BuildConfig(out=tmp_path / "own", llm=str(tiny_parts_dir / "llm-llama"), vision=str(vision)))
+    clip = build_from(tiny_parts_dir, tmp_path, "llama", "clip")
+    own, clip = AutoProcessor.from_pretrained(own).image_processor, AutoProcessor.from_pretrained(clip).image_processor
+    assert (list(own.image_mean), list(own.image_std)) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    assert list(clip.image_mean) == pytest.approx([0.4815, 0.4578, 0.4082], abs=1e-4)
+
+
 def test_projector_options(tiny_parts_dir, tmp_path, rgb_image):
     out = build_from(tiny_parts_dir, tmp_path, "llama", "clip", projector="linear")
     model = LlavaForConditionalGeneration.from_pretrained(out)

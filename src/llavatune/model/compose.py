@@ -14,7 +14,6 @@ from collections.abc import Callable
 import torch
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlavaConfig,
@@ -22,6 +21,7 @@ from transformers import (
     LlavaProcessor,
     PreTrainedModel,
 )
+from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
@@ -115,11 +115,13 @@ def _vision_config(config, ref: str):
 
 
 def _pixel_stats(ref: str, model_type: str) -> tuple[list[float], list[float]]:
-    """Normalisation the encoder was trained with: from its image processor, else the family's default."""
+    """Normalisation the encoder was trained with: from its preprocessor_config.json, else the family's default.
+    The file is read as a dict, not through AutoImageProcessor, which transformers 5.17 refuses without
+    torchvision."""
     try:
-        proc = AutoImageProcessor.from_pretrained(ref)
-        return list(proc.image_mean), list(proc.image_std)
-    except (OSError, ValueError, TypeError):
+        stats, _ = ImageProcessingMixin.get_image_processor_dict(ref)
+        return list(stats["image_mean"]), list(stats["image_std"])
+    except (OSError, ValueError, KeyError, TypeError):
         if model_type.startswith("clip"):
             return list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
         return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
