@@ -41,6 +41,10 @@ class TrainConfig:
     data: Path                       # training data (LLaVA JSON/JSONL, ShareGPT, messages, parquet)
     out: Path                        # run folder
     images: Path | None = None       # folder the data's image paths are relative to
+    eval_data: Path | None = None    # held-out rows (e.g. `data split`'s val.json, same image folder): their loss
+    #   before the first step, every eval_every steps and at the end, next to the train loss
+    eval_every: int | None = None    # steps; default save_every
+    eval_answers: int = 0            # also answer the first N held-out questions greedily: eval_answers.jsonl
     build: BuildSpec | None = None   # build `model` from an LLM and an encoder if it is not there yet
     shape: str | None = None         # --dry-run only: architecture (llava15-7b, qwen15-4b, ...) when `model` is not on disk yet
     stage: Literal["pretrain", "finetune"] = "finetune"

@@ -20,8 +20,16 @@ from llavatune.train import TrainConfig
 from llavatune.train import main as train
 
 
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows(run) if "loss" in r]
+
+
+def evals(run: Path) -> list[tuple[int, float, int]]:
+    return [(r["step"], r["eval_loss"], r["eval_tokens"]) for r in rows(run) if "eval_loss" in r]
 
 
 def files(folder: Path) -> set[str]:
@@ -32,9 +40,13 @@ def files(folder: Path) -> set[str]:
 @pytest.mark.parametrize("strategy,method", [("ddp", "lora"), ("ddp", "full"), ("fsdp", "lora"), ("fsdp", "full"),
                                              ("zero2", "lora"), ("zero3", "lora"), ("zero3", "full")])
 def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes_data, tmp_path, strategy, method):
+    """Held-out evaluation too: 5 batches of 2 rows over 2 ranks (a sharded rank short of one runs a spare),
+    and one greedy answer (all ranks generate together when the weights are sharded)."""
+    held_out = tmp_path / "val.json"
+    held_out.write_text(json.dumps(json.loads((shapes_data / "qa.json").read_text())[:9]))
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=4", "save_every=2", "keep_last=0", "report_to=[]", "lr=1e-3", f"method={method}",
-              "lora.dropout=0", "lora.targets=all"]
+              "lora.dropout=0", "lora.targets=all", f"eval_data={held_out}", "eval_answers=1"]
     exe = str(Path(sys.executable).parent / "llavatune")
     two = tmp_path / "two"
     result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={two}", "grad_accum=1", "--procs", "2",
@@ -44,7 +56,11 @@ def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes
     one = tmp_path / "one"
     train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
     assert losses(two) == pytest.approx(losses(one), abs=1e-5) and len(losses(two)) == 4
-    row = json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])  # throughput total and per device
+    assert [(s, n) for s, _, n in evals(two)] == [(s, n) for s, _, n in evals(one)] and len(evals(one)) == 3
+    assert [loss for _, loss, _ in evals(two)] == pytest.approx([loss for _, loss, _ in evals(one)], abs=1e-5)
+    answers = (two / "eval_answers.jsonl").read_text().splitlines()
+    assert len(answers) == 3 and answers == (one / "eval_answers.jsonl").read_text().splitlines()
+    row = [r for r in rows(two) if "loss" in r][-1]  # throughput total and per device
     assert len(row["mem_gib_per_device"]) == 2 and row["mem_gib"] == max(row["mem_gib_per_device"]) > 0
     assert row["samples_per_s_per_device"] == pytest.approx(row["samples_per_s"] / 2, abs=2e-3)
     run_config = (two / "run_config.yaml").read_text()

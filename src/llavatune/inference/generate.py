@@ -68,10 +68,10 @@ def generate(model, processor, template: Template, conversations: list[list[tupl
 
 @torch.no_grad()
 def answer(model, processor, template: Template, inputs: dict[str, torch.Tensor], cfg: GenerationConfig,
-           device: torch.device | str = "cpu") -> list[str]:
-    """One answer per row of encode()'s inputs."""
+           device: torch.device | str = "cpu", **generate_kwargs) -> list[str]:
+    """One answer per row of encode()'s inputs; `generate_kwargs` go to generate() (synced_gpus in training)."""
     inputs, kwargs, stop = prepare(processor, template, inputs, cfg, device)
-    out = model.generate(**inputs, **kwargs)
+    out = model.generate(**inputs, **kwargs, **generate_kwargs)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
     tokenizer = processor.tokenizer
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=False)

@@ -11,6 +11,10 @@ class RunLogger:
         self.path = Path(out) / "metrics.jsonl"
         self.rows = _read(self.path, upto=resume_step) if resume_step else []
         self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self.answers_path = Path(out) / "eval_answers.jsonl"  # held-out answers during training (eval_answers)
+        if self.answers_path.exists():
+            kept = _read(self.answers_path, upto=resume_step) if resume_step else []
+            self.answers_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
         self.tb = self.wandb = None
         self.notes: list[str] = []
         if "tensorboard" in report_to:
@@ -28,11 +32,16 @@ class RunLogger:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)):
-                if self.tb is not None:
-                    self.tb.add_scalar(f"train/{key}", value, row["step"])
+            if key != "step" and isinstance(value, (int, float)) and self.tb is not None:
+                tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+                self.tb.add_scalar(tag, value, row["step"])
         if self.wandb is not None:
             self.wandb.log(row, step=row["step"])
+
+    def log_answers(self, rows: list[dict]) -> None:
+        if rows:
+            with self.answers_path.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
     def plot(self, path: Path) -> None:
         plot_curves(self.rows, path)
@@ -47,7 +56,7 @@ class RunLogger:
 def _read(path: Path, upto: int) -> list[dict]:
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [r for r in rows if r.get("step", 0) <= upto]
 
 

@@ -41,6 +41,7 @@ class Plan:
     nan_patience: int
     packing: bool = False
     data_workers: int = 0       # processes making the next micro-batches while this one computes
+    eval_every: int = 0         # steps between held-out evaluations (0: at the start and the end only)
 
 
 @dataclasses.dataclass
@@ -89,8 +90,9 @@ def memory_gib(device: torch.device) -> float:
 
 def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State, *, device: torch.device,
           autocast_dtype: torch.dtype | None, pad_id: int, logger, save: Callable[[State], None],
-          scaler=None, ranks: Ranks | None = None) -> State:
-    """Run until `plan.steps` optimizer steps; `save(state)` is called every `save_every` steps and on Ctrl-C."""
+          scaler=None, ranks: Ranks | None = None, evaluate: Callable[[State], None] | None = None) -> State:
+    """Run until `plan.steps` optimizer steps; `save(state)` is called every `save_every` steps and on Ctrl-C,
+    `evaluate(state)` (held-out data, when given) before the first step and every `eval_every` steps."""
     ranks = ranks or Ranks()
     model.train()
     bar = tqdm(total=plan.steps, initial=state.step, desc="train", dynamic_ncols=True, disable=not ranks.main)
@@ -98,8 +100,9 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
     batches = Batches(dataset, order, state.epoch, state.index, pad_id, plan.packing, ranks.world, ranks.rank,
                       plan.data_workers, pin_memory=device.type == "cuda")
     try:
+        if evaluate and state.step == 0:
+            evaluate(state)  # the baseline the run is judged against
         while state.step < plan.steps:
-            committed = dataclasses.replace(state)
             started = time.perf_counter()
             window = draw_window(batches, order, state, plan.grad_accum, ranks)
             waited = time.perf_counter() - started  # the step's wait for its batches: ~0 when workers keep up
@@ -115,6 +118,7 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
                 _skip(state, plan, grad_norm)
             else:
                 state.nonfinite_in_a_row = 0
+            committed = dataclasses.replace(state)  # the weights now are this state's (Ctrl-C from here saves it)
             row = _metrics(state, loss, grad_norm, lr, samples, tokens, started, waited, device, dataset, ranks)
             _hint_data_workers(row, plan, ranks, device)
             bar.set_postfix({k: row[k] for k in ("loss", "lr", "samples_per_s", "tokens_per_s", "mem_gib") if k in row},
@@ -122,6 +126,8 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
             bar.update(1)
             if ranks.main and (state.step % plan.log_every == 0 or state.step == plan.steps):
                 logger.log(row)
+            if evaluate and ((plan.eval_every and state.step % plan.eval_every == 0) or state.step == plan.steps):
+                evaluate(state)
             if plan.save_every and state.step % plan.save_every == 0 and state.step < plan.steps:
                 save(state)
     except KeyboardInterrupt:
@@ -148,7 +154,7 @@ def _update(model, window, optimizer, plan: Plan, device, autocast_dtype, scaler
     total = 0.0
     for k, batch in enumerate(window):
         with ranks.no_sync(model, skip=k < len(window) - 1):
-            loss = _micro_loss(model, batch, n_items, device, autocast_dtype)
+            loss = micro_loss(model, batch, n_items, device, autocast_dtype)
             if not ranks.all_true(bool(torch.isfinite(loss)), device):  # every rank skips together
                 optimizer.zero_grad(set_to_none=True)
                 return None, float("nan")
@@ -184,7 +190,7 @@ def _update_deepspeed(engine, window, optimizer, plan: Plan, device, autocast_dt
     n_items = _supervised_tokens(window, ranks, device)
     total = 0.0
     for batch in window:
-        loss = _micro_loss(engine, batch, n_items, device, autocast_dtype)
+        loss = micro_loss(engine, batch, n_items, device, autocast_dtype)
         if not ranks.all_true(bool(torch.isfinite(loss)), device):
             raise LlavatuneError("non-finite loss under DeepSpeed, which cannot skip an update once gradients are "
                                  "accumulated: stopped before it. Resume from the last checkpoint with a lower lr, "
@@ -200,7 +206,7 @@ def _supervised_tokens(window, ranks: Ranks, device) -> float:
     return ranks.sum(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window), device)
 
 
-def _micro_loss(model, batch: dict, n_items, device, autocast_dtype) -> torch.Tensor:
+def micro_loss(model, batch: dict, n_items, device, autocast_dtype) -> torch.Tensor:
     batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}  # pinned: async
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         return fast.targets_loss(model, batch, n_items)
@@ -223,7 +229,7 @@ def fit_checkpointing(model, batch: dict, budget_gib: float | None, device, auto
         fast.checkpoint_first(model, k)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-        _micro_loss(model, batch, n_items, device, autocast_dtype).backward()
+        micro_loss(model, batch, n_items, device, autocast_dtype).backward()
         model.zero_grad(set_to_none=True)
         return torch.cuda.max_memory_allocated(device)
 

@@ -118,6 +118,8 @@ def dry_run(cfg: TrainConfig) -> dict:
             "parameters": counts, "data_rows": rows, "steps": steps,
             "global_batch": cfg.batch_size * cfg.grad_accum, "memory_gib": memory,
             "memory_gib_by_strategy": by_strategy(memory, config.text_config.num_hidden_layers)}
+    if cfg.eval_data is not None:
+        plan["eval_rows"] = count_rows(cfg.eval_data)
     if cfg.vision_cache and rows:  # one image per row: (image tokens, vision hidden) in the training dtype
         per_image = config.image_seq_length * config.vision_config.hidden_size * _value_bytes(cfg)
         plan["vision_cache_gib"] = rows * per_image / GIB
@@ -135,6 +137,11 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
                                              else "not found (steps from `steps`)"))
     steps = plan["steps"] if plan["steps"] is not None else "unknown until the data is there"
     table.add_row("steps", f"{steps} optimizer steps of {plan['global_batch']} samples")
+    if cfg.eval_data is not None:
+        every = cfg.save_every if cfg.eval_every is None else cfg.eval_every
+        rows = f"{plan['eval_rows']:,} rows" if plan["eval_rows"] is not None else "not found"
+        table.add_row("held-out eval", f"{cfg.eval_data}: {rows}; at the start, " + (f"every {every} steps " if every
+                      else "") + "and at the end" + (f", {cfg.eval_answers} answers" if cfg.eval_answers else ""))
     mem = plan["memory_gib"]
     table.add_row("memory (rough)", f"{mem['total']:.1f} GiB per device = " + ", ".join(
         f"{k} {v:.1f}" for k, v in mem.items() if k != "total"))

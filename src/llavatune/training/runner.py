@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from tqdm.auto import tqdm
 
 from llavatune.config import save_run_config, to_dict
 from llavatune.data.dataset import SupervisedDataset, batch_order, collate, n_tokens
@@ -19,7 +20,7 @@ from llavatune.model import load as loadlib
 from llavatune.model import trainable
 from llavatune.model.meta import template_name
 from llavatune.train import TrainConfig, data_manifest, total_steps
-from llavatune.training import checkpoint, distributed, fast, loop
+from llavatune.training import checkpoint, distributed, fast, loop, validate
 from llavatune.training.logging import RunLogger
 from llavatune.training.optim import build_optimizer, build_scheduler
 
@@ -74,8 +75,9 @@ class Run:
             state = self._restore(resume_from, model, optimizer, scheduler)
             self._say(f"resuming from {resume_from} at step {state.step}")
         logger = self._start_logging(steps, state)
+        eval_every = cfg.save_every if cfg.eval_every is None else cfg.eval_every
         plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience,
-                         cfg.packing, self.workers)
+                         cfg.packing, self.workers, eval_every)
 
         def save(st: loop.State, name: str | None = None) -> None:
             weights = self.ranks.model_state(model)  # every rank takes part in gathering; rank 0 writes
@@ -91,13 +93,34 @@ class Run:
         state = loop.train(model, self.dataset, order, optimizer, scheduler, plan, state,
                            device=self.device, autocast_dtype=self.autocast,
                            pad_id=self.processor.tokenizer.pad_token_id, logger=logger, save=save, scaler=scaler,
-                           ranks=self.ranks)
+                           ranks=self.ranks, evaluate=self._evaluator(model, logger))
         save(state, "final")
         logger.close()
         dropped = dict(self.dataset.skipped)
         self._say(f"[green]done[/green]: {state.step} steps, final checkpoint {self.out / 'final'}"
                   + (f"; samples dropped on rank 0: {dropped}" if dropped else ""))
+        if self.ranks.main and cfg.eval_data is not None:
+            self._say(validate.summary(logger.rows))
         return self.out / "final"
+
+    def _evaluator(self, model, logger):
+        """evaluate(state) for the loop when eval_data is given: a metrics row, answers, a line on the terminal."""
+        cfg = self.cfg
+        if cfg.eval_data is None:
+            return None
+        validator = validate.Validator(self.eval_dataset, cfg.batch_size, self.processor.tokenizer.pad_token_id,
+                                       cfg.packing, cfg.eval_answers, ranks=self.ranks, device=self.device,
+                                       autocast_dtype=self.autocast)
+
+        def evaluate(state: loop.State) -> None:
+            row, answers = validator(model, self.processor, self.template, state.step)
+            if self.ranks.main:
+                logger.log(row)
+                logger.log_answers(answers)
+                tqdm.write(validate.line(row, logger.rows))
+            self.ranks.barrier()
+
+        return evaluate
 
     def _load(self, resume_from: Path | None) -> None:
         """The base, the model with what trains opened, its processor and template, and the dataset."""
@@ -110,10 +133,13 @@ class Run:
         self.template = get_template(cfg.template or ("plain" if cfg.stage == "pretrain" else template_name(self.base)))
         if cfg.stage == "finetune":  # saved processors prompt in the template the model is tuned on
             self.processor.chat_template = to_jinja(self.template, self.processor.tokenizer)
-        self.dataset = SupervisedDataset(cfg.data, cfg.images, self.processor, self.template,
-                                         self.model.config.image_token_id, self.model.config.image_seq_length,
-                                         cfg.max_length, cfg.on_bad_image)
+        self.dataset, self.eval_dataset = (
+            SupervisedDataset(path, cfg.images, self.processor, self.template, self.model.config.image_token_id,
+                              self.model.config.image_seq_length, cfg.max_length, cfg.on_bad_image)
+            if path is not None else None for path in (cfg.data, cfg.eval_data))
         self.data_manifest = {**data_manifest(cfg.data), "rows": len(self.dataset)}  # hashed once per run
+        if self.eval_dataset is not None:
+            self.data_manifest["eval"] = {**data_manifest(cfg.eval_data), "rows": len(self.eval_dataset)}
 
     def _start_logging(self, steps: int, state: loop.State):
         """Rank 0 writes run_config.yaml and trainable.txt and gets the metrics logger; the others a silent one."""

@@ -1,0 +1,148 @@
+"""Held-out evaluation during training (`eval_data`): before the first step, every `eval_every` steps and at the
+end, the loss on every held-out sample and, with `eval_answers: N`, greedy answers to the first N questions
+with their exact match, so over- or under-fitting shows while the run goes (eval loss next to train loss in
+loss.png, answers in eval_answers.jsonl).
+
+The loss is the training loss (assistant tokens, same template and batches) with dropout off and no
+gradients. Each rank takes its share of the batches and the sums meet; a sharded model (FSDP, ZeRO-3) needs
+every rank in every forward, so a rank short of batches runs a spare one and discards it, and all ranks
+generate together (`synced_gpus`). The RNG states are restored afterwards: a run trains the same with or
+without evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from llavatune.data import images as imagelib
+from llavatune.data.dataset import SupervisedDataset, collate, n_samples
+from llavatune.data.formats import DataError
+from llavatune.data.tokenize import IGNORE_INDEX
+from llavatune.errors import LlavatuneError
+from llavatune.inference.generate import GenerationConfig, answer, encode
+from llavatune.metrics import exact_match
+from llavatune.training import loop
+from llavatune.training.distributed import Ranks
+
+
+@dataclasses.dataclass
+class Question:
+    id: str
+    turns: list[tuple[str, str]]    # every turn before the reference answer
+    images: list                    # PIL images, one per <image> tag
+    reference: str
+    max_new_tokens: int             # the reference's length and some: room to be right, not to ramble
+
+
+class Validator:
+    def __init__(self, dataset: SupervisedDataset, batch_size: int, pad_id: int, packing: bool, n_answers: int,
+                 ranks: Ranks, device: torch.device, autocast_dtype: torch.dtype | None):
+        self.dataset, self.pad_id, self.packing, self.ranks = dataset, pad_id, packing, ranks
+        self.device, self.autocast_dtype = device, autocast_dtype
+        longest_first = sorted(range(len(dataset)), key=lambda i: -abs(dataset.length(i)))  # little padding
+        self.batches = [longest_first[i:i + batch_size] for i in range(0, len(longest_first), batch_size)]
+        self.spare = next((b for b in map(self._collate, self.batches) if b is not None), None)
+        if self.spare is None:
+            raise LlavatuneError(f"eval_data: none of its {len(dataset)} samples is usable "
+                                 f"({dict(dataset.skipped)}); run `llavatune data validate` on it.")
+        self.questions = self._questions(n_answers)
+
+    def _collate(self, indices: list[int]) -> dict | None:
+        return collate([self.dataset[i] for i in indices], self.pad_id, self.packing)
+
+    def _questions(self, n: int) -> list[Question]:
+        """The first n samples that end with an answer; their images opened once, here."""
+        out = []
+        for record in self.dataset.records:
+            if len(out) == n:
+                break
+            if not record.turns or record.turns[-1][0] != "assistant":
+                continue
+            try:
+                pil = [imagelib.load(ref, self.dataset.image_dir, record.source) for ref in record.images]
+            except DataError as err:
+                raise LlavatuneError(f"eval_data: {err}") from None
+            reference = record.turns[-1][1]
+            length = len(self.dataset.processor.tokenizer(reference, add_special_tokens=False)["input_ids"])
+            out.append(Question(record.id, record.turns[:-1], pil, reference, length + 16))
+        return out
+
+    def __call__(self, model, processor, template, step: int) -> tuple[dict, list[dict]]:
+        """(a metrics row, this rank's answer rows: rank 0's are the ones to keep)."""
+        started = time.perf_counter()
+        saved = loop.rng_state()
+        model.eval()
+        try:
+            with torch.no_grad():
+                loss, tokens, samples = self._loss(model)
+                answers = self._answers(model, processor, template) if self.questions else []
+        finally:
+            model.train()
+            loop.set_rng_state(saved)
+        row = {"step": step, "eval_loss": round(loss, 6), "eval_samples": samples, "eval_tokens": tokens}
+        if answers:
+            row["eval_exact_match"] = round(sum(a["exact_match"] for a in answers) / len(answers), 4)
+        row["eval_s"] = round(time.perf_counter() - started, 3)
+        return row, [{"step": step, **a} for a in answers]
+
+    def _loss(self, model) -> tuple[float, int, int]:
+        """Mean token loss over every supervised token of the held-out set, on all ranks together."""
+        world, rank = self.ranks.world, self.ranks.rank
+        rounds = -(-len(self.batches) // world)  # every rank runs as many forwards
+        total = targets = samples = 0.0
+        for k in range(rounds):
+            position = k * world + rank
+            batch = self._collate(self.batches[position]) if position < len(self.batches) else None
+            counted = batch is not None
+            batch = batch if counted else self.spare
+            summed = loop.micro_loss(model, batch, 1.0, self.device, self.autocast_dtype)  # summed token loss
+            if counted:
+                total += summed.item()
+                targets += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                samples += n_samples(batch)
+        total, targets, samples = (self.ranks.sum(v, self.device) for v in (total, targets, samples))
+        return total / max(targets, 1.0), int(targets), int(samples)
+
+    def _answers(self, model, processor, template) -> list[dict]:
+        """Greedy answers in the training template; rank 0 alone unless the weights are sharded."""
+        together = self.ranks.world > 1 and self.ranks.places_weights
+        if not (self.ranks.main or together):
+            return []
+        inner = model.module if isinstance(model, DistributedDataParallel) or self.ranks.deepspeed else model
+        out = []
+        for q in self.questions:
+            inputs = encode(processor, template, [q.turns], [q.images])
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                text = answer(inner, processor, template, inputs, GenerationConfig(q.max_new_tokens), self.device,
+                              **({"synced_gpus": True} if together else {}))[0]
+            out.append({"id": q.id, "question": q.turns[-1][1], "reference": q.reference, "answer": text,
+                        "exact_match": exact_match(text, q.reference)})
+        return out
+
+
+def line(row: dict, rows: list[dict]) -> str:
+    """One terminal line per evaluation, with the latest train loss beside the held-out one."""
+    train = [r["loss"] for r in rows if "loss" in r and r["step"] <= row["step"]]
+    text = f"eval at step {row['step']}: loss {row['eval_loss']:.4f}"
+    text += f" (train {train[-1]:.4f})" if train else " (before training)"
+    if "eval_exact_match" in row:
+        text += f", exact match {row['eval_exact_match']:.3f}"
+    return text + f", {row['eval_samples']} samples, {row['eval_s']:.1f} s"
+
+
+def summary(rows: list[dict]) -> str:
+    """First and last held-out loss, and the lowest with its step (the checkpoint to keep, if saved)."""
+    evals = [r for r in rows if "eval_loss" in r]
+    if not evals:
+        return "eval: no evaluation ran"
+    first, last, best = evals[0], evals[-1], min(evals, key=lambda r: r["eval_loss"])
+    text = (f"eval loss {first['eval_loss']:.4f} (step {first['step']}) -> {last['eval_loss']:.4f} "
+            f"(step {last['step']}); lowest {best['eval_loss']:.4f} at step {best['step']}")
+    if "eval_exact_match" in last:
+        text += f"; exact match {first.get('eval_exact_match', 0):.3f} -> {last['eval_exact_match']:.3f}"
+    return text

@@ -1,0 +1,106 @@
+"""Held-out evaluation during training: it leaves the run unchanged, its loss is the final model's loss on the
+held-out rows, its answers are the final model's answers, and it resumes with the run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import train_config
+from llavatune.errors import LlavatuneError
+from llavatune.metrics import exact_match
+from llavatune.train import main as train
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def held_out(shapes_data, tmp_path, n=9):
+    """The first n question rows: with batch_size 4, batches of 4, 4, 1."""
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps(json.loads((shapes_data / "qa.json").read_text())[:n]))
+    return path
+
+
+def test_evaluation_leaves_the_run_unchanged(tiny_model_dir, shapes_data, tmp_path):
+    common = ["steps=4", "lora.dropout=0.1", "save_every=0"]
+    plain = train(train_config(tiny_model_dir, shapes_data, tmp_path / "plain", *common))
+    watched = train(train_config(tiny_model_dir, shapes_data, tmp_path / "watched", *common,
+                                 f"eval_data={held_out(shapes_data, tmp_path)}", "eval_every=2", "eval_answers=2"))
+    metrics = rows(tmp_path / "watched" / "metrics.jsonl")
+    assert [r["loss"] for r in metrics if "loss" in r] == [r["loss"] for r in rows(tmp_path / "plain" / "metrics.jsonl")]
+    a, b = load_file(plain / "adapter_model.safetensors"), load_file(watched / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    evals = [r for r in metrics if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4] and all(r["eval_samples"] == 9 for r in evals)
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+
+
+def test_eval_loss_and_answers_are_the_final_models(tiny_model_dir, shapes_data, tmp_path):
+    """Scored again outside the run: the model's own loss per held-out sample (token-weighted), and the
+    greedy answers of the saved checkpoint through the Python API."""
+    import llavatune
+    from llavatune.data.dataset import SupervisedDataset
+    from llavatune.data.templates import get_template
+
+    val = held_out(shapes_data, tmp_path)
+    final = train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "steps=3", "save_every=0",
+                               f"eval_data={val}", "eval_answers=3"))
+    last = [r for r in rows(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in r][-1]
+
+    model = llavatune.load(final, device="cpu")
+    dataset = SupervisedDataset(val, shapes_data, model.processor, get_template("vicuna_v1"),
+                                model.model.config.image_token_id, model.model.config.image_seq_length, 2048)
+    total = tokens = 0.0
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            item = dataset[i]
+            labels = torch.tensor([item.labels])
+            n = int((labels[:, 1:] != -100).sum())
+            out = model.model(input_ids=torch.tensor([item.input_ids]), pixel_values=item.pixel_values, labels=labels)
+            total, tokens = total + out.loss.item() * n, tokens + n
+    assert last["step"] == 3 and last["eval_tokens"] == tokens
+    assert last["eval_loss"] == pytest.approx(total / tokens, abs=1e-4)
+
+    answers = [r for r in rows(tmp_path / "run" / "eval_answers.jsonl") if r["step"] == 3]
+    assert len(answers) == 3
+    from llavatune.data import images as imagelib
+    records = json.loads(val.read_text())[:3]
+    for row, record in zip(answers, records):
+        image = imagelib.load(record["image"], shapes_data, "test")
+        question = record["conversations"][0]["value"]
+        assert row["question"] == question and row["reference"] == record["conversations"][1]["value"]
+        room = len(model.processor.tokenizer(row["reference"], add_special_tokens=False)["input_ids"]) + 16
+        assert row["answer"] == model.chat(question, images=[image], max_new_tokens=room)
+        assert row["exact_match"] == exact_match(row["answer"], row["reference"])
+    assert last["eval_exact_match"] == pytest.approx(sum(r["exact_match"] for r in answers) / 3, abs=1e-4)
+
+
+def test_evaluation_resumes_with_the_run(tiny_model_dir, shapes_data, tmp_path):
+    common = ["steps=4", "save_every=2", "keep_last=0", f"eval_data={held_out(shapes_data, tmp_path)}",
+              "eval_answers=1"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train(train_config(tiny_model_dir, shapes_data, whole, *common))
+    train(train_config(tiny_model_dir, shapes_data, part, *common))
+    shutil.rmtree(part / "final")  # as if killed after the checkpoint of step 2
+    train(train_config(tiny_model_dir, shapes_data, part, *common, "resume=auto"))
+
+    def evals(run):
+        return [(r["step"], r["eval_loss"]) for r in rows(run / "metrics.jsonl") if "eval_loss" in r]
+
+    assert evals(part) == evals(whole) and [s for s, _ in evals(whole)] == [0, 2, 4]
+    answers = [(r["step"], r["answer"]) for r in rows(whole / "eval_answers.jsonl")]
+    assert [(r["step"], r["answer"]) for r in rows(part / "eval_answers.jsonl")] == answers and len(answers) == 3
+
+
+def test_unusable_eval_data_is_named(tiny_model_dir, shapes_data, tmp_path):
+    bad = tmp_path / "val.json"
+    bad.write_text(json.dumps([{"id": "x", "image": "missing.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "red"}]}]))
+    with pytest.raises(LlavatuneError, match="eval_data: none of its 1 samples is usable"):
+        train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "steps=1", f"eval_data={bad}"))
