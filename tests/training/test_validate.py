@@ -104,3 +104,29 @@ def test_unusable_eval_data_is_named(tiny_model_dir, shapes_data, tmp_path):
         {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "red"}]}]))
     with pytest.raises(LlavatuneError, match="eval_data: none of its 1 samples is usable"):
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "steps=1", f"eval_data={bad}"))
+
+
+def test_ctrl_c_during_evaluation_keeps_the_finished_step(tiny_model_dir, shapes_data, tmp_path, monkeypatch):
+    """Interrupted while scoring step 2: the checkpoint is step 2's (its update is done), and the resumed run
+    ends with the losses and adapter of an uninterrupted one."""
+    from llavatune.training import validate
+
+    common = ["steps=4", "save_every=0", "eval_every=2", f"eval_data={held_out(shapes_data, tmp_path)}"]
+    whole = train(train_config(tiny_model_dir, shapes_data, tmp_path / "whole", *common))
+    real = validate.Validator.__call__
+
+    def interrupted(self, model, processor, template, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(self, model, processor, template, step)
+
+    monkeypatch.setattr(validate.Validator, "__call__", interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(LlavatuneError, match="interrupted after step 2"):
+        train(train_config(tiny_model_dir, shapes_data, run, *common))
+    monkeypatch.setattr(validate.Validator, "__call__", real)
+    resumed = train(train_config(tiny_model_dir, shapes_data, run, *common, "resume=auto"))
+    losses = [[r["loss"] for r in rows(r / "metrics.jsonl") if "loss" in r] for r in (tmp_path / "whole", run)]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+    a, b = load_file(whole / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
