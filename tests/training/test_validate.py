@@ -130,3 +130,20 @@ def test_ctrl_c_during_evaluation_keeps_the_finished_step(tiny_model_dir, shapes
     assert losses[0] == losses[1] and len(losses[0]) == 4
     a, b = load_file(whole / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_lowest_eval_checkpoint_survives_pruning_and_is_named(tmp_path):
+    from llavatune.training import checkpoint, validate
+
+    for step in (2, 4, 6, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    rows = [{"step": 0, "eval_loss": 5.0}, {"step": 2, "loss": 4.0}, {"step": 2, "eval_loss": 3.0},
+            {"step": 4, "eval_loss": 4.0}, {"step": 8, "eval_loss": 3.5}]
+    assert validate.lowest_step(rows) == 2
+    checkpoint.prune(tmp_path, keep_last=2, keep_step=validate.lowest_step(rows))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-6", "checkpoint-8"]
+    text = validate.summary(rows, tmp_path, final_step=8)
+    assert "5.0000 (step 0) -> 3.5000 (step 8); lowest 3.0000 at step 2" in text
+    assert str(tmp_path / "checkpoint-2") in text
+    assert "before training" in validate.summary([{"step": 0, "eval_loss": 1.0}, {"step": 8, "eval_loss": 2.0}],
+                                                 tmp_path, final_step=8)

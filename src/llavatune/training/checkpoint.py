@@ -60,11 +60,14 @@ def latest(run_dir: Path) -> Path | None:
     return None
 
 
-def prune(run_dir: Path, keep_last: int) -> None:
+def prune(run_dir: Path, keep_last: int, keep_step: int | None = None) -> None:
+    """Delete all but the newest `keep_last` checkpoints (0: keep all), and never the one of `keep_step` (the
+    lowest held-out loss so far)."""
     if keep_last <= 0:
         return
-    for _, folder in checkpoints(run_dir)[keep_last:]:
-        shutil.rmtree(folder, ignore_errors=True)
+    for step, folder in checkpoints(run_dir)[keep_last:]:
+        if step != keep_step:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_state(folder: Path) -> dict:

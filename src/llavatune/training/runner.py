@@ -85,7 +85,7 @@ class Run:
                              "scheduler": scheduler.state_dict(), "rng": loop.rng_state()}
             if self.ranks.main:
                 self._save(self.out / (name or f"checkpoint-{st.step}"), st.step, trainer_state, weights)
-                checkpoint.prune(self.out, cfg.keep_last)
+                checkpoint.prune(self.out, cfg.keep_last, keep_step=validate.lowest_step(logger.rows))
                 logger.plot(self.out / "loss.png")
             self.ranks.barrier()
 
@@ -100,7 +100,7 @@ class Run:
         self._say(f"[green]done[/green]: {state.step} steps, final checkpoint {self.out / 'final'}"
                   + (f"; samples dropped on rank 0: {dropped}" if dropped else ""))
         if self.ranks.main and cfg.eval_data is not None:
-            self._say(validate.summary(logger.rows))
+            self._say(validate.summary(logger.rows, self.out, state.step))
         return self.out / "final"
 
     def _evaluator(self, model, logger):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -135,14 +136,25 @@ def line(row: dict, rows: list[dict]) -> str:
     return text + f", {row['eval_samples']} samples, {row['eval_s']:.1f} s"
 
 
-def summary(rows: list[dict]) -> str:
-    """First and last held-out loss, and the lowest with its step (the checkpoint to keep, if saved)."""
+def lowest_step(rows: list[dict]) -> int | None:
+    """The step of the lowest held-out loss so far (its checkpoint is kept from pruning), None without any."""
+    evals = [r for r in rows if "eval_loss" in r]
+    return min(evals, key=lambda r: r["eval_loss"])["step"] if evals else None
+
+
+def summary(rows: list[dict], run_dir: Path, final_step: int) -> str:
+    """First and last held-out loss, and the lowest with its step and the checkpoint that holds it."""
     evals = [r for r in rows if "eval_loss" in r]
     if not evals:
         return "eval: no evaluation ran"
     first, last, best = evals[0], evals[-1], min(evals, key=lambda r: r["eval_loss"])
     text = (f"eval loss {first['eval_loss']:.4f} (step {first['step']}) -> {last['eval_loss']:.4f} "
             f"(step {last['step']}); lowest {best['eval_loss']:.4f} at step {best['step']}")
+    folder = run_dir / ("final" if best["step"] == final_step else f"checkpoint-{best['step']}")
+    if best["step"] == 0:
+        text += " (before training)"
+    elif folder.is_dir():
+        text += f" ({folder})"
     if "eval_exact_match" in last:
         text += f"; exact match {first.get('eval_exact_match', 0):.3f} -> {last['eval_exact_match']:.3f}"
     return text
