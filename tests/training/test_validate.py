@@ -33,7 +33,8 @@ def test_evaluation_leaves_the_run_unchanged(tiny_model_dir, shapes_data, tmp_pa
     watched = train(train_config(tiny_model_dir, shapes_data, tmp_path / "watched", *common,
                                  f"eval_data={held_out(shapes_data, tmp_path)}", "eval_every=2", "eval_answers=2"))
     metrics = rows(tmp_path / "watched" / "metrics.jsonl")
-    assert [r["loss"] for r in metrics if "loss" in r] == [r["loss"] for r in rows(tmp_path / "plain" / "metrics.jsonl")]
+    plain_losses = [r["loss"] for r in rows(tmp_path / "plain" / "metrics.jsonl")]
+    assert [r["loss"] for r in metrics if "loss" in r] == plain_losses
     a, b = load_file(plain / "adapter_model.safetensors"), load_file(watched / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     evals = [r for r in metrics if "eval_loss" in r]

@@ -14,7 +14,8 @@ class RunLogger:
         self.answers_path = Path(out) / "eval_answers.jsonl"  # held-out answers during training (eval_answers)
         if self.answers_path.exists():
             kept = _read(self.answers_path, upto=resume_step) if resume_step else []
-            self.answers_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+            self.answers_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept),
+                                         encoding="utf-8")
         self.tb = self.wandb = None
         self.notes: list[str] = []
         if "tensorboard" in report_to:

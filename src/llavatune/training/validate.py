@@ -56,7 +56,8 @@ class Validator:
         return collate([self.dataset[i] for i in indices], self.pad_id, self.packing)
 
     def _questions(self, n: int) -> list[Question]:
-        """The first n samples that end with an answer; their images opened once, here."""
+        """The first n samples that end with an answer; their images opened once, here (a bad one is passed
+        over, or stops the run with on_bad_image=stop, as in the loss)."""
         out = []
         for record in self.dataset.records:
             if len(out) == n:
@@ -66,7 +67,9 @@ class Validator:
             try:
                 pil = [imagelib.load(ref, self.dataset.image_dir, record.source) for ref in record.images]
             except DataError as err:
-                raise LlavatuneError(f"eval_data: {err}") from None
+                if self.dataset.on_bad_image == "stop":
+                    raise LlavatuneError(f"eval_data: {err}") from None
+                continue
             reference = record.turns[-1][1]
             length = len(self.dataset.processor.tokenizer(reference, add_special_tokens=False)["input_ids"])
             out.append(Question(record.id, record.turns[:-1], pil, reference, length + 16))
