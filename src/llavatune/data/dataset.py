@@ -59,11 +59,20 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def __init__(self, path: Path, image_dir: Path | None, processor, template, image_token_id: int,
                  image_seq_length: int, max_length: int, on_bad_image: str = "skip"):
-        self.records = Packed(read_records(path))
+        self.image_seq_length = image_seq_length
+        estimates: list[int] = []
+
+        def measured(records: Iterable[Record]) -> Iterator[Record]:  # estimated while packed, not unpickled again
+            for record in records:
+                estimates.append(self._estimate(record))
+                yield record
+
+        self.records = Packed(measured(read_records(path)))
+        self.lengths = np.asarray(estimates, dtype=np.int64)  # (n,): see length()
         if not self.records:
             raise LlavatuneError(f"{path}: no samples.")
         self.image_dir, self.processor, self.template = image_dir, processor, template
-        self.image_token_id, self.image_seq_length, self.max_length = image_token_id, image_seq_length, max_length
+        self.image_token_id, self.max_length = image_token_id, max_length
         self.on_bad_image = on_bad_image
         self.skipped: collections.Counter = collections.Counter()
         self.served = 0  # samples returned so far (to tell "some were dropped" from "none is usable")
@@ -74,7 +83,9 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def length(self, i: int) -> int:
         """A cheap length estimate for grouping: words plus image tokens; negative for text-only (LLaVA)."""
-        record = self.records[i]
+        return int(self.lengths[i])
+
+    def _estimate(self, record: Record) -> int:
         words = sum(len(text.split()) for _, text in record.turns)
         return words + len(record.images) * self.image_seq_length if record.images else -words
 
