@@ -92,6 +92,12 @@ class TrainConfig:
     deepspeed_config: Path | None = None  # zero*: a DeepSpeed JSON refining the strategy's (e.g. deepspeed/zero3.json)
     dry_run: bool = False            # print the plan (model, data, trainable counts, steps, memory) and stop
 
+    def __post_init__(self):
+        if self.eval_data is None and (self.eval_answers or self.eval_every is not None):
+            raise ValueError("eval_every / eval_answers evaluate on held-out rows: give eval_data=FILE too.")
+        if self.eval_answers < 0 or (self.eval_every or 0) < 0:
+            raise ValueError("eval_every and eval_answers count steps and questions: 0 or more.")
+
 
 def main(cfg: TrainConfig) -> Path | dict:
     """Train and return the final checkpoint folder; with dry_run, return the plan instead."""

@@ -148,3 +148,13 @@ def test_the_lowest_eval_checkpoint_survives_pruning_and_is_named(tmp_path):
     assert str(tmp_path / "checkpoint-2") in text
     assert "before training" in validate.summary([{"step": 0, "eval_loss": 1.0}, {"step": 8, "eval_loss": 2.0}],
                                                  tmp_path, final_step=8)
+
+
+def test_eval_options_without_eval_data_are_refused(tiny_model_dir, shapes_data, tmp_path):
+    from llavatune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="give eval_data=FILE too"):
+        train_config(tiny_model_dir, shapes_data, tmp_path / "run", "eval_answers=4")
+    with pytest.raises(ConfigError, match="0 or more"):
+        train_config(tiny_model_dir, shapes_data, tmp_path / "run", f"eval_data={shapes_data / 'qa.json'}",
+                     "eval_every=-1")
