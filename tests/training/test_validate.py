@@ -116,10 +116,10 @@ def test_ctrl_c_during_evaluation_keeps_the_finished_step(tiny_model_dir, shapes
     whole = train(train_config(tiny_model_dir, shapes_data, tmp_path / "whole", *common))
     real = validate.Validator.__call__
 
-    def interrupted(self, model, processor, template, step):
+    def interrupted(self, model, step):
         if step == 2:
             raise KeyboardInterrupt
-        return real(self, model, processor, template, step)
+        return real(self, model, step)
 
     monkeypatch.setattr(validate.Validator, "__call__", interrupted)
     run = tmp_path / "run"

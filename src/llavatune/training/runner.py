@@ -113,7 +113,7 @@ class Run:
                                        autocast_dtype=self.autocast)
 
         def evaluate(state: loop.State) -> None:
-            row, answers = validator(model, self.processor, self.template, state.step)
+            row, answers = validator(model, state.step)
             if self.ranks.main:
                 logger.log(row)
                 logger.log_answers(answers)

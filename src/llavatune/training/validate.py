@@ -75,7 +75,7 @@ class Validator:
             out.append(Question(record.id, record.turns[:-1], pil, reference, length + 16))
         return out
 
-    def __call__(self, model, processor, template, step: int) -> tuple[dict, list[dict]]:
+    def __call__(self, model, step: int) -> tuple[dict, list[dict]]:
         """(a metrics row, this rank's answer rows: rank 0's are the ones to keep)."""
         started = time.perf_counter()
         saved = loop.rng_state()
@@ -83,7 +83,7 @@ class Validator:
         try:
             with torch.no_grad():
                 loss, tokens, samples = self._loss(model)
-                answers = self._answers(model, processor, template) if self.questions else []
+                answers = self._answers(model) if self.questions else []
         finally:
             model.train()
             loop.set_rng_state(saved)
@@ -111,8 +111,9 @@ class Validator:
         total, targets, samples = (self.ranks.sum(v, self.device) for v in (total, targets, samples))
         return total / max(targets, 1.0), int(targets), int(samples)
 
-    def _answers(self, model, processor, template) -> list[dict]:
+    def _answers(self, model) -> list[dict]:
         """Greedy answers in the training template; rank 0 alone unless the weights are sharded."""
+        processor, template = self.dataset.processor, self.dataset.template
         together = self.ranks.world > 1 and self.ranks.places_weights
         if not (self.ranks.main or together):
             return []
