@@ -57,7 +57,8 @@ def main(cfg: DemoConfig) -> dict:
                                f"out={out / 'runs' / 'pretrain'}", f"steps={cfg.pretrain_steps}"))
     step("stage 2: LoRA instruction tuning")
     train.main(recipe("tiny-lora", f"model={stage1}", f"data={data / 'train.json'}", f"images={data}",
-                      f"out={out / 'runs' / 'lora'}", f"steps={cfg.finetune_steps}"))
+                      f"out={out / 'runs' / 'lora'}", f"steps={cfg.finetune_steps}",
+                      f"eval_data={data / 'val.json'}", "eval_answers=8"))  # held-out loss and answers as it trains
     step("merge")
     tuned = merge.main(merge.MergeConfig(run=out / "runs" / "lora", out=out / "models" / "tiny-tuned"))
     step("evaluate base vs fine-tuned")

@@ -73,6 +73,9 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     if evals:
         ax_loss.plot(*zip(*evals), "o-", label="eval loss", color="#c0504d")
+    values = [r[k] for r in rows for k in ("loss", "eval_loss") if k in r]
+    if values and min(values) > 0 and max(values) / min(values) > 100:
+        ax_loss.set_yscale("log")  # from ~7 at random init to ~0.01: the late part would be a flat line
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
