@@ -384,7 +384,7 @@ def data_repeat(data: str = typer.Argument(...), times: int = typer.Option(..., 
 
 
 @data_app.command("split", epilog="Example:\n\n  llavatune data split data/qa.json --val 0.1 --seed 0 --out data/split")
-def data_split(data: str = typer.Argument(...), val: float = typer.Option(0.1, help="validation fraction"),
+def data_split(data: str = typer.Argument(...), val: float = typer.Option(0.1, help="validation share (0.1) or rows (200)"),
                seed: int = typer.Option(0), out: Path = typer.Option(..., help="folder for train.json and val.json")):
     """Seeded train/validation split with an exact validation size."""
     from llavatune.data import tools

@@ -13,6 +13,7 @@ from llavatune.data import tools
 from llavatune.data.formats import read_records
 from llavatune.data.synth import SynthConfig
 from llavatune.data.synth import main as synth
+from llavatune.errors import LlavatuneError
 
 SOURCES = ["coco/1.jpg", "textvqa/train_images/2.jpg", None, "textvqa/train_images/3.jpg", "gqa/4.jpg"]
 
@@ -60,6 +61,10 @@ def test_filter_text_only_and_repeat_and_split(tmp_path):
     assert len(val) == 20 and len(train) == 180
     assert {r["id"] for r in train}.isdisjoint({r["id"] for r in val})
     assert tools.split(data, 0.1, seed=0) == (train, val)
+    assert [len(part) for part in tools.split(data, 37, seed=0)] == [163, 37]  # a number of rows
+    for bad in (1.5, 200, 0):
+        with pytest.raises(LlavatuneError, match="--val"):
+            tools.split(data, bad, seed=0)
 
 
 def test_mix_weights(tmp_path):

@@ -100,11 +100,14 @@ def repeat(path: Path | str, times: int) -> Iterator[dict]:
 
 
 def split(path: Path | str, val: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """An exact split: round(N * val) rows, chosen with the seed, go to validation."""
-    if not 0 < val < 1:
-        raise LlavatuneError(f"--val must be a fraction between 0 and 1, got {val}.")
+    """An exact split: round(N * val) rows (val a fraction below 1), or `val` rows (a whole number from 1),
+    chosen with the seed, go to validation."""
+    if not (0 < val < 1 or (val >= 1 and val == int(val))):
+        raise LlavatuneError(f"--val is a fraction between 0 and 1 (0.1) or a number of rows (200), got {val}.")
     rows = list(rows_of(path))
-    n_val = max(1, round(len(rows) * val))
+    n_val = max(1, round(len(rows) * val)) if val < 1 else int(val)
+    if n_val >= len(rows):
+        raise LlavatuneError(f"--val {val:g}: {path} has {len(rows)} rows; leave some to train on.")
     chosen = set(random.Random(seed).sample(range(len(rows)), n_val))
     return ([r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen])
 
