@@ -27,7 +27,7 @@ def test_help_lists_every_verb(capsys):
     assert code == 0
     for verb in VERBS + [g.name for g in app.registered_groups]:
         assert verb in out
-    assert len(SUBVERBS) == 15
+    assert len(SUBVERBS) == 16
 
 
 @pytest.mark.parametrize("verb", VERBS + SUBVERBS)

@@ -107,3 +107,24 @@ def test_dry_run_counts_selective_checkpointing_and_the_vision_cache(tmp_path, m
     extra = plan[30]["memory_gib"]["activations"] - plan[32]["memory_gib"]["activations"]
     assert extra == pytest.approx(2 * 16 * 2048 * 32 * 4096 * 2 / 2**30)
     assert plan[32]["vision_cache_gib"] == pytest.approx(1000 * 576 * 1024 * 2 / 2**30)
+
+
+def test_keys_list_every_key_with_its_meaning(capsys):
+    """Read from the config's source: a key added without a comment fails here."""
+    import dataclasses
+
+    from llavatune.train import BuildSpec, LoraSpec, TrainConfig
+
+    listed = {key: (kind, default, meaning) for key, kind, default, meaning in configs.keys()}
+    nested = {"build": BuildSpec, "lora": LoraSpec}
+    expected = {f"{f.name}.{g.name}" if f.name in nested else f.name
+                for f in dataclasses.fields(TrainConfig)
+                for g in (dataclasses.fields(nested[f.name]) if f.name in nested else [f])}
+    assert set(listed) == expected
+    assert [k for k, (_, _, meaning) in listed.items() if not meaning] == []
+    assert listed["lora.r"][:2] == ("int", "8") and listed["precision"][0] == "fp32 | bf16 | fp16"
+    assert listed["model"][1] == "(required)" and listed["report_to"][1] == "['tensorboard']"
+    assert listed["checkpoint_layers"][2].endswith("measured on the largest micro-batch (one GPU)")  # continued
+    with pytest.raises(SystemExit) as exit_info:
+        run(["configs", "keys"])
+    assert exit_info.value.code in (0, None) and "eval_answers" in capsys.readouterr().out

@@ -77,8 +77,10 @@ def info(
 
 @app.command(epilog="Examples:\n\n"
              "  llavatune train tiny-lora.yaml steps=100 lr=1e-3\n\n"
+             "  llavatune train tiny-lora.yaml eval_data=data/split/val.json eval_answers=8\n\n"
              "  llavatune train tiny-lora.yaml resume=auto\n\n"
-             "  llavatune train qwen15-4b-clip336-lora --dry-run")
+             "  llavatune train qwen15-4b-clip336-lora --dry-run\n\n"
+             "Every key a recipe takes, with its default: llavatune configs keys")
 def train(
     recipe: str = typer.Argument(..., help="a recipe YAML file, or the name of a shipped recipe (llavatune configs list)"),
     overrides: Optional[list[str]] = OVERRIDES,
@@ -253,7 +255,7 @@ def demo(
     verb.main(cfglib.load(verb.DemoConfig, None, overrides, dict(out=out)))
 
 
-configs_app = typer.Typer(no_args_is_help=True, help="List, show and copy the shipped training recipes.")
+configs_app = typer.Typer(no_args_is_help=True, help="List, show and copy the shipped training recipes; list their keys.")
 app.add_typer(configs_app, name="configs")
 
 
@@ -270,6 +272,19 @@ def configs_show(name: str = typer.Argument(..., help="recipe name")):
     """Print a recipe."""
     from llavatune import configs
     print(configs.path_of(name).read_text(), end="")
+
+
+@configs_app.command("keys", epilog="Example:\n\n  llavatune configs keys")
+def configs_keys():
+    """Every key a training recipe may set (or key=value may override): type, default and meaning."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from llavatune import configs
+    table = Table("key", "type", "default", "meaning", title="training recipe keys", show_lines=False)
+    for row in configs.keys():
+        table.add_row(*row)
+    Console().print(table)
 
 
 @configs_app.command("copy", epilog="Example:\n\n  llavatune configs copy tiny-lora my-recipe.yaml")

@@ -1,14 +1,20 @@
-"""Verb `configs`: list, show and copy the shipped recipes.
+"""Verb `configs`: list, show and copy the shipped recipes, and every key a recipe may set.
 
     llavatune configs list
     llavatune configs show tiny-lora
     llavatune configs copy qwen15-4b-clip336-lora my-recipe.yaml
+    llavatune configs keys
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import inspect
+import io
 import shutil
+import tokenize
+import typing
 from importlib import resources
 from pathlib import Path
 
@@ -59,3 +65,54 @@ def copy(name: str, dst: Path, overwrite: bool = False) -> Path:
         raise LlavatuneError(f"{dst} exists; pass --overwrite to replace it.")
     shutil.copyfile(path_of(name), dst)
     return dst
+
+
+def keys(cls=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) of every key of a training recipe, nested ones as `lora.r`; the meaning is
+    the field's comment in the config's source, so the listing cannot drift from the code."""
+    if cls is None:
+        from llavatune.train import TrainConfig
+        cls = TrainConfig
+    hints, notes, out = typing.get_type_hints(cls), _field_comments(cls), []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind) or any(dataclasses.is_dataclass(a) for a in typing.get_args(kind)):
+            nested = kind if dataclasses.is_dataclass(kind) else next(a for a in typing.get_args(kind)
+                                                                      if dataclasses.is_dataclass(a))
+            out += keys(nested, f"{prefix}{f.name}.")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default) if isinstance(f.default, str) else str(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = str(f.default_factory())
+        else:
+            default = "(required)"
+        out.append((prefix + f.name, _type_name(kind), default, notes.get(f.name, "")))
+    return out
+
+
+def _type_name(kind) -> str:
+    """int | None -> 'int or none'; Literal['a', 'b'] -> 'a | b'."""
+    if typing.get_origin(kind) is typing.Literal:
+        return " | ".join(str(a) for a in typing.get_args(kind))
+    args = typing.get_args(kind)
+    if args and typing.get_origin(kind) is not list:
+        return " or ".join(_type_name(a) for a in args)
+    name = getattr(kind, "__name__", str(kind))
+    return {"NoneType": "none", "Path": "path"}.get(name, str(kind) if args else name)
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """Each field's trailing comment, with the comment lines under it that continue it ('#   ...')."""
+    notes: dict[str, str] = {}
+    field, line_of_field = None, -1
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and field != tok.string and tok.start[0] != line_of_field:
+            field, line_of_field = tok.string, tok.start[0]
+        elif tok.type == tokenize.COMMENT and field is not None:
+            text = tok.string.lstrip("#").strip()
+            if tok.start[0] == line_of_field:
+                notes[field] = text
+            elif tok.string.startswith("#   ") and field in notes:
+                notes[field] += " " + text
+    return notes

@@ -17,9 +17,9 @@ from typing import Literal
 
 @dataclasses.dataclass
 class LoraSpec:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = 8                       # rank of each adapter
+    alpha: int = 16                  # scale: the update is multiplied by alpha / r
+    dropout: float = 0.05            # on the adapter's input, in training only
     targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])  # or ["all"]
     regex: str | None = None         # full-match on module names; replaces targets (still LLM-only)
     vision: bool = False             # also put LoRA on the vision tower's attention/MLP
@@ -28,11 +28,11 @@ class LoraSpec:
 @dataclasses.dataclass
 class BuildSpec:
     """Assemble `model` first when that folder does not exist yet (same options as `llavatune build`)."""
-    llm: str
-    vision: str
-    projector: str = "mlp2x_gelu"
-    template: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    llm: str                         # hub id or folder of the chat LLM
+    vision: str                      # hub id or folder of the vision encoder (CLIP, SigLIP)
+    projector: str = "mlp2x_gelu"    # or linear
+    template: str = "auto"           # conversation template written into the processor
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the LLM's own
 
 
 @dataclasses.dataclass
@@ -47,31 +47,32 @@ class TrainConfig:
     eval_answers: int = 0            # also answer the first N held-out questions greedily: eval_answers.jsonl
     build: BuildSpec | None = None   # build `model` from an LLM and an encoder if it is not there yet
     shape: str | None = None         # --dry-run only: architecture (llava15-7b, qwen15-4b, ...) when `model` is not on disk yet
-    stage: Literal["pretrain", "finetune"] = "finetune"
-    method: Literal["full", "freeze", "lora", "qlora"] = "lora"
+    stage: Literal["pretrain", "finetune"] = "finetune"  # pretrain: the projector only, plain template
+    method: Literal["full", "freeze", "lora", "qlora"] = "lora"  # what trains in finetune (docs/training.md)
     template: str | None = None      # default: the model's (plain for pretrain)
     lora: LoraSpec = dataclasses.field(default_factory=LoraSpec)
     train_vision: bool = False       # unfreeze the vision tower (full/freeze) or train it next to LoRA
     trainable_layers: int = 0        # method freeze: how many last LLM layers train
-    lr: float = 2e-4
-    projector_lr: float | None = None
-    weight_decay: float = 0.0
+    lr: float = 2e-4                 # peak learning rate
+    projector_lr: float | None = None  # the projector's own peak rate (default: lr)
+    weight_decay: float = 0.0        # AdamW's, on matrices only (not biases and norms)
     optimizer: Literal["auto", "adamw", "adamw_8bit"] = "auto"  # auto: 8-bit when bitsandbytes and a GPU are there
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = 0.03
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # the rate after warm-up, to 0 (or constant)
+    warmup_ratio: float = 0.03       # share of the steps with a linear warm-up from 0
     batch_size: int = 4              # per device, per micro-batch
-    grad_accum: int = 1
+    grad_accum: int = 1              # micro-batches per step; global batch = batch_size x devices x grad_accum
     steps: int | None = None         # optimizer steps; default: `epochs` over the data
-    epochs: float = 1.0
-    max_length: int = 2048
-    max_grad_norm: float = 1.0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    gradient_checkpointing: bool = False
+    epochs: float = 1.0              # passes over the data when steps is not given (fractions allowed)
+    max_length: int = 2048           # tokens per sample, image tokens included; longer ones are cut at the end
+    #   (one whose image tokens do not fit is dropped and counted)
+    max_grad_norm: float = 1.0       # gradient clipping (0: none)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 on GPUs that have it; fp16 with a loss scaler
+    gradient_checkpointing: bool = False  # recompute LLM layers' activations in the backward: less memory, slower
     checkpoint_layers: int | Literal["auto"] | None = None  # with gradient_checkpointing: the first k LLM layers
     #   only (None = all); auto: as few as fit memory_budget_gib, measured on the largest micro-batch (one GPU)
     memory_budget_gib: float | None = None  # checkpoint_layers=auto: peak to stay within (default 90% of the GPU)
-    # the LLM's attention kernel (training/fast.py); varlen: torch's variable-length flash attention, packed rows
-    attention: Literal["auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"] = "auto"
+    attention: Literal["auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"] = "auto"  # LLM's
+    #   attention kernel (training/fast.py); varlen: torch's variable-length flash attention, for packed rows
     kernels: Literal["auto", "none", "liger"] = "auto"  # liger: fused RMSNorm/SwiGLU/RoPE; auto: on a GPU when installed
     compile: bool = False            # torch.compile each LLM decoder layer
     group_by_length: bool = True     # LLaVA's modality-length grouping
@@ -79,13 +80,13 @@ class TrainConfig:
     data_workers: int | Literal["auto"] = "auto"  # processes preparing the next batches; auto: 0 on a CPU, up to
     #   4 per GPU (the cores there are idle)
     vision_cache: bool = False       # frozen tower: image features computed once into <out>/vision_cache, then read
-    seed: int = 0
+    seed: int = 0                    # data order, initialisation of new weights, dropout
     save_every: int = 200            # steps; 0 = only at the end
     keep_last: int = 3               # checkpoints kept (0 = all)
-    log_every: int = 1
+    log_every: int = 1               # steps between rows of metrics.jsonl
     report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb
     nan_patience: int = 5            # stop after this many non-finite steps in a row
-    on_bad_image: Literal["skip", "stop"] = "skip"
+    on_bad_image: Literal["skip", "stop"] = "skip"  # a missing or corrupt image: skip and count, or stop
     resume: str | None = None        # auto | a checkpoint folder
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     strategy: Literal["ddp", "fsdp", "zero2", "zero3", "zero3-offload"] = "ddp"  # several processes; see docs/multi-gpu.md
