@@ -14,6 +14,7 @@ import inspect
 import io
 import shutil
 import tokenize
+import types
 import typing
 from importlib import resources
 from pathlib import Path
@@ -76,9 +77,8 @@ def keys(cls=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
     hints, notes, out = typing.get_type_hints(cls), _field_comments(cls), []
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
-        if dataclasses.is_dataclass(kind) or any(dataclasses.is_dataclass(a) for a in typing.get_args(kind)):
-            nested = kind if dataclasses.is_dataclass(kind) else next(a for a in typing.get_args(kind)
-                                                                      if dataclasses.is_dataclass(a))
+        nested = next((a for a in (kind, *typing.get_args(kind)) if dataclasses.is_dataclass(a)), None)
+        if nested is not None:  # lora: LoraSpec, build: BuildSpec | None
             out += keys(nested, f"{prefix}{f.name}.")
             continue
         if f.default is not dataclasses.MISSING:
@@ -92,14 +92,14 @@ def keys(cls=None, prefix: str = "") -> list[tuple[str, str, str, str]]:
 
 
 def _type_name(kind) -> str:
-    """int | None -> 'int or none'; Literal['a', 'b'] -> 'a | b'."""
+    """Literal['a', 'b'] -> 'a | b'; Path | None -> 'path or none'; list[str] as it is written."""
     if typing.get_origin(kind) is typing.Literal:
         return " | ".join(str(a) for a in typing.get_args(kind))
-    args = typing.get_args(kind)
-    if args and typing.get_origin(kind) is not list:
-        return " or ".join(_type_name(a) for a in args)
-    name = getattr(kind, "__name__", str(kind))
-    return {"NoneType": "none", "Path": "path"}.get(name, str(kind) if args else name)
+    if typing.get_origin(kind) is types.UnionType:
+        return " or ".join(_type_name(a) for a in typing.get_args(kind))
+    if kind is type(None):
+        return "none"
+    return "path" if kind is Path else str(kind) if typing.get_args(kind) else kind.__name__
 
 
 def _field_comments(cls) -> dict[str, str]:
