@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import train_config
+from llavatune.data import images as imagelib
 from llavatune.errors import LlavatuneError
 from llavatune.metrics import exact_match
 from llavatune.train import main as train
@@ -70,7 +71,6 @@ def test_eval_loss_and_answers_are_the_final_models(tiny_model_dir, shapes_data,
 
     answers = [r for r in rows(tmp_path / "run" / "eval_answers.jsonl") if r["step"] == 3]
     assert len(answers) == 3
-    from llavatune.data import images as imagelib
     records = json.loads(val.read_text())[:3]
     for row, record in zip(answers, records):
         image = imagelib.load(record["image"], shapes_data, "test")
