@@ -158,3 +158,15 @@ def test_eval_options_without_eval_data_are_refused(tiny_model_dir, shapes_data,
     with pytest.raises(ConfigError, match="0 or more"):
         train_config(tiny_model_dir, shapes_data, tmp_path / "run", f"eval_data={shapes_data / 'qa.json'}",
                      "eval_every=-1")
+
+
+def test_held_out_batches_made_in_workers_score_the_same(tiny_model_dir, shapes_data, tmp_path):
+    common = ["steps=2", "save_every=0", f"eval_data={held_out(shapes_data, tmp_path)}"]
+
+    def evals(workers):
+        run = tmp_path / f"w{workers}"
+        train(train_config(tiny_model_dir, shapes_data, run, *common, f"data_workers={workers}"))
+        return [(r["step"], r["eval_loss"], r["eval_tokens"]) for r in rows(run / "metrics.jsonl") if "eval_loss" in r]
+
+    in_process = evals(0)
+    assert evals(2) == in_process and len(in_process) == 2

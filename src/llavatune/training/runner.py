@@ -110,7 +110,7 @@ class Run:
             return None
         validator = validate.Validator(self.eval_dataset, cfg.batch_size, self.processor.tokenizer.pad_token_id,
                                        cfg.packing, cfg.eval_answers, ranks=self.ranks, device=self.device,
-                                       autocast_dtype=self.autocast)
+                                       autocast_dtype=self.autocast, workers=self.workers)
 
         def evaluate(state: loop.State) -> None:
             row, answers = validator(model, state.step)

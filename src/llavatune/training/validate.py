@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from llavatune.data import images as imagelib
 from llavatune.data.dataset import SupervisedDataset, collate, n_samples
 from llavatune.data.formats import DataError
+from llavatune.data.loader import in_workers
 from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answer, encode
@@ -41,9 +42,9 @@ class Question:
 
 class Validator:
     def __init__(self, dataset: SupervisedDataset, batch_size: int, pad_id: int, packing: bool, n_answers: int,
-                 ranks: Ranks, device: torch.device, autocast_dtype: torch.dtype | None):
+                 ranks: Ranks, device: torch.device, autocast_dtype: torch.dtype | None, workers: int = 0):
         self.dataset, self.pad_id, self.packing, self.ranks = dataset, pad_id, packing, ranks
-        self.device, self.autocast_dtype = device, autocast_dtype
+        self.device, self.autocast_dtype, self.workers = device, autocast_dtype, workers
         longest_first = sorted(range(len(dataset)), key=lambda i: -abs(dataset.length(i)))  # little padding
         self.batches = [longest_first[i:i + batch_size] for i in range(0, len(longest_first), batch_size)]
         self.spare = next((b for b in map(self._collate, self.batches) if b is not None), None)
@@ -97,10 +98,11 @@ class Validator:
         """Mean token loss over every supervised token of the held-out set, on all ranks together."""
         world, rank = self.ranks.world, self.ranks.rank
         rounds = -(-len(self.batches) // world)  # every rank runs as many forwards
+        mine = in_workers(_Collated(self), self.workers, sampler=range(rank, len(self.batches), world),
+                          pin_memory=self.device.type == "cuda")  # this rank's batches, made `workers` ahead
         total = targets = samples = 0.0
-        for k in range(rounds):
-            position = k * world + rank
-            batch = self._collate(self.batches[position]) if position < len(self.batches) else None
+        for _ in range(rounds):
+            batch = next(mine, None)  # None: all its samples dropped, or past this rank's share
             counted = batch is not None
             batch = batch if counted else self.spare
             summed = loop.micro_loss(model, batch, 1.0, self.device, self.autocast_dtype)  # summed token loss
@@ -128,6 +130,19 @@ class Validator:
             out.append({"id": q.id, "question": q.turns[-1][1], "reference": q.reference, "answer": text,
                         "exact_match": exact_match(text, q.reference)})
         return out
+
+
+class _Collated(torch.utils.data.Dataset):
+    """Held-out batch k collated (None when every sample in it was dropped), for worker processes."""
+
+    def __init__(self, validator: Validator):
+        self.validator = validator
+
+    def __len__(self) -> int:
+        return len(self.validator.batches)
+
+    def __getitem__(self, k: int) -> dict | None:
+        return self.validator._collate(self.validator.batches[k])
 
 
 def line(row: dict, rows: list[dict]) -> str:
