@@ -113,6 +113,11 @@ def main(cfg: TrainConfig) -> Path | dict:
     return Run(cfg).execute()
 
 
+def eval_interval(cfg: TrainConfig) -> int:
+    """Steps between held-out evaluations: eval_every, or one at every save (0: at the start and end only)."""
+    return cfg.save_every if cfg.eval_every is None else cfg.eval_every
+
+
 def data_manifest(path: Path) -> dict:
     digest = hashlib.sha256()
     with Path(path).open("rb") as f:

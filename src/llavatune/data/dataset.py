@@ -173,6 +173,11 @@ def n_samples(batch: dict) -> int:
     return len(batch["input_ids"])
 
 
+def n_targets(batch: dict) -> int:
+    """Tokens with a target (each position t predicts labels[t + 1]): the divisor of the token-mean loss."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
 def n_tokens(batch: dict) -> int:
     """Real (non-pad) tokens in a padded or packed micro-batch."""
     return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()

@@ -9,13 +9,9 @@ from pathlib import Path
 class RunLogger:
     def __init__(self, out: Path, report_to: list[str], config: dict, resume_step: int = 0):
         self.path = Path(out) / "metrics.jsonl"
-        self.rows = _read(self.path, upto=resume_step) if resume_step else []
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self.rows = _truncate(self.path, resume_step, create=True)
         self.answers_path = Path(out) / "eval_answers.jsonl"  # held-out answers during training (eval_answers)
-        if self.answers_path.exists():
-            kept = _read(self.answers_path, upto=resume_step) if resume_step else []
-            self.answers_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept),
-                                         encoding="utf-8")
+        _truncate(self.answers_path, resume_step, create=False)
         self.tb = self.wandb = None
         self.notes: list[str] = []
         if "tensorboard" in report_to:
@@ -54,11 +50,16 @@ class RunLogger:
             self.wandb.finish()
 
 
-def _read(path: Path, upto: int) -> list[dict]:
+def _truncate(path: Path, upto: int, create: bool) -> list[dict]:
+    """Keep the rows of steps up to `upto` (where a resumed run continues; 0: a new run keeps none)."""
     if not path.is_file():
+        if create:
+            path.write_text("")
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in rows if r.get("step", 0) <= upto]
+    lines = path.read_text(encoding="utf-8").splitlines() if upto else []
+    rows = [r for r in (json.loads(line) for line in lines if line.strip()) if r.get("step", 0) <= upto]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return rows
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:

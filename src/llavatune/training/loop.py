@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llavatune.data.dataset import n_samples, n_tokens
+from llavatune.data.dataset import n_samples, n_targets, n_tokens
 from llavatune.data.loader import Batches, Order, advance
 from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
@@ -203,7 +203,7 @@ def _update_deepspeed(engine, window, optimizer, plan: Plan, device, autocast_dt
 
 def _supervised_tokens(window, ranks: Ranks, device) -> float:
     """Tokens with a target in the whole step, over all ranks: the divisor of every micro-batch's loss."""
-    return ranks.sum(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window), device)
+    return ranks.sum(sum(n_targets(b) for b in window), device)
 
 
 def micro_loss(model, batch: dict, n_items, device, autocast_dtype) -> torch.Tensor:

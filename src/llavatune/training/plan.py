@@ -16,7 +16,7 @@ from rich.table import Table
 from llavatune.data.formats import iter_rows
 from llavatune.errors import LlavatuneError
 from llavatune.model import shapes, trainable
-from llavatune.train import TrainConfig, total_steps
+from llavatune.train import TrainConfig, eval_interval, total_steps
 
 console = Console()
 GIB = 2**30
@@ -138,7 +138,7 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
     steps = plan["steps"] if plan["steps"] is not None else "unknown until the data is there"
     table.add_row("steps", f"{steps} optimizer steps of {plan['global_batch']} samples")
     if cfg.eval_data is not None:
-        every = cfg.save_every if cfg.eval_every is None else cfg.eval_every
+        every = eval_interval(cfg)
         rows = f"{plan['eval_rows']:,} rows" if plan["eval_rows"] is not None else "not found"
         table.add_row("held-out eval", f"{cfg.eval_data}: {rows}; at the start, " + (f"every {every} steps " if every
                       else "") + "and at the end" + (f", {cfg.eval_answers} answers" if cfg.eval_answers else ""))

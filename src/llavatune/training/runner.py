@@ -19,7 +19,7 @@ from llavatune.errors import LlavatuneError
 from llavatune.model import load as loadlib
 from llavatune.model import trainable
 from llavatune.model.meta import template_name
-from llavatune.train import TrainConfig, data_manifest, total_steps
+from llavatune.train import TrainConfig, data_manifest, eval_interval, total_steps
 from llavatune.training import checkpoint, distributed, fast, loop, validate
 from llavatune.training.logging import RunLogger
 from llavatune.training.optim import build_optimizer, build_scheduler
@@ -75,9 +75,8 @@ class Run:
             state = self._restore(resume_from, model, optimizer, scheduler)
             self._say(f"resuming from {resume_from} at step {state.step}")
         logger = self._start_logging(steps, state)
-        eval_every = cfg.save_every if cfg.eval_every is None else cfg.eval_every
         plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience,
-                         cfg.packing, self.workers, eval_every)
+                         cfg.packing, self.workers, eval_interval(cfg))
 
         def save(st: loop.State, name: str | None = None) -> None:
             weights = self.ranks.model_state(model)  # every rank takes part in gathering; rank 0 writes

@@ -20,10 +20,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from llavatune.data import images as imagelib
-from llavatune.data.dataset import SupervisedDataset, collate, n_samples
+from llavatune.data.dataset import SupervisedDataset, collate, n_samples, n_targets
 from llavatune.data.formats import DataError
 from llavatune.data.loader import in_workers
-from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answer, encode
 from llavatune.metrics import exact_match
@@ -34,8 +33,8 @@ from llavatune.training.distributed import Ranks
 @dataclasses.dataclass
 class Question:
     id: str
-    turns: list[tuple[str, str]]    # every turn before the reference answer
-    images: list                    # PIL images, one per <image> tag
+    text: str                       # the last user turn
+    inputs: dict                    # the prompt (every turn before the reference) and images, encoded once
     reference: str
     max_new_tokens: int             # the reference's length and some: room to be right, not to ramble
 
@@ -57,8 +56,9 @@ class Validator:
         return collate([self.dataset[i] for i in indices], self.pad_id, self.packing)
 
     def _questions(self, n: int) -> list[Question]:
-        """The first n samples that end with an answer; their images opened once, here (a bad one is passed
-        over, or stops the run with on_bad_image=stop, as in the loss)."""
+        """The first n samples that end with an answer, encoded once, here (a bad image is passed over, or
+        stops the run with on_bad_image=stop, as in the loss)."""
+        processor, template = self.dataset.processor, self.dataset.template
         out = []
         for record in self.dataset.records:
             if len(out) == n:
@@ -71,9 +71,10 @@ class Validator:
                 if self.dataset.on_bad_image == "stop":
                     raise LlavatuneError(f"eval_data: {err}") from None
                 continue
-            reference = record.turns[-1][1]
-            length = len(self.dataset.processor.tokenizer(reference, add_special_tokens=False)["input_ids"])
-            out.append(Question(record.id, record.turns[:-1], pil, reference, length + 16))
+            turns, reference = record.turns[:-1], record.turns[-1][1]
+            length = len(processor.tokenizer(reference, add_special_tokens=False)["input_ids"])
+            out.append(Question(record.id, turns[-1][1], encode(processor, template, [turns], [pil]), reference,
+                                length + 16))
         return out
 
     def __call__(self, model, step: int) -> tuple[dict, list[dict]]:
@@ -108,7 +109,7 @@ class Validator:
             summed = loop.micro_loss(model, batch, 1.0, self.device, self.autocast_dtype)  # summed token loss
             if counted:
                 total += summed.item()
-                targets += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                targets += n_targets(batch)
                 samples += n_samples(batch)
         total, targets, samples = (self.ranks.sum(v, self.device) for v in (total, targets, samples))
         return total / max(targets, 1.0), int(targets), int(samples)
@@ -122,12 +123,11 @@ class Validator:
         inner = model.module if isinstance(model, DistributedDataParallel) or self.ranks.deepspeed else model
         out = []
         for q in self.questions:
-            inputs = encode(processor, template, [q.turns], [q.images])
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                 enabled=self.autocast_dtype is not None):
-                text = answer(inner, processor, template, inputs, GenerationConfig(q.max_new_tokens), self.device,
+                text = answer(inner, processor, template, q.inputs, GenerationConfig(q.max_new_tokens), self.device,
                               **({"synced_gpus": True} if together else {}))[0]
-            out.append({"id": q.id, "question": q.turns[-1][1], "reference": q.reference, "answer": text,
+            out.append({"id": q.id, "question": q.text, "reference": q.reference, "answer": text,
                         "exact_match": exact_match(text, q.reference)})
         return out
 
