@@ -100,6 +100,74 @@ def test_fsdp_bf16_checkpoint_keeps_the_trained_dtypes(tiny_model_dir, shapes_da
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fsdp", "zero3"])
+def test_sharded_runs_read_the_weights_on_rank_0_only(tmp_path, shapes_data, strategy):
+    """Rank 1 builds the model on the meta device and gets its shards from rank 0: once the model is placed, its
+    peak memory lacks the whole CPU copy that rank 0 read (a 300 MB LLM here: a Qwen2 with tied embeddings and
+    a wide MLP). Full fine-tuning from the broadcast weights trains as one process does; embeddings stay tied."""
+    from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+
+    from llavatune.build import BuildConfig
+    from llavatune.build import main as build
+
+    small = build(BuildConfig(out=tmp_path / "small", preset="tiny-qwen"))
+    config = AutoConfig.from_pretrained(small)
+    config.text_config.intermediate_size = 3 * 2**16  # 2 layers x 150 MB of MLP
+    torch.manual_seed(0)
+    model_dir = tmp_path / "wide"
+    LlavaForConditionalGeneration(config).save_pretrained(model_dir)
+    AutoProcessor.from_pretrained(small).save_pretrained(model_dir)
+    size_gib = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**30
+    probe = tmp_path / "probe.py"  # each rank's peak RSS once the model is placed, before training state is made
+    probe.write_text(textwrap.dedent("""
+        import os, resource, sys
+        from pathlib import Path
+        import deepspeed
+        from llavatune.training import runner
+        def measured(fn, when):
+            def call(*args, **kwargs):
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                Path(sys.argv[1]).joinpath(f"{when}-{os.environ['RANK']}").write_text(str(peak))
+                return fn(*args, **kwargs)
+            return call
+        runner.build_optimizer = measured(runner.build_optimizer, "fsdp")  # after FSDP placed the weights
+        deepspeed.initialize = measured(deepspeed.initialize, "zero3")   # after zero.Init placed them
+        from llavatune.cli import run
+        run(sys.argv[2:])
+    """))
+    common = [f"model={model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
+              "steps=2", "keep_last=0", "report_to=[]", "lr=1e-4", "method=full"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29737",
+                             str(probe), str(tmp_path), "train", "tiny-lora", *common, f"out={two}", f"strategy={strategy}"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
+    assert losses(two) == pytest.approx(losses(one), abs=1e-5)
+    a, b = load_file(two / "final" / "model.safetensors"), load_file(one / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and "lm_head.weight" not in a  # tied: saved once, as the embeddings
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4  # trained as one tensor, as 1 process does
+    rank0, rank1 = (float((tmp_path / f"{strategy}-{r}").read_text()) for r in (0, 1))
+    assert rank0 - rank1 > 0.6 * size_gib, (rank0, rank1, size_gib)
+
+
+@pytest.mark.slow
+def test_vision_cache_under_zero3(tiny_model_dir, shapes_data, tmp_path):
+    """The ranks share out the feature cache with the tower before ZeRO-3 partitions the weights, so under
+    vision_cache every rank reads them; 2 processes train as 1 does with the same cache."""
+    common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
+              "steps=3", "keep_last=0", "report_to=[]", "lr=1e-3", "lora.dropout=0", "vision_cache=true"]
+    exe = str(Path(sys.executable).parent / "llavatune")
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={two}", "--procs", "2", "--strategy", "zero3",
+                             "--master-port", "29739"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
+    assert losses(two) == pytest.approx(losses(one), abs=1e-5)
+    assert len(list((two / "vision_cache").glob("*.safetensors"))) == len(list((one / "vision_cache").glob("*.safetensors")))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3"])
 def test_one_process_checkpoint_resumes_under_deepspeed(tiny_model_dir, shapes_data, tmp_path, strategy):
     """The name-keyed optimizer state goes into the ZeRO partitions: resuming a 1-process run on 2 DeepSpeed

@@ -75,12 +75,17 @@ def quantization_config(compute_dtype: torch.dtype):
 
 
 def load_base(path: Path | str, dtype: torch.dtype = torch.float32, load_4bit: bool = False, device: str = "cpu"):
-    """(LlavaForConditionalGeneration, processor) from a llava-hf folder."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    """(LlavaForConditionalGeneration, processor) from a llava-hf folder. device="meta": the model's shapes and
+    dtypes without its values (no weight is read), for a rank that gets them from rank 0 (Ranks.wrap)."""
+    from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise LlavatuneError(f"{path}: no config.json; expected a llava-hf checkpoint (see `llavatune build`).")
+    if device == "meta":
+        with torch.device("meta"):
+            model = LlavaForConditionalGeneration._from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+        return model, AutoProcessor.from_pretrained(path)
     kwargs = {"dtype": dtype}
     if load_4bit:
         kwargs.update(quantization_config=quantization_config(dtype), device_map={"": device})

@@ -49,6 +49,13 @@ class Ranks:
         return self.sharded or (self.deepspeed and self.strategy != "zero2")
 
     @property
+    def receives_weights(self) -> bool:
+        """Where the weights are placed shard by shard, only rank 0 reads them: the other ranks build the model on
+        the meta device and get rank 0's values when it is wrapped (wrap, engine). One CPU copy per run, not
+        one per process (a 13B model in bf16 is 26 GB)."""
+        return self.places_weights and not self.main
+
+    @property
     def main(self) -> bool:
         return self.rank == 0
 
@@ -99,21 +106,30 @@ class Ranks:
         its own unit, the rest with the root; parameter names do not change. Build the optimizer after this.
 
         A unit must hold one dtype, and a bf16 LoRA run mixes bf16 base weights with fp32 adapters: under FSDP
-        the shards are stored in fp32 and gathered in the compute dtype (gradients reduced in fp32)."""
+        the shards are stored in fp32 and gathered in the compute dtype (gradients reduced in fp32).
+
+        Only rank 0 holds values (receives_weights): the other ranks allocate their shards, then rank 0 broadcasts
+        the weights tensor by tensor, and the buffers."""
         if self.world == 1 or self.deepspeed:  # DeepSpeed wraps model and optimizer together: see engine()
             return model
-        if self.sharded:
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-            policy = MixedPrecisionPolicy()
-            if compute_dtype != torch.float32:
-                self.dtypes = {name: p.dtype for name, p in model.state_dict().items()}  # saved as trained
-                model.float()
-                policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-            for layer in sharded_layers(model):  # from the CPU, each unit moves to the device as its shard
-                fully_shard(layer, mp_policy=policy)
-            fully_shard(model, mp_policy=policy)
-            return model
-        return self.accelerator.prepare_model(model)
+        if not self.sharded:
+            return self.accelerator.prepare_model(model)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        policy = MixedPrecisionPolicy()
+        if compute_dtype != torch.float32:
+            self.dtypes = {name: p.dtype for name, p in model.state_dict().items()}  # saved as trained
+            model.float()
+            policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        whole = model.state_dict() if self.main else {}  # rank 0's CPU tensors, kept until broadcast
+        for layer in sharded_layers(model):  # from the CPU, each unit moves to the device as its shard
+            fully_shard(layer, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        if not self.main:
+            _allocate(model, self.accelerator.device)
+        set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        _broadcast_buffers(model)
+        return model
 
     def engine(self, model, optimizer, batch_size: int, grad_accum: int, max_grad_norm: float,
                settings: Path | None = None):
@@ -130,22 +146,29 @@ class Ranks:
         self.param_names = [[name_of[p] for p in group["params"]] for group in optimizer.param_groups]
         config = deepspeed_config(self.strategy, batch_size, grad_accum, max_grad_norm, settings)
         if self.places_weights:  # partition from the CPU one parameter at a time (the engine would move it whole)
+            if not self.main:
+                _allocate(model, "cpu")  # each parameter is filled from rank 0 just before it is partitioned
             deepspeed.zero.Init(module=model, config_dict_or_path=config, mem_efficient_linear=False)
             model.to(self.accelerator.device)  # the buffers; partitioned parameters are already where ZeRO keeps them
+            _broadcast_buffers(model)
         engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         return engine, ds_optimizer
 
     def model_state(self, model) -> dict | None:
         """Under FSDP and ZeRO-3 the whole weights, gathered on rank 0 (a collective: every rank calls it); else
-        None (the model is whole on every rank and saves itself)."""
+        None (the model is whole on every rank and saves itself). A tied weight is kept once, under its first
+        name, as save_pretrained keeps it for a whole model (embed_tokens, not lm_head)."""
         if self.deepspeed and self.strategy != "zero2":
             state = model._zero3_consolidated_16bit_state_dict()  # every rank takes part; rank 0 gets it
-            return {k: v.cpu() for k, v in state.items()} if self.main else None
-        if not self.sharded:
+            state = {k: v.cpu() for k, v in state.items()} if self.main else None
+        elif self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            state = {name: t.to(self.dtypes.get(name, t.dtype)) for name, t in state.items()}
+        else:
             return None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {name: t.to(self.dtypes.get(name, t.dtype)) for name, t in state.items()}
+        aliases = _tied_aliases(getattr(model, "module", model))  # DeepSpeed's engine holds the model as .module
+        return {k: v for k, v in state.items() if k not in aliases} if state is not None else None
 
     def optimizer_state(self, model, optimizer) -> dict:
         """The optimizer state keyed by parameter names, whole (gathered under FSDP and DeepSpeed): the layout
@@ -266,6 +289,34 @@ def _deepspeed_step(optimizer) -> torch.Tensor:
     steps = [s["step"] for s in optimizer.optimizer.state.values() if "step" in s]
     step = steps[0] if steps else 0
     return step.detach().clone().float() if torch.is_tensor(step) else torch.tensor(float(step))
+
+
+def _tied_aliases(model) -> set[str]:
+    """Names of parameters that are another name's parameter (lm_head.weight tied to embed_tokens.weight)."""
+    seen, aliases = set(), set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            aliases.add(name)
+        seen.add(id(p))
+    return aliases
+
+
+def _allocate(model, device) -> None:
+    """Uninitialized storage on `device` for a model built on the meta device (its values come from rank 0).
+    Parameters are swapped in place, so weights tied on the meta device (lm_head = embed_tokens) stay one."""
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.to_empty(device=device)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+
+
+def _broadcast_buffers(model) -> None:
+    """Rank 0's buffers to every rank: those a state dict leaves out (rotary inv_freq, CLIP position_ids) were
+    never loaded on the other ranks, and ZeRO-3 broadcasts only parameters."""
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
 
 
 def sharded_layers(model) -> list:

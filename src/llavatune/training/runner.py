@@ -178,9 +178,12 @@ class Run:
         if cfg.method == "qlora" and self.ranks.places_weights:
             raise LlavatuneError(f"method=qlora keeps the 4-bit LLM whole on every card; strategy={cfg.strategy} "
                                  "would shard it: use strategy=ddp or zero2 (a 7B LLM in 4-bit is ~4 GB).")
-        # FSDP and ZeRO-3 place the weights shard by shard when they wrap the model: until then it stays on the CPU
+        # FSDP and ZeRO-3 place the weights shard by shard when they wrap the model: until then it stays on the CPU,
+        # and only on rank 0 (the others get their shards from it). vision_cache runs the tower before that.
         place = "cpu" if self.ranks.places_weights else self.device
-        model, processor = loadlib.load_base(source, self.dtype, load_4bit=cfg.method == "qlora", device=str(place))
+        empty = self.ranks.receives_weights and not cfg.vision_cache
+        model, processor = loadlib.load_base(source, self.dtype, load_4bit=cfg.method == "qlora",
+                                             device="meta" if empty else str(place))
         fast.configure(model, cfg.attention, cfg.kernels, self.device, cfg.packing)
         if cfg.method == "qlora":
             from peft import prepare_model_for_kbit_training
@@ -190,13 +193,14 @@ class Run:
             for p in model.parameters():  # small trained parts keep fp32 master weights
                 if p.requires_grad:
                     p.data = p.data.float()
-        if resume_from is not None and not full_weights:
+        if resume_from is not None and not full_weights and not empty:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
             set_peft_model_state_dict(model, load_file(resume_from / "adapter_model.safetensors"))
         if cfg.gradient_checkpointing:
             fast.checkpoint_layers(model, cfg.checkpoint_layers)
-        model = model.to(place)
+        if not empty:
+            model = model.to(place)
         if cfg.compile:
             fast.compile_layers(model)
         return model, processor
