@@ -86,12 +86,12 @@ def load_base(path: Path | str, dtype: torch.dtype = torch.float32, load_4bit: b
         with torch.device("meta"):
             model = LlavaForConditionalGeneration._from_config(AutoConfig.from_pretrained(path), dtype=dtype)
         return model, AutoProcessor.from_pretrained(path)
-    kwargs = {"dtype": dtype}
+    # straight from the files to the device, tensor by tensor: no whole CPU copy first (a 13B model in bf16 is
+    # 26 GB of host memory, per process under DDP)
+    kwargs = {"dtype": dtype, "device_map": {"": str(device)}}
     if load_4bit:
-        kwargs.update(quantization_config=quantization_config(dtype), device_map={"": device})
+        kwargs["quantization_config"] = quantization_config(dtype)
     model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
-    if not load_4bit:
-        model.to(device)
     return model, AutoProcessor.from_pretrained(path)
 
 
