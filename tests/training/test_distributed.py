@@ -82,20 +82,23 @@ def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes
 
 
 @pytest.mark.slow
-def test_fsdp_bf16_checkpoint_keeps_the_trained_dtypes(tiny_model_dir, shapes_data, tmp_path):
-    """FSDP2 stores bf16 runs' shards in fp32 (one dtype per unit); the gathered checkpoint is cast back, so a
-    2-process full bf16 run saves the dtypes a 1-process one does, and trains the same way (bf16 tolerance)."""
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_bf16_checkpoint_keeps_the_trained_dtypes(tiny_model_dir, shapes_data, tmp_path, method):
+    """FSDP2 stores what a bf16 run trains in fp32 and its frozen weights in bf16 (one unit holds both); the
+    gathered checkpoint is cast back, so a 2-process bf16 run saves the dtypes a 1-process one does, and trains
+    the same way (bf16 tolerance)."""
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
-              "steps=2", "keep_last=0", "report_to=[]", "lr=1e-3", "method=full", "precision=bf16"]
+              "steps=2", "keep_last=0", "report_to=[]", "lr=1e-3", f"method={method}", "precision=bf16"]
     exe = str(Path(sys.executable).parent / "llavatune")
     two, one = tmp_path / "two", tmp_path / "one"
     result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={two}", "--procs", "2", "--strategy", "fsdp",
                              "--master-port", "29733"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
-    a, b = load_file(two / "final" / "model.safetensors"), load_file(one / "final" / "model.safetensors")
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    a, b = load_file(two / "final" / weights), load_file(one / "final" / weights)
     assert {k: t.dtype for k, t in a.items()} == {k: t.dtype for k, t in b.items()}
-    assert torch.bfloat16 in {t.dtype for t in a.values()}
+    assert {t.dtype for t in a.values()} == ({torch.bfloat16} if method == "full" else {torch.float32})
     assert losses(two) == pytest.approx(losses(one), rel=0.05)
 
 

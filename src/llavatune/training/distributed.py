@@ -105,8 +105,10 @@ class Ranks:
         """The model ready for this strategy. FSDP2 (torch's fully_shard) shards in place: each repeated layer
         its own unit, the rest with the root; parameter names do not change. Build the optimizer after this.
 
-        A unit must hold one dtype, and a bf16 LoRA run mixes bf16 base weights with fp32 adapters: under FSDP
-        the shards are stored in fp32 and gathered in the compute dtype (gradients reduced in fp32).
+        A bf16 run mixes bf16 weights with fp32 trained parts. FSDP stores what trains in fp32 (its optimizer
+        steps fp32 master weights, gradients reduced in fp32) and gathers everything in the compute dtype; frozen
+        weights stay bf16 (torch >= 2.8: a unit's trained parameters must share one dtype, frozen ones may
+        differ; older torch wants one dtype for all, so everything is stored in fp32 there).
 
         Only rank 0 holds values (receives_weights): the other ranks allocate their shards, then rank 0 broadcasts
         the weights tensor by tensor, and the buffers."""
@@ -119,7 +121,11 @@ class Ranks:
         policy = MixedPrecisionPolicy()
         if compute_dtype != torch.float32:
             self.dtypes = {name: p.dtype for name, p in model.state_dict().items()}  # saved as trained
-            model.float()
+            if torch.torch_version.TorchVersion(torch.__version__) < "2.8":
+                model.float()
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
             policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         whole = model.state_dict() if self.main else {}  # rank 0's CPU tensors, kept until broadcast
         for layer in sharded_layers(model):  # from the CPU, each unit moves to the device as its shard
