@@ -69,9 +69,11 @@ def test_list_show_copy(tmp_path, capsys):
 
 
 def test_dry_run_memory_per_strategy(tmp_path, monkeypatch):
-    """13B full fine-tuning at batch 4 (docs/scenario-13b.md): DDP keeps a whole copy per card and fits no 80 GiB
-    card; ZeRO-2 divides gradients and optimizer state, FSDP / ZeRO-3 the weights too, so 8 cards of 40 GiB
-    suffice; offloading leaves the least on the card."""
+    """13B full fine-tuning in bf16 at batch 4 (docs/scenario-13b.md). One process steps bf16 weights with bf16
+    moments (8 bytes per parameter); DeepSpeed adds an fp32 master copy and fp32 moments (16 bytes), FSDP keeps
+    what trains in fp32 (16 bytes too). DDP fits no 80 GiB card; ZeRO-2 divides gradients and optimizer state,
+    FSDP / ZeRO-3 the weights too, so 8 cards of 40 GiB suffice; offloading leaves the least on the card, even on
+    one card. On the CPU, FSDP and ZeRO-3 hold one copy while starting, offloading 16 bytes per parameter."""
     from llavatune.config import load
     from llavatune.train import TrainConfig, main
 
@@ -80,9 +82,41 @@ def test_dry_run_memory_per_strategy(tmp_path, monkeypatch):
                      ["dry_run=true", "shape=llava15-13b", "batch_size=4", "grad_accum=4"]))
     mem = plan["memory_gib_by_strategy"]
     ddp, zero2, fsdp, zero3, offload = (mem[k] for k in ("ddp", "zero2", "fsdp", "zero3", "zero3-offload"))
+    trained = sum(c["trainable"] for c in plan["parameters"].values())
+    frozen = sum(c["total"] for c in plan["parameters"].values()) - trained
+    rest = plan["memory_gib"]["activations"] + plan["memory_gib"]["logits"]
+    gib = 2**30
     assert ddp[8] == ddp[1] == pytest.approx(plan["memory_gib"]["total"]) and ddp[8] > 80
-    assert fsdp[1] == ddp[1] and fsdp[8] < fsdp[4] < fsdp[2] < ddp[1] and fsdp[8] < 40
-    assert fsdp == zero3 and all(offload[n] < zero3[n] < zero2[n] < ddp[n] for n in (2, 4, 8))
+    assert ddp[1] == pytest.approx((2 * frozen + 8 * trained) / gib + rest)
+    assert zero3[1] == zero2[1] == pytest.approx((2 * frozen + 16 * trained) / gib + rest) and fsdp[1] == ddp[1]
+    assert all(fsdp[n] == pytest.approx(zero3[n]) for n in (2, 4, 8)) and fsdp[8] < fsdp[4] < fsdp[2] < zero3[1]
+    assert fsdp[8] < 40 < zero2[8] and all(offload[n] < zero3[n] < zero2[n] < ddp[n] for n in (4, 8))
+    assert offload[1] < ddp[1] / 2
+    cpu = plan["cpu_memory_gib"]
+    assert cpu["zero3"] == plan["memory_gib"]["weights"] == pytest.approx((2 * frozen + 2 * trained) / gib)
+    assert cpu["fsdp"] == pytest.approx((2 * frozen + 4 * trained) / gib)
+    assert cpu["zero3-offload"] == pytest.approx(cpu["zero3"] + 16 * trained / gib) and cpu["ddp"] == cpu["zero2"] == 0
+
+
+def test_the_13b_memory_table_is_what_the_dry_run_prints(tmp_path, monkeypatch):
+    """docs/scenario-13b.md's table of GiB per card on 8 cards, row by row, from the commands above it."""
+    import re
+    from pathlib import Path
+
+    from llavatune.config import load
+    from llavatune.train import TrainConfig, main
+
+    monkeypatch.chdir(tmp_path)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "scenario-13b.md").read_text()
+    runs = {"full": ("llava15-finetune-full", ["batch_size=4", "grad_accum=4"]),
+            "LoRA r128": ("llava15-finetune-lora", ["batch_size=16", "grad_accum=1"])}
+    table = dict(re.findall(r"^\| (full|LoRA r128), batch \d+ per card \| (.+) \|$", doc, flags=re.M))
+    assert table.keys() == runs.keys()
+    for row, (recipe, keys) in runs.items():
+        plan = main(load(TrainConfig, configs.path_of(recipe), ["dry_run=true", "shape=llava15-13b", *keys]))
+        printed = [f"{plan['memory_gib_by_strategy'][k][8]:.1f}" for k in ("ddp", "zero2", "fsdp", "zero3",
+                                                                            "zero3-offload")]
+        assert table[row].split(" | ") == printed, row
 
 
 def test_unknown_strategy_is_refused_with_the_choices(capsys):

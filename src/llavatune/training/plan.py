@@ -52,8 +52,11 @@ def count_rows(path: Path) -> int | None:
     return sum(1 for _ in iter_rows(Path(path)))
 
 
-def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[str, float]:
-    """GiB per device, rough: weights, gradients, optimizer states, activations (at max_length), logits."""
+def memory_estimate(model, config, cfg: TrainConfig, strategy: str = "ddp") -> dict[str, float]:
+    """GiB for the whole model, rough: weights, gradients, optimizer states, activations (at max_length), logits.
+    What a trained parameter costs depends on who steps it: our AdamW keeps it in its own dtype (fp32 for the
+    small parts of a bf16 run, bf16 under full fine-tuning); FSDP stores it in fp32 (training/distributed.py);
+    DeepSpeed's ZeRO optimizer adds an fp32 master copy (12 bytes of optimizer state with the two moments)."""
     b = _value_bytes(cfg)
     c = trainable.counts(model)
     frozen = sum(v["total"] - v["trainable"] for v in c.values())
@@ -63,10 +66,12 @@ def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[s
         weights = (frozen - llm_frozen) * b + llm_frozen * 0.55
     else:
         weights = frozen * b
-    master = 4 if cfg.method != "full" else b  # small trained parts keep fp32 weights
+    master = 4 if cfg.method != "full" or strategy == "fsdp" else b  # small trained parts keep fp32 weights
     weights += trained * master
     grads = trained * master
     optim_bytes = 2 if cfg.optimizer == "adamw_8bit" else 2 * master
+    if strategy.startswith("zero"):  # moments of the fp32 master copy, and the copy
+        optim_bytes = (2 if cfg.optimizer == "adamw_8bit" else 8) + 4
     text = config.text_config
     tokens = cfg.batch_size * cfg.max_length
     layers = text.num_hidden_layers
@@ -85,26 +90,48 @@ def memory_estimate(model, config, cfg: TrainConfig, devices: int = 1) -> dict[s
     return out
 
 
+STRATEGIES = ("ddp", "zero2", "fsdp", "zero3", "zero3-offload")
+
+
 def _value_bytes(cfg: TrainConfig) -> int:
     """Bytes per weight or activation value in the run's precision."""
     return 2 if cfg.precision in ("bf16", "fp16") else 4
 
 
-def by_strategy(memory: dict[str, float], n_layers: int, devices=(1, 2, 4, 8)) -> dict[str, dict[int, float]]:
+def by_strategy(model, config, cfg: TrainConfig, devices=(1, 2, 4, 8)) -> dict[str, dict[int, float]]:
     """GiB per device for each strategy and device count; activations and logits always stay per device.
     ddp: a whole copy everywhere. zero2: whole weights, gradients and optimizer state divided by the devices.
     fsdp / zero3: all three divided, plus two layers' weights whole (the one computing and the one
     prefetched). zero3-offload: ZeRO-3 with weights and optimizer state in CPU memory (only the gathered layers
-    and the gradient shards stay on the GPU)."""
-    w, g, o = memory["weights"], memory["gradients"], memory["optimizer"]
-    rest, layers = memory["activations"] + memory["logits"], 2 * w / n_layers
-    whole = w + g + o + rest
-    def all_sharded(n: int) -> float:
-        return (w + g + o) / n + layers + rest
+    and the gradient shards stay on the GPU), which is how a model too big for one card trains on it."""
+    plain = memory_estimate(model, config, cfg)
+    rest = plain["activations"] + plain["logits"]
+    layers = 2 * plain["weights"] / config.text_config.num_hidden_layers  # gathered in the compute dtype
+    out = {}
+    for strategy in STRATEGIES:
+        m = memory_estimate(model, config, cfg, strategy)
+        w, g, o = m["weights"], m["gradients"], m["optimizer"]
+        if strategy == "ddp":
+            out[strategy] = {n: m["total"] for n in devices}
+        elif strategy == "zero2":
+            out[strategy] = {n: w + (g + o) / n + rest for n in devices}
+        elif strategy == "zero3-offload":
+            out[strategy] = {n: g / n + layers + rest for n in devices}
+        else:  # fsdp, zero3; one process runs FSDP as a plain process, but ZeRO-3 through DeepSpeed
+            out[strategy] = {n: plain["total"] if n == 1 and strategy == "fsdp" else
+                             (w + g + o) / n + (layers if n > 1 else 0) + rest for n in devices}
+    return out
 
-    per_n = {"ddp": lambda n: whole, "zero2": lambda n: w + (g + o) / n + rest, "fsdp": all_sharded,
-             "zero3": all_sharded, "zero3-offload": lambda n: g / n + layers + rest}
-    return {name: {n: f(n) if n > 1 else whole for n in devices} for name, f in per_n.items()}
+
+def cpu_memory(model, config, cfg: TrainConfig) -> dict[str, float]:
+    """GiB of CPU memory on the first machine, rough, for each strategy. ddp / zero2: weights stream from the
+    files to each GPU (little). fsdp / zero3: rank 0 holds the whole model while it is sharded out (FSDP with
+    what trains in fp32). zero3-offload: for the whole run, the weights and, per trained parameter, DeepSpeed's
+    fp32 master copy, fp32 gradient and two AdamW moments (16 bytes)."""
+    trained = sum(c["trainable"] for c in trainable.counts(model).values())
+    zero3 = memory_estimate(model, config, cfg, "zero3")["weights"]
+    return {"ddp": 0.0, "zero2": 0.0, "fsdp": memory_estimate(model, config, cfg, "fsdp")["weights"],
+            "zero3": zero3, "zero3-offload": zero3 + 16 * trained / GIB}
 
 
 def dry_run(cfg: TrainConfig) -> dict:
@@ -117,7 +144,7 @@ def dry_run(cfg: TrainConfig) -> dict:
             "image_tokens": config.image_seq_length, "stage": cfg.stage, "method": cfg.method,
             "parameters": counts, "data_rows": rows, "steps": steps,
             "global_batch": cfg.batch_size * cfg.grad_accum, "memory_gib": memory,
-            "memory_gib_by_strategy": by_strategy(memory, config.text_config.num_hidden_layers)}
+            "memory_gib_by_strategy": by_strategy(model, config, cfg), "cpu_memory_gib": cpu_memory(model, config, cfg)}
     if cfg.eval_data is not None:
         plan["eval_rows"] = count_rows(cfg.eval_data)
     if cfg.vision_cache and rows:  # one image per row: (image tokens, vision hidden) in the training dtype
@@ -135,8 +162,8 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
         table.add_row(f"  {comp}", f"{v['trainable']:,} trainable of {v['total']:,}")
     table.add_row("data", f"{cfg.data}: " + (f"{plan['data_rows']:,} rows" if plan["data_rows"] is not None
                                              else "not found (steps from `steps`)"))
-    steps = plan["steps"] if plan["steps"] is not None else "unknown until the data is there"
-    table.add_row("steps", f"{steps} optimizer steps of {plan['global_batch']} samples")
+    steps = f"{plan['steps']} optimizer steps" if plan["steps"] is not None else "unknown (no data rows yet)"
+    table.add_row("steps", f"{steps} of {plan['global_batch']} samples")
     if cfg.eval_data is not None:
         every = eval_interval(cfg)
         rows = f"{plan['eval_rows']:,} rows" if plan["eval_rows"] is not None else "not found"
@@ -151,4 +178,8 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
     for strategy, per_n in plan["memory_gib_by_strategy"].items():
         table.add_row(f"  --strategy {strategy}", ", ".join(f"{n} GPU{'s' if n > 1 else ''}: {v:.1f} GiB"
                                                            for n, v in per_n.items()))
+    cpu = plan["cpu_memory_gib"]
+    table.add_row("CPU memory (rough)", f"ddp, zero2: little (weights stream to the GPUs); fsdp: {cpu['fsdp']:.1f} "
+                  f"GiB, zero3: {cpu['zero3']:.1f} GiB on rank 0 while starting; zero3-offload: "
+                  f"{cpu['zero3-offload']:.1f} GiB for the whole run")
     console.print(table)
