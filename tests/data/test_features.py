@@ -56,6 +56,32 @@ def test_training_from_the_cache_equals_training_from_images(tiny_model_dir, sha
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
 
 
+def test_held_out_rows_are_scored_from_the_cache_too(tiny_model_dir, shapes_data, tmp_path, monkeypatch):
+    """The held-out images join the cache, so evaluations read features too, with the scores images give."""
+    rows = json.loads((shapes_data / "qa.json").read_text())
+    held_out = [r for r in rows if r["image"] not in {t["image"] for t in rows[:20]}][:6]
+    (tmp_path / "train.json").write_text(json.dumps(rows[:20]))
+    (tmp_path / "val.json").write_text(json.dumps(held_out))
+    common = ["steps=2", "lora.dropout=0", f"data={tmp_path / 'train.json'}", f"eval_data={tmp_path / 'val.json'}",
+              "eval_answers=2", "eval_every=1"]
+
+    def evals(out):
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["eval_loss"] for r in lines if "eval_loss" in r]
+
+    train(train_config(tiny_model_dir, shapes_data, tmp_path / "images", *common))
+    embedded = []
+    embed = features.embed
+    monkeypatch.setattr(features, "embed", lambda model, batch: embedded.append(1) or embed(model, batch))
+    cached = tmp_path / "cached"
+    train(train_config(tiny_model_dir, shapes_data, cached, *common, "vision_cache=true"))
+    assert len(embedded) == 2 + 3 * 2  # 2 training steps; 3 evaluations (steps 0, 1, 2) of 6 rows in batches of 4
+    assert evals(cached) == pytest.approx(evals(tmp_path / "images"), abs=1e-5) and len(evals(cached)) == 3
+    assert (cached / "eval_answers.jsonl").read_text() == (tmp_path / "images" / "eval_answers.jsonl").read_text()
+    n_images = len({r["image"] for r in rows[:20] + held_out})
+    assert len(list((cached / "vision_cache").glob("*.safetensors"))) == n_images
+
+
 def test_a_cache_of_another_tower_is_refused(tiny_model_dir, shapes_data, tmp_path):
     model, processor = loadlib.load_base(tiny_model_dir)
     folder = tmp_path / "cache"

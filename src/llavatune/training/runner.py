@@ -206,7 +206,8 @@ class Run:
         return model, processor
 
     def _vision_cache(self) -> None:
-        """vision_cache=true: every image's features computed once (shared out over the ranks), then read."""
+        """vision_cache=true: every image's features, training and held-out, computed once (shared out over the
+        ranks), then read."""
         from llavatune.data import features
 
         tower = trainable.unwrap(self.model).model.vision_tower
@@ -222,12 +223,14 @@ class Run:
         self.ranks.barrier()
         home = next(tower.parameters()).device  # the CPU under ZeRO-3, which places the weights later
         tower.to(self.device)
-        made = features.prepare(self.model, self.processor, self.dataset, folder, self.device, self.autocast,
-                                self.ranks.rank, self.ranks.world, self.workers)
+        datasets = [d for d in (self.dataset, self.eval_dataset) if d is not None]
+        made = sum(features.prepare(self.model, self.processor, d, folder, self.device, self.autocast,
+                                    self.ranks.rank, self.ranks.world, self.workers) for d in datasets)
         tower.to(home)
         self.ranks.barrier()
         self._say(f"vision features: {folder} ({made} computed on rank 0)")
-        self.dataset.features = folder
+        for d in datasets:
+            d.features = folder
 
     def _fit_checkpointing(self, lengths: list[int], batches: list[list[int]]) -> None:
         """checkpoint_layers=auto on one GPU: probe the largest micro-batch of the first epoch (by the dataset's
