@@ -117,9 +117,10 @@ def by_strategy(model, config, cfg: TrainConfig, devices=(1, 2, 4, 8)) -> dict[s
             out[strategy] = {n: w + (g + o) / n + rest for n in devices}
         elif strategy == "zero3-offload":
             out[strategy] = {n: g / n + layers + rest for n in devices}
-        else:  # fsdp, zero3; one process runs FSDP as a plain process, but ZeRO-3 through DeepSpeed
-            out[strategy] = {n: plain["total"] if n == 1 and strategy == "fsdp" else
-                             (w + g + o) / n + (layers if n > 1 else 0) + rest for n in devices}
+        elif strategy == "fsdp":  # one process trains as a plain one, without FSDP
+            out[strategy] = {n: (w + g + o) / n + layers + rest if n > 1 else plain["total"] for n in devices}
+        else:  # zero3, through DeepSpeed even in one process
+            out[strategy] = {n: (w + g + o) / n + (layers if n > 1 else 0) + rest for n in devices}
     return out
 
 

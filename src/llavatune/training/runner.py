@@ -179,7 +179,8 @@ class Run:
             raise LlavatuneError(f"method=qlora keeps the 4-bit LLM whole on every card; strategy={cfg.strategy} "
                                  "would shard it: use strategy=ddp or zero2 (a 7B LLM in 4-bit is ~4 GB).")
         # FSDP and ZeRO-3 place the weights shard by shard when they wrap the model: until then it stays on the CPU,
-        # and only on rank 0 (the others get their shards from it). vision_cache runs the tower before that.
+        # and only on rank 0, the others get their shards from it. Not under vision_cache: every rank runs the tower
+        # to fill the cache before the model is wrapped.
         place = "cpu" if self.ranks.places_weights else self.device
         empty = self.ranks.receives_weights and not cfg.vision_cache
         model, processor = loadlib.load_base(source, self.dtype, load_4bit=cfg.method == "qlora",
