@@ -36,6 +36,18 @@ def files(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()}
 
 
+def two_and_one(common: list[str], strategy: str, port: int, tmp_path: Path) -> tuple[Path, Path]:
+    """The run on 2 CPU processes, and on 1 with doubled accumulation (the same global batch): their folders."""
+    exe = str(Path(sys.executable).parent / "llavatune")
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={two}", "grad_accum=1", "--procs", "2",
+                             "--strategy", strategy, "--master-port", str(port)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
+    return two, one
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy,method", [("ddp", "lora"), ("ddp", "full"), ("fsdp", "lora"), ("fsdp", "full"),
                                              ("zero2", "lora"), ("zero3", "lora"), ("zero3", "full")])
@@ -47,14 +59,7 @@ def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=4", "save_every=2", "keep_last=0", "report_to=[]", "lr=1e-3", f"method={method}",
               "lora.dropout=0", "lora.targets=all", f"eval_data={held_out}", "eval_answers=1"]
-    exe = str(Path(sys.executable).parent / "llavatune")
-    two = tmp_path / "two"
-    result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={two}", "grad_accum=1", "--procs", "2",
-                             "--strategy", strategy, "--master-port", "29731"], capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    one = tmp_path / "one"
-    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
+    two, one = two_and_one(common, strategy, 29731, tmp_path)
     assert losses(two) == pytest.approx(losses(one), abs=1e-5) and len(losses(two)) == 4
     assert [(s, n) for s, _, n in evals(two)] == [(s, n) for s, _, n in evals(one)] and len(evals(one)) == 3
     assert [loss for _, loss, _ in evals(two)] == pytest.approx([loss for _, loss, _ in evals(one)], abs=1e-5)
@@ -89,12 +94,7 @@ def test_fsdp_bf16_checkpoint_keeps_the_trained_dtypes(tiny_model_dir, shapes_da
     the same way (bf16 tolerance)."""
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=2", "keep_last=0", "report_to=[]", "lr=1e-3", f"method={method}", "precision=bf16"]
-    exe = str(Path(sys.executable).parent / "llavatune")
-    two, one = tmp_path / "two", tmp_path / "one"
-    result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={two}", "--procs", "2", "--strategy", "fsdp",
-                             "--master-port", "29733"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
+    two, one = two_and_one(common, "fsdp", 29733, tmp_path)
     weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     a, b = load_file(two / "final" / weights), load_file(one / "final" / weights)
     assert {k: t.dtype for k, t in a.items()} == {k: t.dtype for k, t in b.items()}
@@ -160,12 +160,7 @@ def test_vision_cache_under_zero3(tiny_model_dir, shapes_data, tmp_path):
     vision_cache every rank reads them; 2 processes train as 1 does with the same cache."""
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=3", "keep_last=0", "report_to=[]", "lr=1e-3", "lora.dropout=0", "vision_cache=true"]
-    exe = str(Path(sys.executable).parent / "llavatune")
-    two, one = tmp_path / "two", tmp_path / "one"
-    result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={two}", "--procs", "2", "--strategy", "zero3",
-                             "--master-port", "29739"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
+    two, one = two_and_one(common, "zero3", 29739, tmp_path)
     assert losses(two) == pytest.approx(losses(one), abs=1e-5)
     assert len(list((two / "vision_cache").glob("*.safetensors"))) == len(list((one / "vision_cache").glob("*.safetensors")))
 
