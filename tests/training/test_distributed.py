@@ -155,6 +155,28 @@ def test_sharded_runs_read_the_weights_on_rank_0_only(tmp_path, shapes_data, str
 
 
 @pytest.mark.slow
+def test_two_machines(tiny_model_dir, shapes_data, tmp_path):
+    """`--nodes 2 --node-rank R --master-addr A` on two "machines" of one CPU process each (here both on this one,
+    sharing its disk): the second machine's process is rank 1, which receives its FSDP shards from rank 0; the
+    run trains as one process with doubled accumulation does."""
+    common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
+              "steps=2", "keep_last=0", "report_to=[]", "lr=1e-3", "lora.dropout=0"]
+    exe = str(Path(sys.executable).parent / "llavatune")
+    two, one = tmp_path / "two", tmp_path / "one"
+    machines = [subprocess.Popen([exe, "train", "tiny-lora", *common, f"out={two}", "--procs", "1", "--nodes", "2",
+                                  "--node-rank", str(r), "--master-addr", "127.0.0.1", "--master-port", "29741",
+                                  "--strategy", "fsdp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for r in (0, 1)]
+    for machine in machines:
+        _, err = machine.communicate(timeout=600)
+        assert machine.returncode == 0, err[-3000:]
+    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
+    assert losses(two) == pytest.approx(losses(one), abs=1e-5) and len(losses(two)) == 2
+    assert "devices: 2" in (two / "run_config.yaml").read_text()
+    assert files(two / "final") == files(one / "final")
+
+
+@pytest.mark.slow
 def test_vision_cache_under_zero3(tiny_model_dir, shapes_data, tmp_path):
     """The ranks share out the feature cache with the tower before ZeRO-3 partitions the weights, so under
     vision_cache every rank reads them; 2 processes train as 1 does with the same cache."""
