@@ -170,7 +170,8 @@ class Ranks:
         elif self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
             state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            state = {name: t.to(self.dtypes.get(name, t.dtype)) for name, t in state.items()}
+            for name, t in state.items():  # cast in place: each fp32 copy is freed as its bf16 one is made
+                state[name] = t.to(self.dtypes.get(name, t.dtype))
         else:
             return None
         aliases = _tied_aliases(getattr(model, "module", model))  # DeepSpeed's engine holds the model as .module
