@@ -98,18 +98,19 @@ def _value_bytes(cfg: TrainConfig) -> int:
     return 2 if cfg.precision in ("bf16", "fp16") else 4
 
 
-def by_strategy(model, config, cfg: TrainConfig, devices=(1, 2, 4, 8)) -> dict[str, dict[int, float]]:
-    """GiB per device for each strategy and device count; activations and logits always stay per device.
-    ddp: a whole copy everywhere. zero2: whole weights, gradients and optimizer state divided by the devices.
-    fsdp / zero3: all three divided, plus two layers' weights whole (the one computing and the one
-    prefetched). zero3-offload: ZeRO-3 with weights and optimizer state in CPU memory (only the gathered layers
-    and the gradient shards stay on the GPU), which is how a model too big for one card trains on it."""
-    plain = memory_estimate(model, config, cfg)
+def by_strategy(parts: dict[str, dict[str, float]], n_layers: int,
+                devices=(1, 2, 4, 8)) -> dict[str, dict[int, float]]:
+    """GiB per device for each strategy and device count, from each strategy's memory_estimate; activations
+    and logits always stay per device. ddp: a whole copy everywhere. zero2: whole weights, gradients and
+    optimizer state divided by the devices. fsdp / zero3: all three divided, plus two layers' weights whole (the
+    one computing and the one prefetched). zero3-offload: ZeRO-3 with weights and optimizer state in CPU memory
+    (only the gathered layers and the gradient shards stay on the GPU), which is how a model too big for one
+    card trains on it."""
+    plain = parts["ddp"]
     rest = plain["activations"] + plain["logits"]
-    layers = 2 * plain["weights"] / config.text_config.num_hidden_layers  # gathered in the compute dtype
+    layers = 2 * plain["weights"] / n_layers  # gathered in the compute dtype
     out = {}
-    for strategy in STRATEGIES:
-        m = memory_estimate(model, config, cfg, strategy)
+    for strategy, m in parts.items():
         w, g, o = m["weights"], m["gradients"], m["optimizer"]
         if strategy == "ddp":
             out[strategy] = {n: m["total"] for n in devices}
@@ -124,15 +125,14 @@ def by_strategy(model, config, cfg: TrainConfig, devices=(1, 2, 4, 8)) -> dict[s
     return out
 
 
-def cpu_memory(model, config, cfg: TrainConfig) -> dict[str, float]:
+def cpu_memory(parts: dict[str, dict[str, float]], trained: int) -> dict[str, float]:
     """GiB of CPU memory on the first machine, rough, for each strategy. ddp / zero2: weights stream from the
     files to each GPU (little). fsdp / zero3: rank 0 holds the whole model while it is sharded out (FSDP with
     what trains in fp32). zero3-offload: for the whole run, the weights and, per trained parameter, DeepSpeed's
     fp32 master copy, fp32 gradient and two AdamW moments (16 bytes)."""
-    trained = sum(c["trainable"] for c in trainable.counts(model).values())
-    zero3 = memory_estimate(model, config, cfg, "zero3")["weights"]
-    return {"ddp": 0.0, "zero2": 0.0, "fsdp": memory_estimate(model, config, cfg, "fsdp")["weights"],
-            "zero3": zero3, "zero3-offload": zero3 + 16 * trained / GIB}
+    zero3 = parts["zero3"]["weights"]
+    return {"ddp": 0.0, "zero2": 0.0, "fsdp": parts["fsdp"]["weights"], "zero3": zero3,
+            "zero3-offload": zero3 + 16 * trained / GIB}
 
 
 def dry_run(cfg: TrainConfig) -> dict:
@@ -140,12 +140,14 @@ def dry_run(cfg: TrainConfig) -> dict:
     rows = count_rows(cfg.data)
     steps = total_steps(cfg, math.ceil(rows / cfg.batch_size)) if rows else cfg.steps
     counts = trainable.counts(model)
-    memory = memory_estimate(model, config, cfg)
+    parts = {strategy: memory_estimate(model, config, cfg, strategy) for strategy in STRATEGIES}
+    memory = parts["ddp"]
     plan = {"model": str(cfg.model), "llm": config.text_config.model_type, "vision": config.vision_config.model_type,
             "image_tokens": config.image_seq_length, "stage": cfg.stage, "method": cfg.method,
             "parameters": counts, "data_rows": rows, "steps": steps,
             "global_batch": cfg.batch_size * cfg.grad_accum, "memory_gib": memory,
-            "memory_gib_by_strategy": by_strategy(model, config, cfg), "cpu_memory_gib": cpu_memory(model, config, cfg)}
+            "memory_gib_by_strategy": by_strategy(parts, config.text_config.num_hidden_layers),
+            "cpu_memory_gib": cpu_memory(parts, sum(c["trainable"] for c in counts.values()))}
     if cfg.eval_data is not None:
         plan["eval_rows"] = count_rows(cfg.eval_data)
     if cfg.vision_cache and rows:  # one image per row: (image tokens, vision hidden) in the training dtype
