@@ -155,10 +155,15 @@ def line(row: dict, rows: list[dict]) -> str:
     return text + f", {row['eval_samples']} samples, {row['eval_s']:.1f} s"
 
 
+def _lowest(rows: list[dict]) -> dict | None:
+    """The row of the lowest held-out loss so far, None without any."""
+    return min((r for r in rows if "eval_loss" in r), key=lambda r: r["eval_loss"], default=None)
+
+
 def lowest_step(rows: list[dict]) -> int | None:
     """The step of the lowest held-out loss so far (its checkpoint is kept from pruning), None without any."""
-    evals = [r for r in rows if "eval_loss" in r]
-    return min(evals, key=lambda r: r["eval_loss"])["step"] if evals else None
+    best = _lowest(rows)
+    return best["step"] if best is not None else None
 
 
 def summary(rows: list[dict], run_dir: Path, final_step: int) -> str:
@@ -166,7 +171,7 @@ def summary(rows: list[dict], run_dir: Path, final_step: int) -> str:
     evals = [r for r in rows if "eval_loss" in r]
     if not evals:
         return "eval: no evaluation ran"
-    first, last, best = evals[0], evals[-1], min(evals, key=lambda r: r["eval_loss"])
+    first, last, best = evals[0], evals[-1], _lowest(evals)
     text = (f"eval loss {first['eval_loss']:.4f} (step {first['step']}) -> {last['eval_loss']:.4f} "
             f"(step {last['step']}); lowest {best['eval_loss']:.4f} at step {best['step']}")
     folder = run_dir / ("final" if best["step"] == final_step else f"checkpoint-{best['step']}")
