@@ -30,3 +30,16 @@ def test_llava665k_length_mix():
     assert 0.92 < share < 0.955  # 93.9% of the LLaVA-1.5 mix has an image
     assert all(len(s["input_ids"]) <= 2048 for s in samples)
     assert max(len(s["input_ids"]) for s in samples) > 576 + 300  # a long tail, not fixed lengths
+
+
+def test_image_prep_benchmark_runs():
+    """benchmarks/image_prep.py (quoted in docs/training.md) runs, and its pixel-equality check holds."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "image_prep.py"
+    done = subprocess.run([sys.executable, str(script), "--repeat", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if "processor" in line]
+    assert len(rows) == 6 and all("x)" in row for row in rows)

@@ -46,3 +46,41 @@ def test_processor_pads_with_the_mean_colour_like_llava(tiny_model_dir):
     padded = ip(wide, return_tensors="np")["pixel_values"]
     manual = ip(square, do_pad=False, return_tensors="np")["pixel_values"]
     assert np.allclose(padded, manual, atol=1e-5)
+
+
+@pytest.mark.parametrize("aspect", ["pad", "crop", "resize"])
+def test_presize_gives_the_processors_own_pixel_values(aspect):
+    """pixels() pads and resizes in PIL before the processor: the tensor must be the processor's, bit for bit,
+    for wide, tall, square, odd-sized, smaller-than-target images and a JPEG photo."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from llavatune.data.images import pixels, presize
+    from llavatune.model.compose import _image_processor
+
+    ip = _image_processor(30, aspect, [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
+    rng = np.random.default_rng(0)
+    shapes = [(97, 41), (41, 97), (64, 64), (17, 9), (30, 31), (301, 123)]  # (width, height)
+    photos = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in shapes]
+    buffer = io.BytesIO()
+    photos[-1].save(buffer, format="JPEG")
+    photos.append(Image.open(buffer).convert("RGB"))
+    for photo in photos:
+        assert min(presize(photo, ip).size) == 30  # the fast path was taken
+        expected = ip(photo, return_tensors="pt")["pixel_values"]
+        assert torch.equal(pixels([photo], ip), expected), (aspect, photo.size)
+
+
+def test_presize_leaves_unknown_processors_alone():
+    from transformers import CLIPImageProcessor
+
+    from llavatune.data.images import presize
+
+    class Other(CLIPImageProcessor):  # a subclass may do anything: not ours to guess
+        pass
+
+    photo = Image.new("RGB", (50, 20))
+    assert presize(photo, Other()) is photo
+    assert presize(photo.convert("L"), Other()).mode == "L"

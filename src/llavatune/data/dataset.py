@@ -104,7 +104,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 cached = torch.stack([features.load(self.features, ref, record.source) for ref in record.images])
             elif record.images:
                 pil = [imagelib.load(ref, self.image_dir, record.source) for ref in record.images]
-                pixel_values = self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
+                pixel_values = imagelib.pixels(pil, self.processor.image_processor)
         except DataError as err:
             return self._bad(record, str(err))
         self.served += 1

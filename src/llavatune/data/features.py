@@ -104,7 +104,7 @@ class _Images(torch.utils.data.Dataset):
                 pass
         if not loaded:
             return [], None
-        return list(loaded), self.processor.image_processor(list(loaded.values()), return_tensors="pt")["pixel_values"]
+        return list(loaded), imagelib.pixels(list(loaded.values()), self.processor.image_processor)
 
 
 @torch.no_grad()

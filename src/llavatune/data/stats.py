@@ -64,7 +64,7 @@ def stats(cfg: StatsConfig) -> dict:
         result.update(_image_sizes(refs, cfg.images, cfg.image_sample))
     _print_stats(cfg.data, result)
     if result.get("images_over_4mp"):
-        console.print("large images: a 12 MP photo takes ~0.4 s of a core to decode and resize each time its sample "
+        console.print("large images: a 12 MP photo takes ~0.25 s of a core to decode and resize each time its sample "
                       "is drawn (docs/scenario-defects.md); train with vision_cache=true (frozen tower) or "
                       "data_workers, or shrink the files once.")
     plot = cfg.plot or Path(str(cfg.data) + ".lengths.png")

@@ -7,6 +7,7 @@ import dataclasses
 
 import torch
 
+from llavatune.data.images import presize
 from llavatune.data.templates import Template, render
 
 
@@ -31,7 +32,7 @@ def encode(processor, template: Template, conversations: list[list[tuple[str, st
     needed, so `eval` makes the next batches in worker processes."""
     tokenizer = processor.tokenizer
     prompts = [prompt_text(template, turns, tokenizer) for turns in conversations]
-    flat_images = [im for ims in images for im in ims]
+    flat_images = [presize(im, processor.image_processor) for ims in images for im in ims]
     tokenizer.padding_side = "left"
     add_special = template.style != "hf"  # the tokenizer's own template writes its own bos
     return dict(processor(images=flat_images or None, text=prompts, return_tensors="pt", padding=True,
