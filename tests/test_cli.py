@@ -89,3 +89,15 @@ def test_debug_shows_the_traceback(tmp_path):
     debug = subprocess.run([exe, "--debug", *args], capture_output=True, text=True)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_debug_reaches_the_launched_processes(tmp_path):
+    """`--procs 2` re-runs `llavatune train` under torchrun: the processes' one-line errors are not buried under
+    torchrun's traceback, and --debug goes with them, or "rerun with --debug" could not be followed."""
+    exe = str(Path(sys.executable).parent / "llavatune")
+    args = ["train", "tiny-lora", f"model={tmp_path / 'none'}", f"out={tmp_path / 'r'}", "--procs", "2"]
+    plain = subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
+    debug = subprocess.run([exe, "--debug", *args], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert "no such model" in plain.stderr and "error: process 0 of the run stopped (exit code 2)" in plain.stderr
+    assert debug.returncode != 0 and "in main" in debug.stderr and "llavatune/train" in debug.stderr

@@ -82,6 +82,7 @@ def info(
              "  llavatune train qwen15-4b-clip336-lora --dry-run\n\n"
              "Every key a recipe takes, with its default: llavatune configs keys")
 def train(
+    ctx: typer.Context,
     recipe: str = typer.Argument(..., help="a recipe YAML file, or the name of a shipped recipe (llavatune configs list)"),
     overrides: Optional[list[str]] = OVERRIDES,
     dry_run: bool = typer.Option(False, "--dry-run", help="print model, data, trainable counts, steps and memory; "
@@ -103,15 +104,16 @@ def train(
 
     from llavatune import configs
     from llavatune import train as verb
-    from llavatune.training import distributed
+    from llavatune.training import launch
 
     overrides = [*(overrides or []), *([f"strategy={strategy}"] if strategy else [])]
     n_gpus = len([g for g in (gpus or "").split(",") if g.strip()])
     if (n_gpus > 1 or (procs or 1) > 1 or nodes > 1) and "WORLD_SIZE" not in os.environ:
         env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})}
-        argv = ["train", recipe, *overrides, *(["--dry-run"] if dry_run else []),
+        debug = ["--debug"] if ctx.find_root().params.get("debug") else []
+        argv = [*debug, "train", recipe, *overrides, *(["--dry-run"] if dry_run else []),
                 *([f"resume={resume}"] if resume else []), *(["device=cpu"] if procs else [])]
-        command = distributed.launch_command(argv, n_gpus or procs or 1, nodes, node_rank, master_addr, master_port)
+        command = launch.command(argv, n_gpus or procs or 1, nodes, node_rank, master_addr, master_port)
         raise typer.Exit(subprocess.run(command, env=env).returncode)
     if gpus and n_gpus == 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus

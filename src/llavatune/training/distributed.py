@@ -363,12 +363,3 @@ def _one_process_env() -> dict:
     os.environ.update(single)
     return kept
 
-
-def launch_command(argv: list[str], procs: int, nodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
-                   master_port: int = 29500) -> list[str]:
-    """`torchrun` running `llavatune train ...` once per process (one per GPU, or CPU processes with gloo)."""
-    import sys
-
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", f"--nnodes={nodes}",
-            f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
-            "-m", "llavatune.cli", *argv]

@@ -1,0 +1,39 @@
+"""`llavatune train --gpus/--procs/--nodes`: torchrun running `llavatune train ...` once per process.
+
+`python -m llavatune.training.launch` is torchrun (torch.distributed.run) with one change: when a process
+fails, it has already printed its own one-line error (its traceback with --debug), and torchrun's
+ChildFailedError traceback on top of that is 30 lines that hide it. That one becomes a line too, and the exit
+code is the failed process's.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def command(argv: list[str], procs: int, nodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
+            master_port: int = 29500) -> list[str]:
+    """The launch of `llavatune ARGV` in `procs` processes per machine (one per GPU, or CPU processes)."""
+    return [sys.executable, "-m", "llavatune.training.launch", f"--nproc_per_node={procs}", f"--nnodes={nodes}",
+            f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
+            "-m", "llavatune.cli", *argv]
+
+
+def main(argv: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as err:
+        if "--debug" in argv:
+            raise
+        rank, failure = err.get_first_failure()
+        print(f"error: process {rank} of the run stopped (exit code {failure.exitcode}); its message is above.",
+              file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
