@@ -346,6 +346,10 @@ def setup(device: str, strategy: str = "ddp") -> tuple[Ranks, torch.device | Non
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+    if (strategy == "fsdp" and accelerator.device.type == "cpu" and accelerator.num_processes > 1
+            and torch.torch_version.TorchVersion(torch.__version__) < "2.7"):
+        raise LlavatuneError(f"strategy=fsdp on CPU processes needs torch >= 2.7 (this is {torch.__version__}; "
+                             "its FSDP2 wants CUDA streams): upgrade torch, or use ddp, zero2 or zero3.")
     return (Ranks(accelerator.process_index, accelerator.num_processes, accelerator, strategy, kept_env=kept),
             accelerator.device)
 
