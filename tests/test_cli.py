@@ -101,3 +101,13 @@ def test_debug_reaches_the_launched_processes(tmp_path):
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert "no such model" in plain.stderr and "error: process 0 of the run stopped (exit code 2)" in plain.stderr
     assert debug.returncode != 0 and "in main" in debug.stderr and "llavatune/train" in debug.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpus_without_a_gpu_is_an_error_not_a_cpu_run(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test: --gpus 0 sets it in this process
+    with pytest.raises(SystemExit) as exit_info:
+        run(["train", "tiny-lora", f"model={tiny_model_dir}", f"out={tmp_path / 'r'}", "--gpus", "0"])
+    assert exit_info.value.code == 2
+    assert "device=cuda, but torch sees no GPU (CUDA_VISIBLE_DEVICES='0'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -106,8 +106,10 @@ def train(
     from llavatune import train as verb
     from llavatune.training import launch
 
-    overrides = [*(overrides or []), *([f"strategy={strategy}"] if strategy else [])]
     n_gpus = len([g for g in (gpus or "").split(",") if g.strip()])
+    asked = [*([f"strategy={strategy}"] if strategy else []),  # --gpus on a machine without them: an error
+             *(["device=cuda"] if n_gpus and not any(o.startswith("device=") for o in overrides or []) else [])]
+    overrides = [*(overrides or []), *asked]
     if (n_gpus > 1 or (procs or 1) > 1 or nodes > 1) and "WORLD_SIZE" not in os.environ:
         env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})}
         debug = ["--debug"] if ctx.find_root().params.get("debug") else []

@@ -21,10 +21,19 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def pick_device(name: str) -> torch.device:
-    """'auto' -> the GPU when there is one, else the CPU; anything else as torch spells it ('cuda:1')."""
+    """'auto' -> the GPU when there is one, else the CPU; anything else as torch spells it ('cuda:1'). A GPU
+    asked for and not there is an error, not a quiet run on the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        import os
+
+        raise LlavatuneError(
+            f"device={name}, but torch sees no GPU (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+            f"torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). Check the GPU ids with "
+            "nvidia-smi; on a machine without GPUs use device=cpu, or --procs N for several CPU processes.")
+    return device
 
 
 def resolve(path: Path | str) -> Path:

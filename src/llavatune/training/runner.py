@@ -31,8 +31,9 @@ PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float1
 class Run:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.out = cfg, Path(cfg.out)
+        wanted = loadlib.pick_device(cfg.device)  # a GPU asked for must be there (--gpus sets device=cuda)
         self.ranks, device = distributed.setup(cfg.device, cfg.strategy)
-        self.device = device or loadlib.pick_device(cfg.device)
+        self.device = device or wanted
         self.dtype = PRECISION[cfg.precision]
         self.autocast = None if cfg.precision == "fp32" else self.dtype  # fp32 runs without autocast
 
