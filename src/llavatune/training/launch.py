@@ -29,10 +29,23 @@ def main(argv: list[str]) -> int:
         if "--debug" in argv:
             raise
         rank, failure = err.get_first_failure()
-        print(f"error: process {rank} of the run stopped (exit code {failure.exitcode}); its message is above.",
-              file=sys.stderr)
+        print(f"error: {_why(rank, failure.exitcode)}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
+
+
+def _why(rank: int, code: int) -> str:
+    """A process that exits has printed why; one killed by a signal (negative code) could not."""
+    if code >= 0:
+        return f"process {rank} of the run stopped (exit code {code}); its message is above."
+    import signal
+
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = str(-code)
+    oom = ": most often the machine ran out of memory (see dmesg)" if -code == signal.SIGKILL else ""
+    return f"process {rank} of the run was killed by signal {name}{oom}."
 
 
 if __name__ == "__main__":

@@ -1,0 +1,20 @@
+"""The launcher's last line when a process fails (the end-to-end case is in tests/test_cli.py)."""
+
+from __future__ import annotations
+
+import signal
+
+from llavatune.training.launch import _why, command
+
+
+def test_a_killed_process_is_named_with_its_signal():
+    assert _why(0, 2) == "process 0 of the run stopped (exit code 2); its message is above."
+    assert _why(1, -signal.SIGKILL).startswith("process 1 of the run was killed by signal SIGKILL: most often")
+    assert _why(1, -signal.SIGSEGV) == "process 1 of the run was killed by signal SIGSEGV."
+
+
+def test_command_runs_llavatune_once_per_process():
+    argv = command(["train", "tiny-lora"], procs=2, nodes=2, node_rank=1, master_addr="10.0.0.1")
+    assert argv[1:3] == ["-m", "llavatune.training.launch"]
+    assert {"--nproc_per_node=2", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1"} <= set(argv)
+    assert argv[-4:] == ["-m", "llavatune.cli", "train", "tiny-lora"]
