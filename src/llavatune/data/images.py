@@ -69,10 +69,10 @@ def presize(image: Image.Image, image_processor) -> Image.Image:
     resize: 0.32 s of a core for a 12 MP photo. Here it is one paste and one resize, and the processor's own
     resize then meets the size it asks for, which PIL answers with a copy. The pixel values are identical
     (tests/data/test_images.py). Processors of other kinds, and geometry this does not know, pass unchanged."""
-    ip = image_processor
-    if type(ip).__name__ not in _PRESIZABLE or image.mode != "RGB" or not ip.do_resize:
+    ip, kind = image_processor, type(image_processor).__name__
+    if kind not in _PRESIZABLE or image.mode != "RGB" or not ip.do_resize:
         return image
-    if type(ip).__name__ == "LlavaImageProcessorPil" and ip.do_pad:  # LLaVA-1.5 expand2square
+    if kind == "LlavaImageProcessorPil" and ip.do_pad:  # LLaVA-1.5 expand2square
         image = _pad_to_square(image, tuple(int(x * 255) for x in ip.image_mean) if ip.image_mean else (0, 0, 0))
     size = _resized(image.height, image.width, ip.size)
     if size is None:

@@ -69,9 +69,10 @@ def memory_estimate(model, config, cfg: TrainConfig, strategy: str = "ddp") -> d
     master = 4 if cfg.method != "full" or strategy == "fsdp" else b  # small trained parts keep fp32 weights
     weights += trained * master
     grads = trained * master
-    optim_bytes = 2 if cfg.optimizer == "adamw_8bit" else 2 * master
-    if strategy.startswith("zero"):  # moments of the fp32 master copy, and the copy
-        optim_bytes = (2 if cfg.optimizer == "adamw_8bit" else 8) + 4
+    if strategy.startswith("zero"):  # DeepSpeed: an fp32 master copy, and the moments of that copy
+        optim_bytes = 4 + (2 if cfg.optimizer == "adamw_8bit" else 8)
+    else:
+        optim_bytes = 2 if cfg.optimizer == "adamw_8bit" else 2 * master
     text = config.text_config
     tokens = cfg.batch_size * cfg.max_length
     layers = text.num_hidden_layers
