@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -133,16 +135,19 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """`llavatune demo` in full, once per session: (its folder, seconds, returned metrics). test_demo checks its
-    numbers; the docs that run the demo get a copy of its folder instead of a rerun."""
+    """The README's main command, `make demo`, for real and once per session: (its folder, seconds, the
+    before/after line it prints last). test_demo checks its numbers; the docs that run the demo (`make demo`,
+    `llavatune demo --out ...`) get a copy of its folder instead of a rerun."""
+    import json
+    import subprocess
     import time
-
-    from llavatune.demo import DemoConfig, main
 
     out = tmp_path_factory.mktemp("demo") / "demo"
     started = time.perf_counter()
-    result = main(DemoConfig(out=out))
-    return out, time.perf_counter() - started, result
+    result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "demo", f"OUT={out}"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, time.perf_counter() - started, json.loads(result.stdout.splitlines()[-1])
 
 
 @pytest.fixture

@@ -102,24 +102,38 @@ def test_fsdp_bf16_checkpoint_keeps_the_trained_dtypes(tiny_model_dir, shapes_da
     assert losses(two) == pytest.approx(losses(one), rel=0.05)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["fsdp", "zero3"])
-def test_sharded_runs_read_the_weights_on_rank_0_only(tmp_path, shapes_data, strategy):
-    """Rank 1 builds the model on the meta device and gets its shards from rank 0: once the model is placed, its
-    peak memory lacks the whole CPU copy that rank 0 read (a 300 MB LLM here: a Qwen2 with tied embeddings and
-    a wide MLP). Full fine-tuning from the broadcast weights trains as one process does; embeddings stay tied."""
+WIDE_RUN = ["batch_size=2", "steps=2", "keep_last=0", "report_to=[]", "lr=1e-4", "method=full"]
+
+
+@pytest.fixture(scope="module")
+def wide_model_and_one_run(tmp_path_factory, shapes_data):
+    """A tiny Qwen2 LLaVA with a 300 MB MLP (tied embeddings), and its full fine-tuning on 1 process with
+    doubled accumulation: the reference both sharded strategies are held to."""
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
     from llavatune.build import BuildConfig
     from llavatune.build import main as build
 
-    small = build(BuildConfig(out=tmp_path / "small", preset="tiny-qwen"))
+    tmp = tmp_path_factory.mktemp("wide")
+    small = build(BuildConfig(out=tmp / "small", preset="tiny-qwen"))
     config = AutoConfig.from_pretrained(small)
     config.text_config.intermediate_size = 3 * 2**16  # 2 layers x 150 MB of MLP
     torch.manual_seed(0)
-    model_dir = tmp_path / "wide"
+    model_dir = tmp / "wide"
     LlavaForConditionalGeneration(config).save_pretrained(model_dir)
     AutoProcessor.from_pretrained(small).save_pretrained(model_dir)
+    common = [f"model={model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", *WIDE_RUN]
+    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={tmp / 'one'}", "grad_accum=2"]))
+    return model_dir, tmp / "one"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fsdp", "zero3"])
+def test_sharded_runs_read_the_weights_on_rank_0_only(tmp_path, shapes_data, wide_model_and_one_run, strategy):
+    """Rank 1 builds the model on the meta device and gets its shards from rank 0: once the model is placed, its
+    peak memory lacks the whole CPU copy that rank 0 read. Full fine-tuning from the broadcast weights trains as
+    one process does; embeddings stay tied."""
+    model_dir, one = wide_model_and_one_run
     size_gib = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**30
     probe = tmp_path / "probe.py"  # each rank's peak RSS once the model is placed, before training state is made
     probe.write_text(textwrap.dedent("""
@@ -138,14 +152,12 @@ def test_sharded_runs_read_the_weights_on_rank_0_only(tmp_path, shapes_data, str
         from llavatune.cli import run
         run(sys.argv[2:])
     """))
-    common = [f"model={model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
-              "steps=2", "keep_last=0", "report_to=[]", "lr=1e-4", "method=full"]
-    two, one = tmp_path / "two", tmp_path / "one"
+    common = [f"model={model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", *WIDE_RUN]
+    two = tmp_path / "two"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29737",
                              str(probe), str(tmp_path), "train", "tiny-lora", *common, f"out={two}", f"strategy={strategy}"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
     assert losses(two) == pytest.approx(losses(one), abs=1e-5)
     a, b = load_file(two / "final" / "model.safetensors"), load_file(one / "final" / "model.safetensors")
     assert a.keys() == b.keys() and "lm_head.weight" not in a  # tied: saved once, as the embeddings
