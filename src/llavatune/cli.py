@@ -111,12 +111,12 @@ def train(
              *(["device=cuda"] if n_gpus and not any(o.startswith("device=") for o in overrides or []) else [])]
     overrides = [*(overrides or []), *asked]
     if (n_gpus > 1 or (procs or 1) > 1 or nodes > 1) and "WORLD_SIZE" not in os.environ:
-        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})}
         debug = ["--debug"] if ctx.find_root().params.get("debug") else []
         argv = [*debug, "train", recipe, *overrides, *(["--dry-run"] if dry_run else []),
                 *([f"resume={resume}"] if resume else []), *(["device=cpu"] if procs else [])]
-        command = launch.command(argv, n_gpus or procs or 1, nodes, node_rank, master_addr, master_port)
-        raise typer.Exit(subprocess.run(command, env=env).returncode)
+        per_machine = n_gpus or procs or 1
+        command = launch.command(argv, per_machine, nodes, node_rank, master_addr, master_port)
+        raise typer.Exit(subprocess.run(command, env=launch.environment(per_machine, gpus)).returncode)
     if gpus and n_gpus == 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     verb.main(cfglib.load(verb.TrainConfig, configs.resolve(recipe), overrides,

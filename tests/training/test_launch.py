@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
-from llavatune.training.launch import _why, command
+from llavatune.training.launch import _why, command, environment
 
 
 def test_a_killed_process_is_named_with_its_signal():
@@ -18,3 +19,14 @@ def test_command_runs_llavatune_once_per_process():
     assert argv[1:3] == ["-m", "llavatune.training.launch"]
     assert {"--nproc_per_node=2", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1"} <= set(argv)
     assert argv[-4:] == ["-m", "llavatune.cli", "train", "tiny-lora"]
+
+
+def test_each_process_gets_its_share_of_the_cores(monkeypatch):
+    """Instead of torchrun's OMP_NUM_THREADS=1 (and its banner); what the user set stays."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))  # a machine with 16 cores
+    env = environment(4, gpus="1,3,5,7")
+    assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "1,3,5,7"
+    assert environment(32)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert environment(2)["OMP_NUM_THREADS"] == "6"

@@ -8,6 +8,7 @@ code is the failed process's.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -17,6 +18,16 @@ def command(argv: list[str], procs: int, nodes: int = 1, node_rank: int = 0, mas
     return [sys.executable, "-m", "llavatune.training.launch", f"--nproc_per_node={procs}", f"--nnodes={nodes}",
             f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
             "-m", "llavatune.cli", *argv]
+
+
+def environment(procs: int, gpus: str | None = None) -> dict[str, str]:
+    """This process's environment for the launch, with the chosen GPUs and each process's CPU threads: torchrun
+    would set OMP_NUM_THREADS=1 under a banner, which starves CPU processes and ZeRO-offload's CPU optimizer on
+    a machine with cores to spare. The cores are shared out instead; a value the user set is kept."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus else {})}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // procs)))
+    return env
 
 
 def main(argv: list[str]) -> int:
