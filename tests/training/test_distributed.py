@@ -44,6 +44,7 @@ def two_and_one(common: list[str], strategy: str, port: int, tmp_path: Path) -> 
                              "--strategy", strategy, "--master-port", str(port)], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("Loading weights:   0%") <= 1  # rank 0's bar only
     train(load(TrainConfig, configs.path_of("tiny-lora"), [*common, f"out={one}", "grad_accum=2"]))
     return two, one
 

@@ -350,6 +350,11 @@ def setup(device: str, strategy: str = "ddp") -> tuple[Ranks, torch.device | Non
             and torch.torch_version.TorchVersion(torch.__version__) < "2.7"):
         raise LlavatuneError(f"strategy=fsdp on CPU processes needs torch >= 2.7 (this is {torch.__version__}; "
                              "its FSDP2 wants CUDA streams): upgrade torch, or use ddp, zero2 or zero3.")
+    if accelerator.process_index > 0:  # one progress bar and one copy of each library warning: rank 0's
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
     return (Ranks(accelerator.process_index, accelerator.num_processes, accelerator, strategy, kept_env=kept),
             accelerator.device)
 
