@@ -26,9 +26,10 @@ def losses(run):
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_pretrain_changes_only_the_projector(tiny_model_dir, shapes_data, tmp_path):
+def test_pretrain_changes_only_the_projector(tiny_model_dir, shapes_data, tmp_path, capsys):
     out = train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "stage=pretrain", "steps=3",
                              f"data={shapes_data / 'captions.json'}"))
+    assert "stage pretrain (the projector only), template plain" in capsys.readouterr().err  # no "method lora"
     before, after = weights(tiny_model_dir), weights(out)
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
