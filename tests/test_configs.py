@@ -27,7 +27,9 @@ def test_every_recipe_dry_runs(name, tmp_path, monkeypatch):
     plan = main(load(TrainConfig, configs.path_of(name), ["dry_run=true"]))
     assert plan["steps"] or plan["data_rows"] is None  # epoch recipes count steps once their data is there
     assert plan["memory_gib"]["total"] > 0
-    assert sum(v["trainable"] for v in plan["parameters"].values()) > 0
+    trained = {comp for comp, v in plan["parameters"].items() if v["trainable"]}
+    assert trained == {"projector"} if plan["stage"] == "pretrain" else trained > {"projector"}
+    assert ("the projector only" in plan["trains"]) == (plan["stage"] == "pretrain")
 
 
 def test_scenario2_recipe_is_exactly_the_spec():

@@ -115,6 +115,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def describe(stage: str, method: str) -> str:
+    """What a run trains, in words: stage 1 trains the projector only, so its method (LoRA by default) does not
+    apply; qlora there still loads the LLM in 4-bit."""
+    if stage == "finetune":
+        return f"stage finetune, method {method}"
+    return f"stage pretrain (the projector only{', LLM in 4-bit' if method == 'qlora' else ''})"
+
+
 def trainable_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
 

@@ -145,6 +145,7 @@ def dry_run(cfg: TrainConfig) -> dict:
     memory = parts["ddp"]
     plan = {"model": str(cfg.model), "llm": config.text_config.model_type, "vision": config.vision_config.model_type,
             "image_tokens": config.image_seq_length, "stage": cfg.stage, "method": cfg.method,
+            "trains": trainable.describe(cfg.stage, cfg.method),
             "parameters": counts, "data_rows": rows, "steps": steps,
             "global_batch": cfg.batch_size * cfg.grad_accum, "memory_gib": memory,
             "memory_gib_by_strategy": by_strategy(parts, config.text_config.num_hidden_layers),
@@ -161,7 +162,7 @@ def dry_run(cfg: TrainConfig) -> dict:
 def _print(plan: dict, cfg: TrainConfig) -> None:
     table = Table(title=f"dry run: {cfg.out}", show_header=False)
     table.add_row("model", f"{plan['model']} ({plan['llm']} + {plan['vision']}, {plan['image_tokens']} image tokens)")
-    table.add_row("stage / method", f"{plan['stage']} / {plan['method']}")
+    table.add_row("trains", plan["trains"])
     for comp, v in sorted(plan["parameters"].items()):
         table.add_row(f"  {comp}", f"{v['trainable']:,} trainable of {v['total']:,}")
     table.add_row("data", f"{cfg.data}: " + (f"{plan['data_rows']:,} rows" if plan["data_rows"] is not None

@@ -275,9 +275,7 @@ class Run:
         global_batch = cfg.batch_size * cfg.grad_accum * self.ranks.world
         save_run_config(self.out, "train", cfg, **self.run_doc(), plan={
             "steps": steps, "global_batch": global_batch, "devices": self.ranks.world})
-        what = (f"stage finetune, method {cfg.method}" if cfg.stage == "finetune" else  # pretrain: LoRA does not apply
-                f"stage pretrain (the projector only{', LLM in 4-bit' if cfg.method == 'qlora' else ''})")
-        console.print(f"{what}, template {self.template.name}, {len(self.dataset):,} "
+        console.print(f"{trainable.describe(cfg.stage, cfg.method)}, template {self.template.name}, {len(self.dataset):,} "
                       f"samples, {steps} steps; global batch {global_batch} = {cfg.batch_size} per device x "
                       f"{self.ranks.world} device(s) x {cfg.grad_accum} accumulation; device {self.device}\n{report}")
 
