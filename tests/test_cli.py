@@ -114,3 +114,11 @@ def test_gpus_without_a_gpu_is_an_error_not_a_cpu_run(tiny_model_dir, tmp_path, 
     assert exit_info.value.code == 2
     assert "device=cuda, but torch sees no GPU (CUDA_VISIBLE_DEVICES='0'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_gpus_and_procs_together_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["train", "tiny-lora", f"out={tmp_path / 'r'}", "--gpus", "0,1", "--procs", "2"])
+    assert exit_info.value.code == 2
+    assert "not both" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

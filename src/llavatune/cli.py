@@ -107,13 +107,16 @@ def train(
     from llavatune.training import launch
 
     n_gpus = len([g for g in (gpus or "").split(",") if g.strip()])
-    asked = [*([f"strategy={strategy}"] if strategy else []),  # --gpus on a machine without them: an error
-             *(["device=cuda"] if n_gpus and not any(o.startswith("device=") for o in overrides or []) else [])]
+    if n_gpus and procs:
+        raise typer.BadParameter("give --gpus (one process per GPU) or --procs (CPU processes), not both")
+    device = "cuda" if n_gpus else "cpu" if procs else None  # --gpus on a machine without them: an error
+    asked = [*([f"strategy={strategy}"] if strategy else []),
+             *([f"device={device}"] if device and not any(o.startswith("device=") for o in overrides or []) else [])]
     overrides = [*(overrides or []), *asked]
     if (n_gpus > 1 or (procs or 1) > 1 or nodes > 1) and "WORLD_SIZE" not in os.environ:
         debug = ["--debug"] if ctx.find_root().params.get("debug") else []
         argv = [*debug, "train", recipe, *overrides, *(["--dry-run"] if dry_run else []),
-                *([f"resume={resume}"] if resume else []), *(["device=cpu"] if procs else [])]
+                *([f"resume={resume}"] if resume else [])]
         per_machine = n_gpus or procs or 1
         command = launch.command(argv, per_machine, nodes, node_rank, master_addr, master_port)
         raise typer.Exit(subprocess.run(command, env=launch.environment(per_machine, gpus)).returncode)
