@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -148,6 +149,11 @@ class Ranks:
         except ImportError:
             raise LlavatuneError(f"strategy={self.strategy} needs DeepSpeed: pip install 'llavatune[gpu]' "
                                  "(or deepspeed), or use strategy=fsdp, which shards the same way.") from None
+        if self.accelerator.device.type == "cpu":
+            _skip_cpu_inference_op()
+        # DeepSpeed calls the collectives torch 2.13 renamed: a FutureWarning per rank on every step otherwise
+        warnings.filterwarnings("ignore", r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` "
+                                "is deprecated", FutureWarning)
         name_of = {p: n for n, p in model.named_parameters()}
         self.param_names = [[name_of[p] for p in group["params"]] for group in optimizer.param_groups]
         config = deepspeed_config(self.strategy, batch_size, grad_accum, max_grad_norm, settings)
@@ -357,6 +363,18 @@ def setup(device: str, strategy: str = "ddp") -> tuple[Ranks, torch.device | Non
         transformers.utils.logging.set_verbosity_error()
     return (Ranks(accelerator.process_index, accelerator.num_processes, accelerator, strategy, kept_env=kept),
             accelerator.device)
+
+
+def _skip_cpu_inference_op() -> None:
+    """On CPU processes DeepSpeed compiles a shared-memory all-reduce when its process group starts: ~40 s of
+    C++ on 2 cores, again for every venv, silent, before the first step. Only its inference engine calls it;
+    training reduces through the process group (gloo here) either way. DeepSpeed keeps which ops can be built
+    in one module-level dict, read at that moment: marking the op unbuildable there skips the compile."""
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
 
 
 def _one_process_env() -> dict:
