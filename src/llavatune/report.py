@@ -104,13 +104,12 @@ def _thumb(record, image_dir) -> str:
 
 
 def plot_metrics(result: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure list to change
 
     labels = list(result["models"])
     keys = sorted({k for m in result["models"].values() for k in m})
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(keys) * len(labels), 3.2))
+    fig = Figure(figsize=(1.6 + 1.4 * len(keys) * len(labels), 3.2))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(labels))
     colours = ["#9aa7b8", "#3b6ea8", "#4f8a3a"]
     for j, label in enumerate(labels):
@@ -124,4 +123,3 @@ def plot_metrics(result: dict, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -131,17 +131,15 @@ def _print_stats(data, result: dict) -> None:
 
 
 def _plot(lengths: list[int], unit: str, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure list to change
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     ax.hist(lengths or [0], bins=50, color="#3b6ea8")
     ax.set_xlabel(f"length in {unit}")
     ax.set_ylabel("samples")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def preview(cfg: PreviewConfig) -> dict:

@@ -64,12 +64,11 @@ def _truncate(path: Path, upto: int, create: bool) -> list[dict]:
 
 def plot_curves(rows: list[dict], path: Path) -> None:
     """Loss (and eval loss when logged) and learning rate against optimizer steps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure list to change
 
     steps = [r["step"] for r in rows if "loss" in r]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))
+    ax_loss, ax_lr = fig.subplots(1, 2)
     ax_loss.plot(steps, [r["loss"] for r in rows if "loss" in r], label="train loss", color="#3b6ea8")
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     if evals:
@@ -85,4 +84,3 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     ax_lr.set_ylabel("learning rate")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
