@@ -1,11 +1,14 @@
 """The README's main command (`make demo`, run once by the demo_run fixture) in full mode: offline, under 5
-minutes, before <= 0.3 and after >= 0.9; the line it prints last is what it saved."""
+minutes, before <= 0.3 and after >= 0.9; the line it prints last is what it saved. It is also the suite's test
+of the two-stage recipe learning a task (tests/training/test_learning.py has the real-image one)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+
+from llavatune.metrics import exact_match
 
 
 @pytest.mark.slow
@@ -20,3 +23,19 @@ def test_demo_numbers(demo_run):
     for name in ("report.md", "report.html", "metrics.png", "predictions.jsonl", "answers-finetuned.jsonl"):
         assert (out / "eval" / name).is_file()
     assert (out / "runs" / "lora" / "loss.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_evaluation_during_training_saw_what_eval_sees(demo_run):
+    """Stage 2 scored the held-out split as it trained: its loss fell, and on the first questions it answered,
+    the tuned model scores as `eval` scores the merged model."""
+    out = demo_run[0]
+    rows = [json.loads(line) for line in (out / "runs" / "lora" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 500 and len(evals) > 2
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] / 2 and evals[0]["eval_exact_match"] <= 0.3
+    predictions = [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
+    answered = len((out / "runs" / "lora" / "eval_answers.jsonl").read_text().splitlines()) // len(evals)
+    assert answered == 8
+    in_eval = sum(exact_match(p["finetuned"], p["reference"]) for p in predictions[:answered]) / answered
+    assert evals[-1]["eval_exact_match"] == pytest.approx(in_eval)

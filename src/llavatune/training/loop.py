@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from llavatune.data.dataset import n_samples, n_targets, n_tokens
 from llavatune.data.loader import Batches, Order, advance
-from llavatune.data.tokenize import IGNORE_INDEX
 from llavatune.errors import LlavatuneError
 from llavatune.training.distributed import Ranks
 from llavatune.training import fast
