@@ -203,11 +203,11 @@ def test_vision_cache_under_zero3(tiny_model_dir, shapes_data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "zero2", "zero3"])
+@pytest.mark.parametrize("strategy", ["fsdp", "zero2", "zero3"])
 def test_one_process_checkpoint_resumes_on_two(tiny_model_dir, shapes_data, tmp_path, strategy):
     """The name-keyed optimizer state goes into the shards and ZeRO partitions, and the adapter read by rank 0
     reaches the ranks that built the model empty: resuming a 1-process run on 2 processes continues its loss
-    curve."""
+    curve. (DDP keeps whole copies: its resume on another count is the 2 -> 1 case of the test above.)"""
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=4", "save_every=2", "keep_last=0", "report_to=[]", "lr=1e-3", "lora.dropout=0"]
     one = tmp_path / "one"
