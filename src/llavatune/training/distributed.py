@@ -144,12 +144,15 @@ class Ranks:
         clips and steps at the last micro-batch of each window (gradient_accumulation_steps = the window); our
         scheduler keeps driving the learning rates of the same parameter groups. Compute precision stays with
         our autocast, so each parameter keeps the dtype the run gave it (fp32 adapters over a bf16 base)."""
+        cpu = self.accelerator.device.type == "cpu"
+        if cpu:  # told, not guessed: DeepSpeed warns on every rank that it found no GPU
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         try:
             import deepspeed
         except ImportError:
             raise LlavatuneError(f"strategy={self.strategy} needs DeepSpeed: pip install 'llavatune[gpu]' "
                                  "(or deepspeed), or use strategy=fsdp, which shards the same way.") from None
-        if self.accelerator.device.type == "cpu":
+        if cpu:
             _skip_cpu_inference_op()
         # DeepSpeed calls the collectives torch 2.13 renamed: a FutureWarning per rank on every step otherwise
         warnings.filterwarnings("ignore", r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` "
