@@ -144,19 +144,11 @@ class Ranks:
         clips and steps at the last micro-batch of each window (gradient_accumulation_steps = the window); our
         scheduler keeps driving the learning rates of the same parameter groups. Compute precision stays with
         our autocast, so each parameter keeps the dtype the run gave it (fp32 adapters over a bf16 base)."""
-        cpu = self.accelerator.device.type == "cpu"
-        if cpu:  # told, not guessed: DeepSpeed warns on every rank that it found no GPU
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         try:
-            import deepspeed
+            deepspeed = _import_deepspeed(cpu=self.accelerator.device.type == "cpu")
         except ImportError:
             raise LlavatuneError(f"strategy={self.strategy} needs DeepSpeed: pip install 'llavatune[gpu]' "
                                  "(or deepspeed), or use strategy=fsdp, which shards the same way.") from None
-        if cpu:
-            _skip_cpu_inference_op()
-        # DeepSpeed calls the collectives torch 2.13 renamed: a FutureWarning per rank on every step otherwise
-        warnings.filterwarnings("ignore", r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` "
-                                "is deprecated", FutureWarning)
         name_of = {p: n for n, p in model.named_parameters()}
         self.param_names = [[name_of[p] for p in group["params"]] for group in optimizer.param_groups]
         config = deepspeed_config(self.strategy, batch_size, grad_accum, max_grad_norm, settings)
@@ -368,16 +360,24 @@ def setup(device: str, strategy: str = "ddp") -> tuple[Ranks, torch.device | Non
             accelerator.device)
 
 
-def _skip_cpu_inference_op() -> None:
-    """On CPU processes DeepSpeed compiles a shared-memory all-reduce when its process group starts: ~40 s of
-    C++ on 2 cores, again for every venv, silent, before the first step. Only its inference engine calls it;
-    training reduces through the process group (gloo here) either way. DeepSpeed keeps which ops can be built
-    in one module-level dict, read at that moment: marking the op unbuildable there skips the compile."""
+def _import_deepspeed(cpu: bool):
+    """DeepSpeed, quiet and quick to start. On CPU processes it is told its accelerator (it warns on every rank
+    when it has to guess), and it skips the shared-memory all-reduce it compiles when its group starts: ~40 s of
+    C++ on 2 cores, again for every venv, silent before step 1, for an op only its inference engine calls
+    (training reduces through the process group, gloo here). Which ops can be built is one module-level dict
+    that DeepSpeed reads at that moment. On any device, its calls to the collectives torch 2.13 renamed would
+    print a FutureWarning per rank and step."""
+    if cpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
     import deepspeed.ops
 
-    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None) if cpu else None
     if isinstance(compatible, dict):
         compatible["deepspeed_shm_comm"] = False
+    warnings.filterwarnings("ignore", r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` "
+                            "is deprecated", FutureWarning)
+    return deepspeed
 
 
 def _one_process_env() -> dict:
