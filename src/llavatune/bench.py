@@ -207,7 +207,7 @@ def run_hf(model, micro: list[dict], cfg: BenchConfig, device, dtype) -> float:
                              report_to=[], save_strategy="no", logging_strategy="no", bf16=dtype == torch.bfloat16,
                              use_cpu=device.type == "cpu", dataloader_num_workers=0, remove_unused_columns=False,
                              dataloader_pin_memory=False,  # the batches are on the device already
-                             gradient_checkpointing=False, disable_tqdm=True)
+                             disable_tqdm=True)  # checkpointing is on the model already; unset, Trainer leaves it
     trainer = Trainer(model=model, args=args, train_dataset=Batches(), data_collator=lambda items: items[0],
                       callbacks=[clock])
     trainer.train()
