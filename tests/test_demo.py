@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from llavatune.demo import DemoConfig
 from llavatune.metrics import exact_match
 
 
@@ -32,7 +33,7 @@ def test_the_evaluation_during_training_saw_what_eval_sees(demo_run):
     out = demo_run[0]
     rows = [json.loads(line) for line in (out / "runs" / "lora" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_loss" in r]
-    assert evals[0]["step"] == 0 and evals[-1]["step"] == 500 and len(evals) > 2
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == DemoConfig().finetune_steps and len(evals) > 2
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] / 2 and evals[0]["eval_exact_match"] <= 0.3
     predictions = [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
     answered = len((out / "runs" / "lora" / "eval_answers.jsonl").read_text().splitlines()) // len(evals)
