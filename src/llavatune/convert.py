@@ -381,7 +381,7 @@ def to_llava(cfg: ConvertConfig) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from llavatune.model.save import write_atomically
+    from llavatune.model.save import save_model, write_atomically
 
     src = Path(cfg.src)
     model = LlavaForConditionalGeneration.from_pretrained(src)
@@ -400,8 +400,7 @@ def to_llava(cfg: ConvertConfig) -> Path:
     tower_cfg = model.config.vision_config
 
     def write(folder: Path) -> None:
-        model.model.vision_tower.save_pretrained(folder / "vision_tower")
-        processor.image_processor.save_pretrained(folder / "vision_tower")
+        save_model(model.model.vision_tower, processor.image_processor, folder / "vision_tower")
         save_file({k: v.contiguous().clone() for k, v in weights.items()}, folder / "model.safetensors",
                   metadata={"format": "pt"})
         processor.tokenizer.save_pretrained(folder)

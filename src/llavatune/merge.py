@@ -14,7 +14,7 @@ from rich.console import Console
 from llavatune.config import read_run_config, save_run_config
 from llavatune.errors import LlavatuneError
 from llavatune.model import load as loadlib
-from llavatune.model.save import check_out_dir, write_atomically
+from llavatune.model.save import check_out_dir, save_model, write_atomically
 
 console = Console(stderr=True)
 
@@ -40,8 +40,7 @@ def main(cfg: MergeConfig) -> Path:
     run = read_run_config(adapter) or {}
 
     def write(folder: Path) -> None:
-        merged.save_pretrained(folder)
-        processor.save_pretrained(folder)
+        save_model(merged, processor, folder)
         save_run_config(folder, "merge", cfg, model={**run.get("model", {}), "merged_from": str(adapter.resolve())},
                         source_run=run.get("config"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -34,9 +35,21 @@ def write_atomically(out: Path, overwrite: bool, write: Callable[[Path], None]) 
     return out
 
 
+def save_model(model, processor, folder: Path, **kwargs) -> None:
+    """model.save_pretrained(folder, **kwargs) and processor.save_pretrained(folder).
+
+    Where DeepSpeed is installed, accelerate imports it on every save (to unwrap a DeepSpeed engine), and on a
+    machine with no GPU DeepSpeed then warns that it could not detect one: tell it first that this is a CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    model.save_pretrained(folder, **kwargs)
+    processor.save_pretrained(folder)
+
+
 def save_pretrained_clean(model, processor, folder: Path) -> None:
-    """save_pretrained both, with no `_name_or_path` pointing back at the folders the parts came from."""
+    """save_model, with no `_name_or_path` pointing back at the folders the parts came from."""
     for cfg in (model.config, model.config.text_config, model.config.vision_config):
         cfg._name_or_path = ""
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    save_model(model, processor, folder)

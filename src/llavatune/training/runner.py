@@ -19,6 +19,7 @@ from llavatune.errors import LlavatuneError
 from llavatune.model import load as loadlib
 from llavatune.model import trainable
 from llavatune.model.meta import template_name
+from llavatune.model.save import save_model
 from llavatune.train import TrainConfig, data_manifest, eval_interval, total_steps
 from llavatune.training import checkpoint, distributed, fast, loop, validate
 from llavatune.training.logging import RunLogger
@@ -282,8 +283,7 @@ class Run:
     def _save(self, folder: Path, step: int, trainer_state: dict, weights: dict | None) -> None:
         """`weights`: the gathered state dict under FSDP, None when the model is whole here."""
         def payload(tmp: Path) -> None:
-            self.model.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
-            self.processor.save_pretrained(tmp)
+            save_model(self.model, self.processor, tmp, **({"state_dict": weights} if weights is not None else {}))
             (tmp / "trainable.txt").write_text((self.out / "trainable.txt").read_text())
             save_run_config(tmp, "train", self.cfg, **self.run_doc(), checkpoint={"step": step})
 

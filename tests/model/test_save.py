@@ -1,0 +1,47 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from llavatune.errors import LlavatuneError
+from llavatune.model.save import write_atomically
+
+
+def test_a_failed_write_leaves_the_old_folder_and_no_temporary(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("kept")
+
+    def crash(folder):
+        (folder / "half.bin").write_bytes(b"x")
+        raise RuntimeError("killed half-way")
+
+    with pytest.raises(RuntimeError):
+        write_atomically(out, True, crash)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert (out / "old.txt").read_text() == "kept"
+    with pytest.raises(LlavatuneError, match="--overwrite"):
+        write_atomically(out, False, lambda folder: None)
+
+
+def test_saving_on_a_cpu_machine_is_quiet_where_deepspeed_is_installed(tiny_model_dir, tmp_path):
+    """accelerate imports DeepSpeed on every save_pretrained; unprepared, DeepSpeed warns on a machine with no GPU
+    that it could not find one, on every build, merge, convert and full checkpoint."""
+    pytest.importorskip("deepspeed")
+    script = textwrap.dedent(f"""
+        import sys
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from llavatune.model.save import save_pretrained_clean
+        model = LlavaForConditionalGeneration.from_pretrained({str(tiny_model_dir)!r})
+        processor = AutoProcessor.from_pretrained({str(tiny_model_dir)!r})
+        save_pretrained_clean(model, processor, {str(tmp_path / "saved")!r})
+        assert "deepspeed" in sys.modules, "accelerate no longer imports DeepSpeed on save: this test checks nothing"
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU machine, even on a GPU runner
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "unable to detect it" not in result.stderr + result.stdout
+    assert (tmp_path / "saved" / "model.safetensors").exists()
