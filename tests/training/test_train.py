@@ -111,8 +111,12 @@ def test_nan_loss_is_skipped_and_weights_stay_finite(tiny_model_dir, shapes_data
     calls["n"] = -100  # from now on every step is poisoned
     monkeypatch.setattr(LlavaForConditionalGeneration, "forward",
                         lambda self, *a, **k: _nan(forward(self, *a, **k)))
-    with pytest.raises(LlavatuneError, match="3 non-finite steps in a row"):
-        train(train_config(tiny_model_dir, shapes_data, tmp_path / "stop", "steps=5", "nan_patience=3"))
+    stop = train_config(tiny_model_dir, shapes_data, tmp_path / "stop", "steps=5", "nan_patience=3")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(LlavatuneError, match="3 non-finite steps in a row"):
+            train(stop)
+    assert not [w for w in seen if "lr_scheduler" in str(w.message)], "torch's warning, when ours says why"
 
 
 def _nan(out):

@@ -14,6 +14,7 @@ import itertools
 import random
 import resource
 import time
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -108,7 +109,10 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
             lr = scheduler.get_last_lr()[0]  # the rate this update uses
             update = _update_deepspeed if ranks.deepspeed else _update
             loss, grad_norm = update(model, window, optimizer, plan, device, autocast_dtype, scaler, ranks)
-            scheduler.step()
+            with warnings.catch_warnings():  # a skipped update still takes its place in the schedule
+                if loss is None:  # torch would warn "scheduler before optimizer" when it is step 1; _skip says why
+                    warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
+                scheduler.step()
             state.step += 1
             samples = int(ranks.sum(sum(n_samples(b) for b in window), device))
             tokens = int(ranks.sum(sum(n_tokens(b) for b in window), device))
