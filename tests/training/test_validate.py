@@ -15,6 +15,7 @@ from llavatune.data import images as imagelib
 from llavatune.errors import LlavatuneError
 from llavatune.metrics import exact_match
 from llavatune.train import main as train
+from llavatune.training import validate
 
 
 def rows(path):
@@ -40,7 +41,11 @@ def test_evaluation_leaves_the_run_unchanged(tiny_model_dir, shapes_data, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
     evals = [r for r in metrics if "eval_loss" in r]
     assert [r["step"] for r in evals] == [0, 2, 4] and all(r["eval_samples"] == 9 for r in evals)
+    assert all(r["eval_answered"] == 2 for r in evals)
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert validate.line(evals[-1], metrics).startswith(
+        f"eval at step 4: loss {evals[-1]['eval_loss']:.4f} on 9 samples (train {plain_losses[-1]:.4f}), "
+        f"exact match {evals[-1]['eval_exact_match']:.3f} on 2 answered, ")
 
 
 def test_eval_loss_and_answers_are_the_final_models(tiny_model_dir, shapes_data, tmp_path):

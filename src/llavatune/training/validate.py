@@ -92,6 +92,7 @@ class Validator:
         row = {"step": step, "eval_loss": round(loss, 6), "eval_samples": samples, "eval_tokens": tokens}
         if answers:
             row["eval_exact_match"] = round(sum(a["exact_match"] for a in answers) / len(answers), 4)
+            row["eval_answered"] = len(answers)
         row["eval_s"] = round(time.perf_counter() - started, 3)
         return row, [{"step": step, **a} for a in answers]
 
@@ -146,13 +147,14 @@ class _Collated(torch.utils.data.Dataset):
 
 
 def line(row: dict, rows: list[dict]) -> str:
-    """One terminal line per evaluation, with the latest train loss beside the held-out one."""
+    """One terminal line per evaluation, with the latest train loss beside the held-out one. The loss is over
+    every held-out sample, the exact match over the first `eval_answers` only: each line says how many."""
     train = [r["loss"] for r in rows if "loss" in r and r["step"] <= row["step"]]
-    text = f"eval at step {row['step']}: loss {row['eval_loss']:.4f}"
+    text = f"eval at step {row['step']}: loss {row['eval_loss']:.4f} on {row['eval_samples']} samples"
     text += f" (train {train[-1]:.4f})" if train else " (before training)"
     if "eval_exact_match" in row:
-        text += f", exact match {row['eval_exact_match']:.3f}"
-    return text + f", {row['eval_samples']} samples, {row['eval_s']:.1f} s"
+        text += f", exact match {row['eval_exact_match']:.3f} on {row['eval_answered']} answered"
+    return text + f", {row['eval_s']:.1f} s"
 
 
 def _lowest(rows: list[dict]) -> dict | None:
