@@ -46,6 +46,7 @@ def test_evaluation_leaves_the_run_unchanged(tiny_model_dir, shapes_data, tmp_pa
     assert validate.line(evals[-1], metrics).startswith(
         f"eval at step 4: loss {evals[-1]['eval_loss']:.4f} on 9 samples (train {plain_losses[-1]:.4f}), "
         f"exact match {evals[-1]['eval_exact_match']:.3f} on 2 answered, ")
+    assert validate.summary(metrics, tmp_path / "watched", final_step=4).endswith(" on 2 answered")
 
 
 def test_eval_loss_and_answers_are_the_final_models(tiny_model_dir, shapes_data, tmp_path):

@@ -183,4 +183,5 @@ def summary(rows: list[dict], run_dir: Path, final_step: int) -> str:
         text += f" ({folder})"
     if "eval_exact_match" in last:
         text += f"; exact match {first.get('eval_exact_match', 0):.3f} -> {last['eval_exact_match']:.3f}"
+        text += f" on {last['eval_answered']} answered" if "eval_answered" in last else ""
     return text
