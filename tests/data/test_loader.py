@@ -47,10 +47,12 @@ def test_workers_make_the_same_batches_as_the_main_process(tiny_model_dir, shape
         for workers in (0, 2):
             data, pad_id = dataset(tiny_model_dir, tmp_path / "qa.json", shapes_data)
             batches = Batches(data, order, 0, 1, pad_id, pack, world=2, rank=rank, workers=workers)
-            made[workers] = [next(batches) for _ in range(5)], dict(data.skipped), data.served
+            made[workers] = [next(batches) for _ in range(5)], dict(data.skipped), data.first_dropped, data.served
             batches.close()
-        (plain, skipped, served), (forked, skipped_w, served_w) = made[0], made[2]
-        assert skipped == skipped_w and served == served_w
+        (plain, skipped, first, served), (forked, *counts_w) = made[0], made[2]
+        assert [skipped, first, served] == counts_w
+        assert first == ({"bad image": f"{tmp_path / 'qa.json'}:4: image 'images/missing.png' not found under "
+                                       f"{shapes_data}."} if skipped else {})
         dropped += skipped.get("bad image", 0)
         for a, b in zip(plain, forked):
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -146,14 +146,17 @@ def test_middle_checkpoint_merges_and_generates(tiny_model_dir, shapes_data, tmp
     assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 3
 
 
-def test_bad_image_skips_or_stops(tiny_model_dir, shapes_data, tmp_path):
+def test_bad_image_skips_or_stops(tiny_model_dir, shapes_data, tmp_path, capsys):
     data = tmp_path / "bad.json"
     rows = json.loads((shapes_data / "qa.json").read_text())[:8]
     rows[3]["image"] = "images/missing.png"
+    rows[5]["image"] = "images/missing.png"
     data.write_text(json.dumps(rows))
     train(train_config(tiny_model_dir, shapes_data, tmp_path / "skip", "steps=2", f"data={data}"))
     metrics = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["dropped_samples"] >= 1
+    assert metrics[-1]["dropped_samples"] == 2  # one epoch of 8 rows: both bad ones were drawn
+    named = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: sample dropped")]
+    assert len(named) == 1 and f"{data}:" in named[0] and "missing.png' not found" in named[0]  # the first, once
     with pytest.raises(LlavatuneError, match="missing.png' not found"):
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "stop", "steps=2", f"data={data}",
                            "on_bad_image=stop"))

@@ -2,7 +2,8 @@
 
 A sample is tokenized when it is drawn (cheap next to the forward pass). A sample whose image is missing or
 corrupt is skipped and counted (`on_bad_image: skip`) or stops the run with its file and row (`stop`);
-samples the tokenizer drops (image tokens do not fit, nothing supervised) are counted the same way.
+samples the tokenizer drops (image tokens do not fit, nothing supervised) are counted the same way. The first
+sample dropped for each reason is kept with its file:row, for the run to name it (`first_dropped`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.image_token_id, self.max_length = image_token_id, max_length
         self.on_bad_image = on_bad_image
         self.skipped: collections.Counter = collections.Counter()
+        self.first_dropped: dict[str, str] = {}  # reason -> "file:row: what is wrong", its first sample
         self.served = 0  # samples returned so far (to tell "some were dropped" from "none is usable")
         self.features: Path | None = None  # a vision cache (data/features.py): read instead of the images
 
@@ -94,10 +96,9 @@ class SupervisedDataset(torch.utils.data.Dataset):
         out = tokenize_turns(record.turns, self.template, self.processor.tokenizer, self.image_token_id,
                              self.image_seq_length, self.max_length)
         if isinstance(out, Dropped):
-            self.skipped[out.reason] += 1
-            return None
+            return self._drop(out.reason, f"{record.source}: {out.detail}")
         if out.n_images != len(record.images):
-            return self._bad(record, f"{out.n_images} <image> tag(s) but {len(record.images)} image(s)")
+            return self._bad(f"{record.source}: {out.n_images} <image> tag(s) but {len(record.images)} image(s)")
         pixel_values = cached = None
         try:
             if record.images and self.features is not None:  # a vision cache: features instead of pixels
@@ -106,15 +107,20 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 pil = [imagelib.load(ref, self.image_dir, record.source) for ref in record.images]
                 pixel_values = imagelib.pixels(pil, self.processor.image_processor)
         except DataError as err:
-            return self._bad(record, str(err))
+            return self._bad(str(err))
         self.served += 1
         return Encoded(out.input_ids, out.labels, pixel_values, cached)
 
-    def _bad(self, record: Record, message: str) -> None:
+    def _bad(self, message: str) -> None:
+        """`message` names the sample's file:row."""
         if self.on_bad_image == "stop":
             raise LlavatuneError(f"{message} (set on_bad_image=skip to skip such samples, and run "
                                  "`llavatune data validate` to list them all)")
-        self.skipped["bad image"] += 1
+        return self._drop("bad image", message)
+
+    def _drop(self, reason: str, where: str) -> None:
+        self.skipped[reason] += 1
+        self.first_dropped.setdefault(reason, where)
         return None
 
 

@@ -7,7 +7,8 @@ COCO-size JPEG and running the image processor takes ~9 ms of one core, so a 16-
 that would otherwise stall the GPU every step. `workers=0` makes the same batches in the main process.
 
 A worker holds a copy of the dataset: the samples it drops are counted there and sent back with each batch, so
-`dataset.skipped` and `dataset.served` in the main process count exactly the batches handed out.
+`dataset.skipped`, `dataset.first_dropped` and `dataset.served` in the main process tell exactly of the batches
+handed out.
 """
 
 from __future__ import annotations
@@ -88,8 +89,10 @@ class Batches:
             return item
         if isinstance(item, str):  # a worker stopped on a bad sample (on_bad_image=stop)
             raise LlavatuneError(item)
-        batch, skipped, served = item
+        batch, skipped, first_dropped, served = item
         self.dataset.skipped.update(skipped)
+        for reason, where in first_dropped.items():
+            self.dataset.first_dropped.setdefault(reason, where)
         self.dataset.served += served
         return batch
 
@@ -99,18 +102,20 @@ class Batches:
 
 
 class _Jobs(torch.utils.data.Dataset):
-    """Runs in a worker: a list of sample indices -> (collated batch, samples dropped, samples served)."""
+    """Runs in a worker: a list of sample indices -> (collated batch, samples dropped, the first dropped per
+    reason, samples served)."""
 
     def __init__(self, dataset, pad_id: int, pack: bool):
         self.dataset, self.pad_id, self.pack = dataset, pad_id, pack
 
     def __getitem__(self, batch: list[int]):
-        self.dataset.skipped, self.dataset.served = collections.Counter(), 0  # this worker's copy: per job
+        dataset = self.dataset  # this worker's copy: its counts start again with each job
+        dataset.skipped, dataset.first_dropped, dataset.served = collections.Counter(), {}, 0
         try:
-            collated = collate([self.dataset[i] for i in batch], self.pad_id, self.pack)
+            collated = collate([dataset[i] for i in batch], self.pad_id, self.pack)
         except LlavatuneError as err:
             return str(err)
-        return collated, self.dataset.skipped, self.dataset.served
+        return collated, dataset.skipped, dataset.first_dropped, dataset.served
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -97,6 +97,7 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
     model.train()
     bar = tqdm(total=plan.steps, initial=state.step, desc="train", dynamic_ncols=True, disable=not ranks.main)
     committed = dataclasses.replace(state)  # the state after the last finished update
+    named: set[str] = set()  # reasons for dropping a sample that the terminal has been shown an example of
     batches = Batches(dataset, order, state.epoch, state.index, pad_id, plan.packing, ranks.world, ranks.rank,
                       plan.data_workers, pin_memory=device.type == "cuda")
     try:
@@ -114,6 +115,7 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
                     warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
                 scheduler.step()
             state.step += 1
+            _name_dropped(dataset, named, ranks)
             samples = int(ranks.sum(sum(n_samples(b) for b in window), device))
             tokens = int(ranks.sum(sum(n_tokens(b) for b in window), device))
             state.samples += samples
@@ -144,6 +146,15 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
         batches.close()
     bar.close()
     return state
+
+
+def _name_dropped(dataset, named: set[str], ranks: Ranks) -> None:
+    """The first sample dropped for each reason, once, by its file:row; later ones are only counted."""
+    for reason, where in dataset.first_dropped.items():
+        if reason not in named and ranks.main:
+            tqdm.write(f"warning: sample dropped ({reason}): {where.rstrip('.')}. The next such samples are only "
+                       "counted; `llavatune data validate` lists them all.")
+        named.add(reason)
 
 
 def _update(model, window, optimizer, plan: Plan, device, autocast_dtype, scaler,

@@ -249,9 +249,10 @@ class Run:
             return sum(sizes) if cfg.packing else len(batch) * max(sizes)
 
         largest = max(batches, key=size)
-        skipped, served = self.dataset.skipped.copy(), self.dataset.served  # the probe is not part of the run
-        batch = collate([self.dataset[i] for i in largest], self.processor.tokenizer.pad_token_id, cfg.packing)
-        self.dataset.skipped, self.dataset.served = skipped, served
+        data = self.dataset  # the probe is not part of the run: its drops are not counted
+        counts = data.skipped.copy(), dict(data.first_dropped), data.served
+        batch = collate([data[i] for i in largest], self.processor.tokenizer.pad_token_id, cfg.packing)
+        data.skipped, data.first_dropped, data.served = counts
         if batch is None:
             raise LlavatuneError("checkpoint_layers=auto: every sample of the largest micro-batch was dropped; "
                                  "run `llavatune data validate`.")
