@@ -63,14 +63,15 @@ def build(
         overwrite=overwrite or None)))
 
 
-@app.command(epilog="Example:\n\n  llavatune info models/tiny")
+@app.command(epilog="Examples:\n\n  llavatune info models/tiny\n\n  llavatune info runs/tiny-lora --json")
 def info(
-    model: Path = typer.Argument(..., help="a llava-hf checkpoint folder"),
+    model: Path = typer.Argument(..., help="a llava-hf checkpoint folder, a run, or an adapter checkpoint"),
     json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     config: Optional[Path] = CONFIG,
     overrides: Optional[list[str]] = OVERRIDES,
 ):
-    """Architecture, parameter counts, image tokens per image, template, dtype and files of a checkpoint."""
+    """Architecture, parameter counts, image tokens per image, template, dtype and files of a checkpoint (an
+    adapter: with its base model, rank, targets and step)."""
     from llavatune import info as verb
     verb.main(cfglib.load(verb.InfoConfig, config, overrides, dict(model=model, json=json or None)))
 

@@ -1,12 +1,14 @@
 """Verb `info`: what a llava-hf checkpoint holds, read from its files without loading the weights.
 
     llavatune info models/tiny
+    llavatune info runs/tiny-lora        # a run: its final (or newest) checkpoint; an adapter: with its base
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -38,20 +40,29 @@ def tensor_shapes(folder: Path) -> dict[str, tuple[list[int], str]]:
 
 
 def describe(folder: Path) -> dict:
-    folder = Path(folder)
+    """A checkpoint's architecture, parameters and files. A run folder stands for its final (or newest)
+    checkpoint; an adapter checkpoint is its base model's description plus an `adapter` entry."""
+    from llavatune.model import load as loadlib
+
+    folder = loadlib.resolve(folder)
+    if loadlib.is_adapter(folder):
+        base = loadlib.base_of(folder)
+        info = {"path": str(folder), "base": str(base)}
+        info.update((k, v) for k, v in describe(base).items() if k != "path")
+        info["template"] = ((read_run_config(folder) or {}).get("model") or {}).get("template") or info["template"]
+        info["adapter"], info["files"] = describe_adapter(folder), _files(folder)
+        return info
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise LlavatuneError(f"{folder}: no config.json; give the folder of a llava-hf checkpoint.")
+        raise LlavatuneError(f"{folder}: no config.json; give the folder of a llava-hf checkpoint, "
+                             "an adapter checkpoint or a run.")
     config = json.loads(config_path.read_text())
     from llavatune.model.trainable import component
 
     counts: dict[str, int] = {"vision": 0, "projector": 0, "llm": 0}
     dtypes = set()
     for name, (shape, dtype) in tensor_shapes(folder).items():
-        n = 1
-        for d in shape:
-            n *= d
-        counts[component(name)] += n
+        counts[component(name)] += math.prod(shape)
         dtypes.add(dtype)
     text, vision = config.get("text_config", {}), config.get("vision_config", {})
     run = read_run_config(folder) or {}
@@ -66,8 +77,31 @@ def describe(folder: Path) -> dict:
         "feature_select": config.get("vision_feature_select_strategy"),
         "projector_act": config.get("projector_hidden_act"), "template": template,
         "dtype": ", ".join(sorted(dtypes)), "vocab_size": text.get("vocab_size"),
-        "files": {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()},
+        "files": _files(folder),
     }
+
+
+def describe_adapter(folder: Path) -> dict:
+    """A PEFT adapter checkpoint: its method, rank, targets, parameters per component, and training step."""
+    from llavatune.model.trainable import component
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    counts: dict[str, int] = {}
+    for name, (shape, _) in tensor_shapes(folder).items():
+        counts[component(name)] = counts.get(component(name), 0) + math.prod(shape)
+    step = json.loads((folder / "checkpoint.json").read_text())["step"] if (folder / "checkpoint.json").is_file() \
+        else None
+    targets = config.get("target_modules")  # a list of full module names (a 7B LLaVA: 224), or a regex
+    if isinstance(targets, list):
+        targets = f"{', '.join(sorted({t.rsplit('.', 1)[-1] for t in targets}))} ({len(targets)} modules)"
+    return {"type": config.get("peft_type"), "r": config.get("r"), "alpha": config.get("lora_alpha"),
+            "targets": targets,
+            "also_trained": ", ".join(config.get("modules_to_save") or []) or "none",
+            "parameters": {"total": sum(counts.values()), **counts}, "step": step}
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def main(cfg: InfoConfig) -> dict:
@@ -77,10 +111,18 @@ def main(cfg: InfoConfig) -> dict:
         return info
     table = Table(title=str(cfg.model), show_header=False)
     for key, value in info.items():
-        if key == "parameters":
-            value = "  ".join(f"{k} {v:,}" for k, v in value.items())
-        elif key == "files":
-            value = "  ".join(f"{k} ({v / 1e6:.1f} MB)" for k, v in value.items())
-        table.add_row(key, str(value))
+        if key == "adapter":
+            for k, v in value.items():
+                table.add_row(f"adapter {k}", _cell(k, v))
+        else:
+            table.add_row(key, _cell(key, value))
     Console().print(table)
     return info
+
+
+def _cell(key: str, value) -> str:
+    if key == "parameters":
+        return "  ".join(f"{k} {v:,}" for k, v in value.items())
+    if key == "files":
+        return "  ".join(f"{k} ({v / 1e6:.1f} MB)" for k, v in value.items())
+    return str(value)
