@@ -1,4 +1,5 @@
 import json
+import shutil
 
 from llavatune.info import InfoConfig, main
 
@@ -20,11 +21,11 @@ def test_info_describes_a_run_by_its_checkpoint_and_an_adapter_with_its_base(tin
     from conftest import train_config
     from llavatune.train import main as train
 
-    run = tmp_path / "run"
-    train(train_config(tiny_model_dir, shapes_data, run, "steps=2", "save_every=0", "lora.r=4",
-                       "lora.targets=[q_proj,v_proj]"))
+    base, run = tmp_path / "base", tmp_path / "run"
+    shutil.copytree(tiny_model_dir, base)
+    train(train_config(base, shapes_data, run, "steps=2", "save_every=0", "lora.r=4", "lora.targets=[q_proj,v_proj]"))
     info = main(InfoConfig(model=run, json=True))
-    assert info["path"] == str(run / "final") and info["base"] == str(tiny_model_dir)
+    assert info["path"] == str(run / "final") and info["base"] == str(base)
     assert info["parameters"] == main(InfoConfig(model=tiny_model_dir, json=True))["parameters"]
     adapter = info["adapter"]
     assert (adapter["type"], adapter["r"], adapter["step"]) == ("LORA", 4, 2)
@@ -35,3 +36,8 @@ def test_info_describes_a_run_by_its_checkpoint_and_an_adapter_with_its_base(tin
     assert adapter["parameters"] == {"total": lora + info["parameters"]["projector"], "adapters": lora,
                                      "projector": info["parameters"]["projector"]}
     assert "adapter_model.safetensors" in info["files"] and info["template"] == "vicuna_v1"
+
+    shutil.rmtree(base)  # the base gone (a run copied to another machine): the adapter still reads
+    alone = main(InfoConfig(model=run, json=True))
+    assert alone["base"] == f"{base} (not found here)" and alone["adapter"] == adapter
+    assert "parameters" not in alone and alone["template"] == "vicuna_v1"

@@ -46,10 +46,13 @@ def describe(folder: Path) -> dict:
 
     folder = loadlib.resolve(folder)
     if loadlib.is_adapter(folder):
-        base = loadlib.base_of(folder)
+        base = loadlib.recorded_base(folder)
         info = {"path": str(folder), "base": str(base)}
-        info.update((k, v) for k, v in describe(base).items() if k != "path")
-        info["template"] = ((read_run_config(folder) or {}).get("model") or {}).get("template") or info["template"]
+        if base and Path(base).is_dir():
+            info.update((k, v) for k, v in describe(base).items() if k != "path")
+        else:  # the adapter can still be read; merging, chat and eval will need the base back
+            info["base"] += " (not found here)"
+        info["template"] = ((read_run_config(folder) or {}).get("model") or {}).get("template") or info.get("template")
         info["adapter"], info["files"] = describe_adapter(folder), _files(folder)
         return info
     config_path = folder / "config.json"

@@ -56,12 +56,18 @@ def is_adapter(path: Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
-def base_of(adapter_dir: Path) -> Path:
-    """The base model an adapter checkpoint was trained on, from its run_config.yaml (or adapter_config)."""
+def recorded_base(adapter_dir: Path) -> str | None:
+    """The base model an adapter checkpoint names, from its run_config.yaml (or adapter_config); it may be gone."""
     run = read_run_config(adapter_dir) or {}
     base = (run.get("model") or {}).get("base")
     if base is None:
         base = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    return base
+
+
+def base_of(adapter_dir: Path) -> Path:
+    """The base model an adapter checkpoint was trained on, which must be there."""
+    base = recorded_base(adapter_dir)
     if not base or not Path(base).exists():
         raise LlavatuneError(f"{adapter_dir}: its base model {base!r} is not there; an adapter needs the model it "
                              "was trained on (pass it with --model, or restore that folder).")
