@@ -63,6 +63,33 @@ def test_resume_is_exact(tiny_model_dir, shapes_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_finished_run_given_more_steps_continues_on_the_longer_schedule(tiny_model_dir, shapes_data, tmp_path,
+                                                                          capsys):
+    from llavatune.training.optim import build_scheduler
+
+    def rows():
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    run = tmp_path / "run"
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=4", "save_every=0"))
+    first = rows()
+    capsys.readouterr()
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=8", "save_every=0", "lr=2e-3", "resume=auto"))
+    said = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "final at step 4" in said and "lr 0.001 -> 0.002, steps 4 -> 8" in said
+    extended = rows()
+    assert [r["step"] for r in extended] == list(range(1, 9)) and extended[:4] == first
+    # steps 5-8 follow the 8-step cosine of lr 2e-3, not the 4-step one of 1e-3 that had reached 0
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3)
+    schedule = build_scheduler(optimizer, "cosine", round(0.03 * 8), 8)
+    expected = []
+    for _ in range(8):
+        expected.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert [r["lr"] for r in extended[4:]] == pytest.approx(expected[4:]) and expected[4] > 5e-4
+
+
 def test_data_workers_give_the_same_run_and_resume(tiny_model_dir, shapes_data, tmp_path):
     """Batches made in 2 worker processes, the run cut after step 3 and resumed: the losses and adapters of
     a run that made its batches in the main process."""
@@ -85,6 +112,8 @@ def test_resume_auto_skips_a_truncated_checkpoint(tiny_model_dir, shapes_data, t
     newest = run / "checkpoint-4"
     shutil.copytree(run / "final", newest)
     (newest / "adapter_model.safetensors").write_bytes(b"truncated")
+    assert checkpoint.latest(run) == run / "final"  # as new as checkpoint-4 would be, and complete
+    (run / "final" / "trainer_state.pt").write_bytes(b"cut")
     assert checkpoint.latest(run) == run / "checkpoint-2"
     with pytest.raises(LlavatuneError, match="already holds a run"):
         train(train_config(tiny_model_dir, shapes_data, run, "steps=4"))

@@ -53,11 +53,13 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def latest(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint; incomplete ones are passed over."""
-    for _, folder in checkpoints(run_dir):
-        if is_complete(folder):
-            return folder
-    return None
+    """The newest complete checkpoint, `final/` included (a finished run given more steps continues from its
+    end); incomplete ones are passed over."""
+    found = [(step, folder) for step, folder in checkpoints(run_dir) if is_complete(folder)]
+    final = Path(run_dir) / "final"
+    if is_complete(final):
+        found.append((json.loads((final / MANIFEST).read_text())["step"], final))
+    return max(found, key=lambda step_folder: step_folder[0], default=(0, None))[1]
 
 
 def prune(run_dir: Path, keep_last: int, keep_step: int | None = None) -> None:

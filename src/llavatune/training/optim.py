@@ -48,3 +48,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup_steps: i
 
     kind = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[name]
     return get_scheduler(kind, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def continue_schedule(scheduler, base_lrs: list[float]) -> None:
+    """Put a scheduler restored from a checkpoint (at the checkpoint's step) on this run's schedule: the base rates
+    `base_lrs` of this config and the lambdas it was built with (warmup and total steps of this run). Restoring
+    brings back the old run's rates, so a finished run given more steps would continue at the end of its old
+    cosine (0) and a new `lr` would be ignored. Where nothing changed, these are the rates restored, bit for bit:
+    the same product LambdaLR computes."""
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(base_lrs, scheduler.lr_lambdas)]
+    for group, base, lr in zip(scheduler.optimizer.param_groups, base_lrs, lrs):
+        group["initial_lr"], group["lr"] = base, lr
+    scheduler.base_lrs, scheduler._last_lr = list(base_lrs), lrs  # what get_last_lr() reports

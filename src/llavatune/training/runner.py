@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 from tqdm.auto import tqdm
 
-from llavatune.config import save_run_config, to_dict
+from llavatune.config import read_run_config, save_run_config, to_dict
 from llavatune.data.dataset import SupervisedDataset, batch_order, collate, n_tokens
 from llavatune.data.loader import auto_workers
 from llavatune.data.templates import get_template, to_jinja
@@ -23,7 +23,7 @@ from llavatune.model.save import save_model
 from llavatune.train import TrainConfig, data_manifest, eval_interval, total_steps
 from llavatune.training import checkpoint, distributed, fast, loop, validate
 from llavatune.training.logging import RunLogger
-from llavatune.training.optim import build_optimizer, build_scheduler
+from llavatune.training.optim import build_optimizer, build_scheduler, continue_schedule
 
 console = Console(stderr=True)
 PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,7 +75,6 @@ class Run:
         state = loop.State()
         if resume_from is not None:
             state = self._restore(resume_from, model, optimizer, scheduler)
-            self._say(f"resuming from {resume_from} at step {state.step}")
         logger = self._start_logging(steps, state)
         plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience,
                          cfg.packing, self.workers, eval_interval(cfg))
@@ -291,11 +290,30 @@ class Run:
         checkpoint.save(folder, step, payload, trainer_state)
 
     def _restore(self, folder: Path, model, optimizer, scheduler) -> loop.State:
+        """The checkpoint's weights (loaded with the model), optimizer, RNG and data position; the learning rates
+        of this config at the checkpoint's step. Settings that differ from the checkpoint's are listed."""
         saved = checkpoint.load_state(folder)
+        base_lrs = list(scheduler.base_lrs)  # this config's, before the checkpoint's replace them
         self.ranks.load_optimizer_state(model, optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        continue_schedule(scheduler, base_lrs)
         loop.set_rng_state(saved["rng"])
-        return loop.State(**saved["loop"])
+        state = loop.State(**saved["loop"])
+        self._say(f"resuming from {folder} at step {state.step}")
+        changed = changed_settings((read_run_config(folder) or {}).get("config") or {}, to_dict(self.cfg))
+        if changed:
+            self._say(f"settings changed since that checkpoint: {changed}. The run goes on with them, so it is no "
+                      "longer the one an uninterrupted run would have made.")
+        return state
+
+
+def changed_settings(saved: dict, now: dict) -> str:
+    """'key old -> new, ...' for the settings of a run that changed on resume (not those that only say where
+    it logs, saves or what it evaluates); '' when none did."""
+    bookkeeping = {"resume", "dry_run", "out", "report_to", "log_every", "save_every", "keep_last", "data_workers",
+                   "eval_data", "eval_every", "eval_answers"}
+    return ", ".join(f"{k} {saved[k]} -> {v}" for k, v in now.items()
+                     if k in saved and saved[k] != v and k not in bookkeeping)
 
 
 class _Silent:
