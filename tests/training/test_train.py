@@ -89,6 +89,11 @@ def test_a_finished_run_given_more_steps_continues_on_the_longer_schedule(tiny_m
         schedule.step()
     assert [r["lr"] for r in extended[4:]] == pytest.approx(expected[4:]) and expected[4] > 5e-4
 
+    made = (run / "final" / "checkpoint.json").stat().st_mtime_ns
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=8", "save_every=0", "lr=2e-3", "resume=auto"))
+    assert "nothing left to train of 8 steps" in " ".join(capsys.readouterr().err.split())
+    assert (run / "final" / "checkpoint.json").stat().st_mtime_ns == made and len(rows()) == 8
+
 
 def test_data_workers_give_the_same_run_and_resume(tiny_model_dir, shapes_data, tmp_path):
     """Batches made in 2 worker processes, the run cut after step 3 and resumed: the losses and adapters of

@@ -75,6 +75,10 @@ class Run:
         state = loop.State()
         if resume_from is not None:
             state = self._restore(resume_from, model, optimizer, scheduler)
+            if resume_from.name == "final" and state.step >= steps:  # not rewritten: a full 7B is 14 GB
+                self._say(f"{self.out} finished at step {state.step}: nothing left to train of {steps} steps "
+                          "(give more steps= to continue it).")
+                return resume_from
         logger = self._start_logging(steps, state)
         plan = loop.Plan(steps, cfg.grad_accum, cfg.max_grad_norm, cfg.save_every, cfg.log_every, cfg.nan_patience,
                          cfg.packing, self.workers, eval_interval(cfg))
