@@ -317,7 +317,7 @@ def _ok(n: int, out) -> None:
 def data_validate(
     data: Path = typer.Argument(..., help="data file (.json, .jsonl, .parquet, .arrow) or dataset folder"),
     images: Optional[Path] = typer.Option(None, help="folder that image paths are relative to"),
-    model: Optional[Path] = typer.Option(None, help="llava-hf folder: also check tokens and lengths"),
+    model: Optional[Path] = typer.Option(None, help="llava-hf folder or run: also check tokens and lengths"),
     template: Optional[str] = typer.Option(None, help="template (default: the model's)"),
     max_length: Optional[int] = typer.Option(None, help="token budget per sample, image tokens included"),
     no_decode: bool = typer.Option(False, "--no-decode", help="check that images exist but do not decode them"),
@@ -347,7 +347,7 @@ def data_stats(
 @data_app.command("preview", epilog="Example:\n\n  llavatune data preview data/qa.json --model models/tiny --index 0")
 def data_preview(
     data: Path = typer.Argument(..., help="data file"),
-    model: Path = typer.Option(..., help="llava-hf folder (tokenizer and template)"),
+    model: Path = typer.Option(..., help="llava-hf folder, run or checkpoint (tokenizer and template)"),
     index: int = typer.Option(0, help="row number, from 0"),
     template: Optional[str] = typer.Option(None, help="template (default: the model's)"),
 ):

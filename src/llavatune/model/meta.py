@@ -27,12 +27,17 @@ def template_name(folder: Path) -> str:
 
 
 def load_text_side(folder: Path | str, template: str | None = None) -> TextSide:
+    """A checkpoint's tokenizer, template and image tokens. A run stands for its final (or newest) checkpoint; an
+    adapter checkpoint has its own tokenizer and template, and its base's config.json."""
     from transformers import AutoTokenizer
 
-    folder = Path(folder)
-    config_path = folder / "config.json"
+    from llavatune.model import load as loadlib
+
+    folder = loadlib.resolve(folder)
+    config_path = (loadlib.base_of(folder) if loadlib.is_adapter(folder) else folder) / "config.json"
     if not config_path.is_file():
-        raise LlavatuneError(f"{folder}: no config.json; give a llava-hf checkpoint folder (see `llavatune build`).")
+        raise LlavatuneError(f"{folder}: no config.json; give a llava-hf checkpoint folder (see `llavatune build`), "
+                             "an adapter checkpoint or a run.")
     config = json.loads(config_path.read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     image_id = config.get("image_token_index", config.get("image_token_id"))
