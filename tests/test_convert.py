@@ -278,3 +278,17 @@ def test_xtuner_checkpoint_with_llm_and_vit_lora(tiny_parts_dir, tmp_path):
         ref = reference_logits({**llm_merged, **projector}, tiny_parts_dir, "mlp2x_gelu", pixels, before, after,
                                tower=tower)
     assert torch.allclose(ours[..., : ref.shape[-1]], ref, atol=1e-4)
+
+
+def test_a_llavatune_run_exports_by_its_final_checkpoint(tiny_model_dir, shapes_data, tmp_path):
+    """`convert RUN DST --to llava` takes the run's final checkpoint; a LoRA run's adapter is sent to merge."""
+    from conftest import train_config
+    from llavatune.train import main as train
+
+    full, lora = tmp_path / "full", tmp_path / "lora"
+    train(train_config(tiny_model_dir, shapes_data, full, "steps=1", "save_every=0", "method=full"))
+    exported = main(ConvertConfig(src=full, dst=tmp_path / "orig", to="llava"))
+    assert json.loads((exported / "config.json").read_text())["architectures"] == ["LlavaLlamaForCausalLM"]
+    train(train_config(tiny_model_dir, shapes_data, lora, "steps=1", "save_every=0"))
+    with pytest.raises(LlavatuneError, match=r"a LoRA adapter, not a whole model: merge it .*llavatune merge"):
+        main(ConvertConfig(src=lora, dst=tmp_path / "orig2", to="llava"))

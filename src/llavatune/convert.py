@@ -57,6 +57,9 @@ def detect(src: Path) -> str:
         raise LlavatuneError(f"{src}: a weights file that is neither a stage-1 mm_projector nor an xtuner LLaVA "
                              "checkpoint (no projector.model.* keys).")
     config_path = src / "config.json"
+    if not config_path.is_file() and (src / "adapter_config.json").is_file():
+        raise LlavatuneError(f"{src}: a LoRA adapter, not a whole model: merge it into its base first "
+                             f"(llavatune merge {src} --out DIR), then convert DIR.")
     if not config_path.is_file():
         raise LlavatuneError(f"{src}: no config.json; expected a checkpoint folder.")
     config = json.loads(config_path.read_text())
@@ -72,6 +75,10 @@ def detect(src: Path) -> str:
 
 
 def main(cfg: ConvertConfig) -> Path:
+    from llavatune.model.load import resolve
+
+    if Path(cfg.src).is_dir():  # a llavatune run stands for its final (or newest) checkpoint
+        cfg = dataclasses.replace(cfg, src=resolve(cfg.src))
     kind = detect(Path(cfg.src)) if cfg.src_format == "auto" else cfg.src_format
     console.print(f"{cfg.src}: detected {kind}" if cfg.src_format == "auto" else f"{cfg.src}: {kind}")
     if cfg.to == "llava":
