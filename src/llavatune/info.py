@@ -52,7 +52,8 @@ def describe(folder: Path) -> dict:
             info.update((k, v) for k, v in describe(base).items() if k != "path")
         else:  # the adapter can still be read; merging, chat and eval will need the base back
             info["base"] += " (not found here)"
-        info["template"] = ((read_run_config(folder) or {}).get("model") or {}).get("template") or info.get("template")
+        trained = (read_run_config(folder) or {}).get("model") or {}
+        info["template"] = trained.get("template") or info.get("template")
         info["adapter"], info["files"] = describe_adapter(folder), _files(folder)
         return info
     config_path = folder / "config.json"
@@ -92,8 +93,8 @@ def describe_adapter(folder: Path) -> dict:
     counts: dict[str, int] = {}
     for name, (shape, _) in tensor_shapes(folder).items():
         counts[component(name)] = counts.get(component(name), 0) + math.prod(shape)
-    step = json.loads((folder / "checkpoint.json").read_text())["step"] if (folder / "checkpoint.json").is_file() \
-        else None
+    manifest = folder / "checkpoint.json"  # written by training; an adapter from elsewhere has none
+    step = json.loads(manifest.read_text())["step"] if manifest.is_file() else None
     targets = config.get("target_modules")  # a list of full module names (a 7B LLaVA: 224), or a regex
     if isinstance(targets, list):
         targets = f"{', '.join(sorted({t.rsplit('.', 1)[-1] for t in targets}))} ({len(targets)} modules)"

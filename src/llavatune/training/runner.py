@@ -280,8 +280,8 @@ class Run:
         global_batch = cfg.batch_size * cfg.grad_accum * self.ranks.world
         save_run_config(self.out, "train", cfg, **self.run_doc(), plan={
             "steps": steps, "global_batch": global_batch, "devices": self.ranks.world})
-        console.print(f"{trainable.describe(cfg.stage, cfg.method)}, template {self.template.name}, {len(self.dataset):,} "
-                      f"samples, {steps} steps; global batch {global_batch} = {cfg.batch_size} per device x "
+        console.print(f"{trainable.describe(cfg.stage, cfg.method)}, template {self.template.name}, "
+                      f"{len(self.dataset):,} samples, {steps} steps; global batch {global_batch} = {cfg.batch_size} per device x "
                       f"{self.ranks.world} device(s) x {cfg.grad_accum} accumulation; device {self.device}\n{report}")
 
     def _save(self, folder: Path, step: int, trainer_state: dict, weights: dict | None) -> None:
