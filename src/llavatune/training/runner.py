@@ -281,8 +281,9 @@ class Run:
         save_run_config(self.out, "train", cfg, **self.run_doc(), plan={
             "steps": steps, "global_batch": global_batch, "devices": self.ranks.world})
         console.print(f"{trainable.describe(cfg.stage, cfg.method)}, template {self.template.name}, "
-                      f"{len(self.dataset):,} samples, {steps} steps; global batch {global_batch} = {cfg.batch_size} per device x "
-                      f"{self.ranks.world} device(s) x {cfg.grad_accum} accumulation; device {self.device}\n{report}")
+                      f"{len(self.dataset):,} samples, {steps} steps; global batch {global_batch} = "
+                      f"{cfg.batch_size} per device x {self.ranks.world} device(s) x {cfg.grad_accum} accumulation; "
+                      f"device {self.device}\n{report}")
 
     def _save(self, folder: Path, step: int, trainer_state: dict, weights: dict | None) -> None:
         """`weights`: the gathered state dict under FSDP, None when the model is whole here."""
@@ -306,8 +307,7 @@ class Run:
         self._say(f"resuming from {folder} at step {state.step}")
         changed = changed_settings((read_run_config(folder) or {}).get("config") or {}, to_dict(self.cfg))
         if changed:
-            self._say(f"settings changed since that checkpoint: {changed}. The run goes on with them, so it is no "
-                      "longer the one an uninterrupted run would have made.")
+            self._say(f"settings changed since that checkpoint: {changed}; the run goes on with them.")
         return state
 
 
