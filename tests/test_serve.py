@@ -74,11 +74,16 @@ def test_text_and_image_completions(server):
                                                        {"type": "text", "text": "What colour is the shape?"})})
     assert image.status_code == 200
     assert isinstance(image.json()["choices"][0]["message"]["content"], str)
+    for reply, max_tokens in ((text.json(), 4), (image.json(), 5)):  # real counts, and a reason that fits them
+        usage, finish = reply["usage"], reply["choices"][0]["finish_reason"]
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        assert usage["completion_tokens"] == max_tokens if finish == "length" else finish == "stop"
+    assert image.json()["usage"]["prompt_tokens"] - text.json()["usage"]["prompt_tokens"] >= 16  # image tokens too
 
 
 def test_streaming_is_openai_sse(server):
-    body = {"model": "finetuned", "stream": True, **user({"type": "image_url", "image_url": {"url": png_uri()}},
-                                                         {"type": "text", "text": "Which shape is it?"})}
+    body = {"model": "finetuned", "stream": True, "stream_options": {"include_usage": True},
+            **user({"type": "image_url", "image_url": {"url": png_uri()}}, {"type": "text", "text": "Which shape is it?"})}
     with httpx.stream("POST", f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                       content=json.dumps(body), timeout=60) as response:
         lines = [line for line in response.iter_lines() if line]
@@ -86,10 +91,12 @@ def test_streaming_is_openai_sse(server):
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
-    plain = post(server, {k: v for k, v in body.items() if k != "stream"}).json()["choices"][0]["message"]["content"]
-    assert streamed.strip() == plain
+    *content, last, usage = chunks  # include_usage: a last chunk with the counts and no choices
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in content)
+    plain = post(server, {k: v for k, v in body.items() if k not in ("stream", "stream_options")}).json()
+    assert streamed.strip() == plain["choices"][0]["message"]["content"]
+    assert last["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+    assert usage["choices"] == [] and usage["usage"] == plain["usage"]
 
 
 @pytest.mark.parametrize("case,status", [

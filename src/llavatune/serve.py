@@ -31,6 +31,7 @@ except ImportError as err:  # pragma: no cover
     raise ImportError("llavatune serve needs the serve extra: pip install 'llavatune[serve]'") from err
 
 from llavatune.errors import LlavatuneError
+from llavatune.inference.generate import Answer
 
 
 @dataclasses.dataclass
@@ -204,9 +205,10 @@ def create_app(cfg: ServeConfig, slots: dict[str, Slot]) -> FastAPI:
         args = generation_args(body)
         slot = slots[name]
         if body.get("stream"):
-            return StreamingResponse(_sse(slot, messages, images, args), media_type="text/event-stream")
-        text = await asyncio.to_thread(_locked, slot, lambda: slot.model.chat(messages, images=images, **args))
-        return _completion(name, text)
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(_sse(slot, messages, images, args, usage), media_type="text/event-stream")
+        answer = await asyncio.to_thread(_locked, slot, lambda: slot.model.answers([messages], [images], **args)[0])
+        return _completion(name, answer)
 
     samples = Samples(cfg)
 
@@ -226,29 +228,36 @@ def _locked(slot: Slot, fn):
         return fn()
 
 
-def _completion(name: str, text: str) -> dict:
+def _completion(name: str, answer: Answer) -> dict:
     return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-            "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                        "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+            "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                                        "finish_reason": answer.finish_reason}],
+            "usage": _usage(answer)}
 
 
-async def _sse(slot: Slot, messages, images, args):
-    """OpenAI chunks: a role delta, content deltas, a finish chunk, then [DONE]."""
+def _usage(answer: Answer) -> dict:
+    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+
+
+async def _sse(slot: Slot, messages, images, args, usage: bool):
+    """OpenAI chunks: a role delta, content deltas, a finish chunk, with stream_options.include_usage a chunk
+    with the token counts and no choices, then [DONE]."""
     chunk_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
-    def chunk(delta: dict, finish=None) -> str:
+    def chunk(delta: dict | None, finish=None, **extra) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
         return "data: " + json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                                      "model": slot.name, "choices": [{"index": 0, "delta": delta,
-                                                                       "finish_reason": finish}]}) + "\n\n"
+                                      "model": slot.name, "choices": choices, **extra}) + "\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
     queue: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
+    stream = slot.model.stream(messages, images=images, **args)
 
     def produce():
         try:
-            for piece in slot.model.stream(messages, images=images, **args):
+            for piece in stream:
                 loop.call_soon_threadsafe(queue.put_nowait, piece)
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, None)
@@ -257,7 +266,9 @@ async def _sse(slot: Slot, messages, images, args):
     while (piece := await queue.get()) is not None:
         yield chunk({"content": piece})
     await task
-    yield chunk({}, "stop")
+    yield chunk({}, stream.answer.finish_reason)
+    if usage:
+        yield chunk(None, usage=_usage(stream.answer))
     yield "data: [DONE]\n\n"
 
 

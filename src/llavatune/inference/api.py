@@ -17,7 +17,7 @@ from PIL import Image
 
 from llavatune.data.formats import IMAGE_TAG
 from llavatune.data.templates import Template, get_template
-from llavatune.inference.generate import GenerationConfig, encode, generate, prepare
+from llavatune.inference.generate import Answer, GenerationConfig, answers, encode, prepare, to_answers
 from llavatune.model import load as loadlib
 from llavatune.model.meta import template_name
 
@@ -34,29 +34,61 @@ class Model:
     def generate(self, conversations: list, images: list[list[Image.Image]] | None = None, **generation) -> list[str]:
         """Answers for a batch (left-padded: greedy answers equal one-by-one answers). Each conversation is a
         prompt string or a list of {"role", "content"} messages."""
+        return [a.text for a in self.answers(conversations, images, **generation)]
+
+    def answers(self, conversations: list, images: list[list[Image.Image]] | None = None,
+                **generation) -> list[Answer]:
+        """generate(), with each answer's token counts and finish reason ("stop" or "length")."""
         images = images or [[] for _ in conversations]
         turns = [as_turns(c, len(ims)) for c, ims in zip(conversations, images)]
-        return generate(self.model, self.processor, self.template, turns, images, GenerationConfig(**generation),
-                        self.device)
+        return answers(self.model, self.processor, self.template, encode(self.processor, self.template, turns, images),
+                       GenerationConfig(**generation), self.device)
 
     def chat(self, messages_or_prompt, images: list[Image.Image] | None = None, **generation) -> str:
         return self.generate([messages_or_prompt], [list(images or [])], **generation)[0]
 
-    def stream(self, messages_or_prompt, images: list[Image.Image] | None = None, **generation) -> Iterator[str]:
-        """Yield the answer piece by piece as it is generated."""
-        from transformers import TextIteratorStreamer
-
+    def stream(self, messages_or_prompt, images: list[Image.Image] | None = None, **generation) -> Stream:
+        """The answer piece by piece as it is generated (iterate it); then `.answer` holds the whole Answer."""
         images = list(images or [])
         turns = as_turns(messages_or_prompt, len(images))
         inputs, kwargs, stop = prepare(self.processor, self.template,
                                        encode(self.processor, self.template, [turns], [images]),
                                        GenerationConfig(**generation), self.device)
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs.update(inputs, streamer=streamer)
-        thread = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
+        return Stream(self.model, self.processor.tokenizer, inputs, kwargs, stop)
+
+
+class Stream:
+    """Iterate for text pieces, as generate() runs in a thread. A failed generation ends the pieces and raises
+    its error here (the streamer would otherwise wait forever for a thread that is gone, and a server with it)."""
+
+    def __init__(self, model, tokenizer, inputs: dict, kwargs: dict, stop: list[str]):
+        self.model, self.tokenizer, self.inputs, self.kwargs, self.stop = model, tokenizer, inputs, kwargs, stop
+        self.answer: Answer | None = None  # set when the last piece has been taken
+
+    def __iter__(self) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        done: dict = {}
+
+        def run():
+            try:
+                done["out"] = self.model.generate(**self.inputs, **self.kwargs, streamer=streamer)
+            except BaseException as err:  # raised again in the consuming thread, below
+                done["error"] = err
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        yield from _until_stop(streamer, stop)
+        pieces = []
+        for piece in _until_stop(streamer, self.stop):
+            pieces.append(piece)
+            yield piece
         thread.join()
+        if "error" in done:
+            raise done["error"]
+        self.answer = to_answers(done["out"], self.inputs, self.model, self.tokenizer, self.stop)[0]
+        self.answer.text = "".join(pieces)
 
 
 def _until_stop(pieces, stop: list[str]) -> Iterator[str]:

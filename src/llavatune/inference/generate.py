@@ -61,22 +61,44 @@ def speed_kwargs(device) -> dict:
     return {"cache_implementation": "static"} if torch.device(device).type == "cuda" else {}
 
 
-def generate(model, processor, template: Template, conversations: list[list[tuple[str, str]]],
-             images: list[list], cfg: GenerationConfig, device: torch.device | str = "cpu") -> list[str]:
-    """One answer per conversation. `images[i]` are the PIL images of conversation i, one per <image> tag."""
-    return answer(model, processor, template, encode(processor, template, conversations, images), cfg, device)
+@dataclasses.dataclass
+class Answer:
+    text: str
+    prompt_tokens: int       # the prompt's tokens, image tokens included (padding not)
+    completion_tokens: int   # tokens generated, up to and including the end of turn
+    finish_reason: str       # "stop": end of turn or a stop string; "length": max_new_tokens ran out first
 
 
-@torch.no_grad()
 def answer(model, processor, template: Template, inputs: dict[str, torch.Tensor], cfg: GenerationConfig,
            device: torch.device | str = "cpu", **generate_kwargs) -> list[str]:
     """One answer per row of encode()'s inputs; `generate_kwargs` go to generate() (synced_gpus in training)."""
+    return [a.text for a in answers(model, processor, template, inputs, cfg, device, **generate_kwargs)]
+
+
+@torch.no_grad()
+def answers(model, processor, template: Template, inputs: dict[str, torch.Tensor], cfg: GenerationConfig,
+            device: torch.device | str = "cpu", **generate_kwargs) -> list[Answer]:
+    """answer(), with each answer's token counts and why it ended."""
     inputs, kwargs, stop = prepare(processor, template, inputs, cfg, device)
     out = model.generate(**inputs, **kwargs, **generate_kwargs)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
-    tokenizer = processor.tokenizer
-    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
-    return [clean(text, stop, tokenizer.all_special_tokens) for text in texts]
+    return to_answers(out, inputs, model, processor.tokenizer, stop)
+
+
+def to_answers(out: torch.Tensor, inputs: dict, model, tokenizer, stop: list[str]) -> list[Answer]:
+    """generate()'s output (batch, prompt + new tokens) -> Answers. A row that finished early is padded after
+    its end-of-turn token (or after the tokens of a stop string)."""
+    ends = model.generation_config.eos_token_id
+    ends = set(ends if isinstance(ends, list) else [ends]) | {tokenizer.eos_token_id}
+    prompts = inputs["attention_mask"].sum(dim=1).tolist()
+    result = []
+    for row, n_prompt in zip(out[:, inputs["input_ids"].shape[1]:].tolist(), prompts):
+        text = tokenizer.decode(row, skip_special_tokens=False)
+        ended = next((i + 1 for i, t in enumerate(row) if t in ends), None)
+        n = ended or sum(t != tokenizer.pad_token_id for t in row)
+        stopped = ended is not None or any(s in text for s in stop)
+        result.append(Answer(clean(text, stop, tokenizer.all_special_tokens), int(n_prompt), n,
+                             "stop" if stopped else "length"))
+    return result
 
 
 def clean(text: str, stop: list[str], specials: list[str]) -> str:
