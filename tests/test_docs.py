@@ -31,6 +31,12 @@ BENCH_ON_CPU = [  # GPU benchmark commands run on the tiny shape; 4-bit needs CU
     (r"--new-tokens \d+", "--new-tokens 4"), (r"batches=\[[\d,]+\]", "batches=[1,2]")]
 
 
+def python_blocks(doc: Path) -> list[str]:
+    """```python blocks, run after the document's commands; ```python no-run marks one that needs a live
+    server (the openai client: tests/test_serve.py makes the same calls)."""
+    return re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+
+
 def commands(doc: Path) -> list[str]:
     blocks = re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S)
     lines = [line.split("  # ")[0].strip() for block in blocks for line in block.splitlines()]
@@ -89,6 +95,8 @@ def test_doc_commands_run(doc, tiny_parts_dir, demo_run, tmp_path, monkeypatch):
             with pytest.raises(SystemExit) as exit_info:
                 run(argv[1:])
             assert exit_info.value.code in (0, None), f"{doc.name}: `{cmd}` failed"
+    for k, code in enumerate(python_blocks(doc)):
+        exec(compile(code, f"{doc.name} python block {k + 1}", "exec"), {"__name__": "__doc_example__"})
 
 
 def run_server(argv: list[str], doc: Path) -> None:
