@@ -26,6 +26,16 @@ def test_batched_equals_one_by_one_and_adapter_compare(tiny_model_dir, shapes_da
     # the two models do answer differently: the adapter is really attached
     assert any(r["base"] != r["finetuned"] for r in rows1)
     assert "trained" in (tmp_path / "b1" / "report.md").read_text()
+    # answers cut at max_new_tokens are counted as the Python API counts them (and batched as one by one)
+    import llavatune
+    from llavatune.data import images as imagelib
+    from llavatune.evaluate import samples
+
+    items = samples(EvalConfig(out=tmp_path / "x", **common))
+    pil = [[imagelib.load(ref, shapes_data, s.record.source) for ref in s.record.images] for s in items]
+    messages = [[{"role": r, "content": t} for r, t in s.question_turns] for s in items]
+    got = llavatune.load(tiny_model_dir, device="cpu").answers(messages, pil, max_new_tokens=5)
+    assert one["cut_at_max_new_tokens"]["base"] == sum(a.finish_reason == "length" for a in got) > 0
 
 
 def test_mme_metric_takes_the_category_from_the_row_or_the_image_folder():

@@ -24,7 +24,7 @@ from llavatune.data import images as imagelib
 from llavatune.data.formats import DataError, Record, read_records
 from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
-from llavatune.inference.generate import GenerationConfig, answer, encode
+from llavatune.inference.generate import GenerationConfig, answers, encode
 from llavatune.metrics import choice_accuracy, exact_match, mme_scores, vqa_accuracy, yesno_scores
 from llavatune.report import trained_count, write_all
 
@@ -69,8 +69,9 @@ def samples(cfg: EvalConfig) -> list[Sample]:
 
 
 def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg: EvalConfig,
-               label: str = "model") -> tuple[list[str], dict]:
-    """The model's answers, and its parameter counts (total; trained in the run that made it, when known)."""
+               label: str = "model") -> tuple[list[str], dict, int]:
+    """The model's answers, its parameter counts (total; trained in the run that made it, when known), and how
+    many answers ran into max_new_tokens before their end of turn."""
     from llavatune.inference.api import load
 
     loaded = load(model_path, adapter=adapter, device=cfg.device, template=cfg.template)
@@ -78,17 +79,20 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
     batches = [items[start:start + cfg.batch_size] for start in range(0, len(items), cfg.batch_size)]
     encoded = in_workers(_Encoded(batches, loaded.processor, loaded.template, cfg.images),
                          auto_workers(cfg.data_workers, loaded.device))
-    answers: list[str] = []
+    texts: list[str] = []
+    cut = 0
     bar = tqdm(total=len(items), desc=f"answering ({label})", unit="sample", dynamic_ncols=True)
     for batch, inputs in zip(batches, encoded):
         if isinstance(inputs, str):  # a missing or undecodable image, named by the worker
             raise LlavatuneError(inputs)
-        answers += answer(loaded.model, loaded.processor, loaded.template, inputs, gen, loaded.device)
+        got = answers(loaded.model, loaded.processor, loaded.template, inputs, gen, loaded.device)
+        texts += [a.text for a in got]
+        cut += sum(a.finish_reason == "length" for a in got)
         bar.update(len(batch))
     bar.close()
     params = {"total": sum(p.numel() for n, p in loaded.model.named_parameters() if "original_module" not in n),
               "trained": trained_count(loaded.source)}
-    return answers, params
+    return texts, params, cut
 
 
 class _Encoded(torch.utils.data.Dataset):
@@ -154,15 +158,20 @@ def main(cfg: EvalConfig) -> dict:
         runs["finetuned"] = (cfg.compare, None)
     elif cfg.adapter is not None:
         runs["finetuned"] = (cfg.model, cfg.adapter)
-    predictions, params, result = {}, {}, {"n": len(items), "models": {}}
+    predictions, params, result = {}, {}, {"n": len(items), "models": {}, "cut_at_max_new_tokens": {}}
     for label, (model_path, adapter) in runs.items():
         with torch.no_grad():
-            predictions[label], params[label] = answer_all(model_path, adapter, items, cfg, label)
+            predictions[label], params[label], cut = answer_all(model_path, adapter, items, cfg, label)
         result["models"][label] = score(predictions[label], items, cfg.metrics)
+        result["cut_at_max_new_tokens"][label] = cut
     write(cfg.out, items, predictions, result)
     save_run_config(cfg.out, "eval", cfg, result=result)
     write_all(cfg.out, items, predictions, result, params, cfg.images)
     print_table(result)
+    cut = result["cut_at_max_new_tokens"]
+    if any(cut.values()):  # a score can only be read knowing whether the answers were whole
+        console.print(f"answers cut at max_new_tokens={cfg.max_new_tokens}: "
+                      + ", ".join(f"{label} {n} of {len(items)}" for label, n in cut.items()))
     console.print(f"report: {cfg.out / 'report.html'} (and report.md, metrics.png, predictions.jsonl)")
     return result
 
