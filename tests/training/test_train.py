@@ -256,11 +256,14 @@ def test_cli_train_with_a_shipped_recipe_name(tiny_model_dir, shapes_data, tmp_p
     assert (tmp_path / "run" / "loss.png").is_file()
 
 
-def test_data_with_no_usable_sample_stops_with_a_reason(tiny_model_dir, shapes_data, tmp_path):
+def test_data_with_no_usable_sample_stops_with_a_reason(tiny_model_dir, shapes_data, tmp_path, capsys):
     data = tmp_path / "gone.json"
     rows = json.loads((shapes_data / "qa.json").read_text())[:6]
     for row in rows:
         row["image"] = "images/missing.png"
     data.write_text(json.dumps(rows))
-    with pytest.raises(LlavatuneError, match="no usable training sample"):
+    with pytest.raises(LlavatuneError, match=r"no usable training sample .*the first: .*gone.json:\d+: image"):
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "steps=2", f"data={data}"))
+    assert "every sample of this step was dropped; no update" in capsys.readouterr().out  # step 1, before the stop
+    with pytest.raises(LlavatuneError, match="images=.*nowhere: no such folder"):  # before the model loads
+        train(train_config(tiny_model_dir, shapes_data, tmp_path / "run2", "steps=2", f"images={tmp_path / 'nowhere'}"))

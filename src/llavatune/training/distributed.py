@@ -78,7 +78,15 @@ class Ranks:
 
     def all_true(self, flag: bool, device) -> bool:
         """True when `flag` holds on every rank (so all ranks take the same branch around collectives)."""
-        return self.sum(0.0 if flag else 1.0, device) == 0.0
+        return self.all_true_each([flag], device)[0]
+
+    def all_true_each(self, flags: list[bool], device) -> list[bool]:
+        """all_true of each flag, in one collective (every rank gives as many)."""
+        if self.world == 1:
+            return list(flags)
+        t = torch.tensor([float(f) for f in flags], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return [bool(x) for x in t.tolist()]
 
     def barrier(self) -> None:
         if self.world > 1:

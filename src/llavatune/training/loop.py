@@ -69,17 +69,28 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def draw_window(batches: Batches, order: Order, state: State, n: int, ranks: Ranks) -> list[dict]:
+def draw_window(batches: Batches, order: Order, state: State, n: int, ranks: Ranks, device) -> list[dict]:
     """This rank's micro-batches of the next optimizer step. A step spans n x world micro-batches of the
     epoch order (crossing into the next epoch as needed); rank r takes positions r, r + world, ... The
-    position advances the same way on every rank, so a run resumes at the same place on any world size."""
-    window = [batch for batch in itertools.islice(batches, n) if batch is not None]  # None: all samples dropped
+    position advances the same way on every rank, so a run resumes at the same place on any world size.
+
+    A micro-batch whose samples were all dropped is None. Every rank must run as many micro-batches, or their
+    collectives pair up wrongly (gloo aborts, NCCL hangs): a position that is None on any rank is passed over
+    on all, and the samples passed over elsewhere are counted as dropped too."""
+    drawn = list(itertools.islice(batches, n))
     state.epoch, state.index = advance(order, state.epoch, state.index, n * ranks.world)
     dataset = batches.dataset
-    if not window and dataset.served == 0 and sum(dataset.skipped.values()) >= len(dataset):
-        raise LlavatuneError(f"no usable training sample: all {len(dataset)} were dropped ({dict(dataset.skipped)}). "
-                             "Run `llavatune data validate` on the data with --images and --model.")
-    return window
+    usable = ranks.all_true_each([batch is not None for batch in drawn], device)
+    for batch in (b for b, ok in zip(drawn, usable) if b is not None and not ok):
+        dataset.served -= n_samples(batch)
+        dataset.skipped["passed over with another rank's dropped micro-batch"] += n_samples(batch)
+    hopeless = dataset.served == 0 and sum(dataset.skipped.values()) >= min(len(dataset), 64)
+    if not ranks.all_true(not hopeless, device):  # nothing usable yet, on any rank: the data or images= is wrong
+        first = next(iter(dataset.first_dropped.values()), "")
+        raise LlavatuneError(f"no usable training sample among the first {sum(dataset.skipped.values())} drawn "
+                             f"({dict(dataset.skipped)}; the first: {first}). Run `llavatune data validate` on the "
+                             "data with --images and --model.")
+    return [b for b, ok in zip(drawn, usable) if ok]
 
 
 def memory_gib(device: torch.device) -> float:
@@ -105,11 +116,14 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
             evaluate(state)  # the baseline the run is judged against
         while state.step < plan.steps:
             started = time.perf_counter()
-            window = draw_window(batches, order, state, plan.grad_accum, ranks)
+            window = draw_window(batches, order, state, plan.grad_accum, ranks, device)
             waited = time.perf_counter() - started  # the step's wait for its batches: ~0 when workers keep up
             lr = scheduler.get_last_lr()[0]  # the rate this update uses
             update = _update_deepspeed if ranks.deepspeed else _update
-            loss, grad_norm = update(model, window, optimizer, plan, device, autocast_dtype, scaler, ranks)
+            if window:
+                loss, grad_norm = update(model, window, optimizer, plan, device, autocast_dtype, scaler, ranks)
+            else:  # the same on every rank (draw_window)
+                loss, grad_norm = None, 0.0
             with warnings.catch_warnings():  # a skipped update still takes its place in the schedule
                 if loss is None:  # torch would warn "scheduler before optimizer" when it is step 1; _skip says why
                     warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
@@ -119,7 +133,10 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
             samples = int(ranks.sum(sum(n_samples(b) for b in window), device))
             tokens = int(ranks.sum(sum(n_tokens(b) for b in window), device))
             state.samples += samples
-            if loss is None:
+            if not window:
+                state.skipped_steps += 1
+                tqdm.write(f"warning: step {state.step}: every sample of this step was dropped; no update")
+            elif loss is None:
                 _skip(state, plan, grad_norm)
             else:
                 state.nonfinite_in_a_row = 0
@@ -203,14 +220,17 @@ def _update_deepspeed(engine, window, optimizer, plan: Plan, device, autocast_dt
     stops the run before that step (the weights stay those of the last checkpoint-able step)."""
     n_items = _supervised_tokens(window, ranks, device)
     total = 0.0
-    for batch in window:
+    for k, batch in enumerate(window):
+        # the window's last micro-batch is the update, however many were passed over (its own counter would
+        # then step in the middle of the next window)
+        engine.set_gradient_accumulation_boundary(k == len(window) - 1)
         loss = micro_loss(engine, batch, n_items, device, autocast_dtype)
         if not ranks.all_true(bool(torch.isfinite(loss)), device):
             raise LlavatuneError("non-finite loss under DeepSpeed, which cannot skip an update once gradients are "
                                  "accumulated: stopped before it. Resume from the last checkpoint with a lower lr, "
                                  "or check the data (llavatune data validate).")
         engine.backward(loss * ranks.world, scale_wrt_gas=False)  # ZeRO averages over ranks, as DDP does
-        engine.step()                                              # a no-op until the window's last micro-batch
+        engine.step()                                              # a no-op until the boundary set above
         total += loss.item()
     return ranks.sum(total, device), float(engine.get_global_grad_norm() or 0.0)
 

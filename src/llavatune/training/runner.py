@@ -53,6 +53,7 @@ class Run:
         cfg = self.cfg
         resume_from = self._resume_folder()
         self.workers = auto_workers(cfg.data_workers, self.device)  # checked before anything loads
+        _check_paths(cfg)
         _seed(cfg.seed)
         self._load(resume_from)
         lengths = [self.dataset.length(i) for i in range(len(self.dataset))]
@@ -309,6 +310,18 @@ class Run:
         if changed:
             self._say(f"settings changed since that checkpoint: {changed}; the run goes on with them.")
         return state
+
+
+def _check_paths(cfg: TrainConfig) -> None:
+    """The data files and image folder exist: a typo found before a model of many GB is loaded, not after (a
+    wrong images= would otherwise drop every sample)."""
+    for key in ("data", "eval_data"):
+        path = getattr(cfg, key)
+        if path is not None and not Path(path).exists():
+            raise LlavatuneError(f"{key}={path}: no such file or folder.")
+    if cfg.images is not None and not Path(cfg.images).is_dir():
+        raise LlavatuneError(f"images={cfg.images}: no such folder; give the folder that the data's image paths "
+                             "are relative to.")
 
 
 def changed_settings(saved: dict, now: dict) -> str:
