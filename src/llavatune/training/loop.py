@@ -119,10 +119,10 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
             window = draw_window(batches, order, state, plan.grad_accum, ranks, device)
             waited = time.perf_counter() - started  # the step's wait for its batches: ~0 when workers keep up
             lr = scheduler.get_last_lr()[0]  # the rate this update uses
-            update = _update_deepspeed if ranks.deepspeed else _update
             if window:
+                update = _update_deepspeed if ranks.deepspeed else _update
                 loss, grad_norm = update(model, window, optimizer, plan, device, autocast_dtype, scaler, ranks)
-            else:  # the same on every rank (draw_window)
+            else:  # every sample of the step was dropped, on every rank alike (draw_window)
                 loss, grad_norm = None, 0.0
             with warnings.catch_warnings():  # a skipped update still takes its place in the schedule
                 if loss is None:  # torch would warn "scheduler before optimizer" when it is step 1; _skip says why
@@ -135,7 +135,8 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
             state.samples += samples
             if not window:
                 state.skipped_steps += 1
-                tqdm.write(f"warning: step {state.step}: every sample of this step was dropped; no update")
+                if ranks.main:
+                    tqdm.write(f"warning: step {state.step}: every sample of this step was dropped; no update")
             elif loss is None:
                 _skip(state, plan, grad_norm)
             else:
