@@ -64,10 +64,11 @@ def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
         images += pending
         pending = []
         history.append({"role": "user", "content": text})
-        answer = ""
-        for piece in model.stream(history, images=images, **generation):
+        stream = model.stream(history, images=images, **generation)
+        for piece in stream:
             stdout.write(piece)
             stdout.flush()
-            answer += piece
+        if stream.answer.finish_reason == "length":
+            stdout.write(f" [cut at max_new_tokens={cfg.max_new_tokens}: --max-new-tokens N for longer answers]")
         stdout.write("\n")
-        history.append({"role": "assistant", "content": answer.strip()})
+        history.append({"role": "assistant", "content": stream.answer.text.strip()})

@@ -1,0 +1,30 @@
+"""The terminal conversation: images attached to the next message, history kept until /reset, answers streamed
+as the Python API gives them, and a word when an answer ran into max_new_tokens."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+import llavatune
+from llavatune.chat import ChatConfig, main
+
+
+def test_a_conversation_with_an_image_a_reset_and_a_cut_answer(tiny_model_dir, shapes_data):
+    image = shapes_data / "images" / "shape_00000.png"
+    typed = f"/image {image}\nWhat colour is the shape?\n/reset\nHi\n/quit\nnever read\n"
+    out = io.StringIO()
+    main(ChatConfig(model=tiny_model_dir, max_new_tokens=3), stdin=io.StringIO(typed), stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("chatting with") and lines[1] == "(image attached to your next message)"
+    assert lines[3] == "(conversation reset)" and len(lines) == 5  # /quit ends it
+
+    model = llavatune.load(tiny_model_dir, device="cpu")
+    expected = [model.answers(["<image>\nWhat colour is the shape?"], [[Image.open(image)]], max_new_tokens=3)[0],
+                model.answers(["Hi"], max_new_tokens=3)[0]]  # after /reset: no history, no image
+    note = " [cut at max_new_tokens=3: --max-new-tokens N for longer answers]"
+    for line, answer in zip((lines[2], lines[4]), expected):
+        shown = line.removesuffix(note)
+        assert (shown != line) == (answer.finish_reason == "length") and shown.strip() == answer.text
+    assert any(a.finish_reason == "length" for a in expected)  # the random tiny model runs on: the note shows
