@@ -17,7 +17,9 @@ def test_demo_numbers(demo_run):
     out, seconds, printed = demo_run
     assert seconds < 300
     saved = json.loads((out / "eval" / "metrics.json").read_text())
-    assert set(saved) == {"n", "models"} and set(saved["models"]) == {"base", "finetuned"}
+    assert set(saved) == {"n", "models", "cut_at_max_new_tokens"} and set(saved["models"]) == {"base", "finetuned"}
+    # the tuned model ends its answers itself; the random base runs most of them into the limit
+    assert saved["cut_at_max_new_tokens"]["finetuned"] == 0 and saved["cut_at_max_new_tokens"]["base"] > 30
     before, after = saved["models"]["base"]["exact_match"], saved["models"]["finetuned"]["exact_match"]
     assert printed == {"before": before, "after": after}
     assert before <= 0.3 and after >= 0.9

@@ -313,8 +313,9 @@ class Run:
 
 
 def _check_paths(cfg: TrainConfig) -> None:
-    """The data files and image folder exist: a typo found before a model of many GB is loaded, not after (a
-    wrong images= would otherwise drop every sample)."""
+    """The model, the data files and the image folder exist: a typo found before a model of many GB is loaded,
+    not after (a wrong images= would otherwise drop every sample)."""
+    loadlib.resolve(cfg.model)  # "no such model, run or checkpoint folder"
     for key in ("data", "eval_data"):
         path = getattr(cfg, key)
         if path is not None and not Path(path).exists():
