@@ -133,14 +133,7 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
             samples = int(ranks.sum(sum(n_samples(b) for b in window), device))
             tokens = int(ranks.sum(sum(n_tokens(b) for b in window), device))
             state.samples += samples
-            if not window:
-                state.skipped_steps += 1
-                if ranks.main:
-                    tqdm.write(f"warning: step {state.step}: every sample of this step was dropped; no update")
-            elif loss is None:
-                _skip(state, plan, grad_norm)
-            else:
-                state.nonfinite_in_a_row = 0
+            _count_update(state, plan, bool(window), loss, grad_norm, ranks)
             committed = dataclasses.replace(state)  # the weights now are this state's (Ctrl-C from here saves it)
             row = _metrics(state, loss, grad_norm, lr, samples, tokens, started, waited, device, dataset, ranks)
             _hint_data_workers(row, plan, ranks, device)
@@ -280,6 +273,19 @@ def fit_checkpointing(model, batch: dict, budget_gib: float | None, device, auto
     fast.checkpoint_first(model, k)
     torch.cuda.reset_peak_memory_stats(device)
     return k
+
+
+def _count_update(state: State, plan: Plan, had_data: bool, loss: float | None, grad_norm: float,
+                  ranks: Ranks) -> None:
+    """The step's outcome in the state: an update, a step with no usable sample, or a non-finite one (_skip)."""
+    if not had_data:
+        state.skipped_steps += 1
+        if ranks.main:
+            tqdm.write(f"warning: step {state.step}: every sample of this step was dropped; no update")
+    elif loss is None:
+        _skip(state, plan, grad_norm)
+    else:
+        state.nonfinite_in_a_row = 0
 
 
 def _skip(state: State, plan: Plan, grad_norm: float) -> None:
