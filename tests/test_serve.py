@@ -210,3 +210,4 @@ def test_page_in_a_real_headless_browser(server, tmp_path):
         browser.close()
     assert answers == ["base", "finetuned"]
     assert all(not t.startswith("error") for t in texts)
+    assert texts[0].endswith(" [cut at max new tokens]")  # the random base runs on to the page's 64 tokens
