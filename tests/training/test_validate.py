@@ -83,7 +83,8 @@ def test_eval_loss_and_answers_are_the_final_models(tiny_model_dir, shapes_data,
         question = record["conversations"][0]["value"]
         assert row["question"] == question and row["reference"] == record["conversations"][1]["value"]
         room = len(model.processor.tokenizer(row["reference"], add_special_tokens=False)["input_ids"]) + 16
-        assert row["answer"] == model.chat(question, images=[image], max_new_tokens=room)
+        alone = model.answers([question], [[image]], max_new_tokens=room)[0]
+        assert (row["answer"], row["finish_reason"]) == (alone.text, alone.finish_reason)
         assert row["exact_match"] == exact_match(row["answer"], row["reference"])
     assert last["eval_exact_match"] == pytest.approx(sum(r["exact_match"] for r in answers) / 3, abs=1e-4)
 

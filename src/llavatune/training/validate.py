@@ -24,7 +24,7 @@ from llavatune.data.dataset import SupervisedDataset, collate, n_samples, n_targ
 from llavatune.data.formats import DataError
 from llavatune.data.loader import in_workers
 from llavatune.errors import LlavatuneError
-from llavatune.inference.generate import GenerationConfig, answer, encode
+from llavatune.inference.generate import GenerationConfig, answers, encode
 from llavatune.metrics import exact_match
 from llavatune.training import loop
 from llavatune.training.distributed import Ranks
@@ -126,10 +126,10 @@ class Validator:
         for q in self.questions:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                 enabled=self.autocast_dtype is not None):
-                text = answer(inner, processor, template, q.inputs, GenerationConfig(q.max_new_tokens), self.device,
+                got = answers(inner, processor, template, q.inputs, GenerationConfig(q.max_new_tokens), self.device,
                               **({"synced_gpus": True} if together else {}))[0]
-            out.append({"id": q.id, "question": q.text, "reference": q.reference, "answer": text,
-                        "exact_match": exact_match(text, q.reference)})
+            out.append({"id": q.id, "question": q.text, "reference": q.reference, "answer": got.text,
+                        "exact_match": exact_match(got.text, q.reference), "finish_reason": got.finish_reason})
         return out
 
 
