@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -90,9 +91,9 @@ def describe_adapter(folder: Path) -> dict:
     from llavatune.model.trainable import component
 
     config = json.loads((folder / "adapter_config.json").read_text())
-    counts: dict[str, int] = {}
+    counts: collections.Counter = collections.Counter()
     for name, (shape, _) in tensor_shapes(folder).items():
-        counts[component(name)] = counts.get(component(name), 0) + math.prod(shape)
+        counts[component(name)] += math.prod(shape)
     manifest = folder / "checkpoint.json"  # written by training; an adapter from elsewhere has none
     step = json.loads(manifest.read_text())["step"] if manifest.is_file() else None
     targets = config.get("target_modules")  # a list of full module names (a 7B LLaVA: 224), or a regex

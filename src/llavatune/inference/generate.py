@@ -69,16 +69,11 @@ class Answer:
     finish_reason: str       # "stop": end of turn or a stop string; "length": max_new_tokens ran out first
 
 
-def answer(model, processor, template: Template, inputs: dict[str, torch.Tensor], cfg: GenerationConfig,
-           device: torch.device | str = "cpu", **generate_kwargs) -> list[str]:
-    """One answer per row of encode()'s inputs; `generate_kwargs` go to generate() (synced_gpus in training)."""
-    return [a.text for a in answers(model, processor, template, inputs, cfg, device, **generate_kwargs)]
-
-
 @torch.no_grad()
 def answers(model, processor, template: Template, inputs: dict[str, torch.Tensor], cfg: GenerationConfig,
             device: torch.device | str = "cpu", **generate_kwargs) -> list[Answer]:
-    """answer(), with each answer's token counts and why it ended."""
+    """One answer per row of encode()'s inputs, with its token counts and why it ended; `generate_kwargs` go to
+    generate() (synced_gpus in training)."""
     inputs, kwargs, stop = prepare(processor, template, inputs, cfg, device)
     out = model.generate(**inputs, **kwargs, **generate_kwargs)
     return to_answers(out, inputs, model, processor.tokenizer, stop)
