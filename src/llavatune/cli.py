@@ -70,8 +70,9 @@ def info(
     config: Optional[Path] = CONFIG,
     overrides: Optional[list[str]] = OVERRIDES,
 ):
-    """Architecture, parameter counts, image tokens per image, template, dtype and files of a checkpoint (an
-    adapter: with its base model, rank, targets and step)."""
+    """Architecture, parameter counts, image tokens, template, dtype and files of a checkpoint or adapter.
+
+    An adapter is shown with its base model, rank, targets and step."""
     from llavatune import info as verb
     verb.main(cfglib.load(verb.InfoConfig, config, overrides, dict(model=model, json=json or None)))
 
@@ -245,8 +246,9 @@ def bench(
     out: Optional[Path] = typer.Option(None, "--out", help="JSON results"),
     overrides: Optional[list[str]] = OVERRIDES,
 ):
-    """Our training step against the HF Trainer + PEFT baseline, or our generation against HF generate: same
-    model, same data, same run. Fast-path switches go as key=value (packing=true attention=flex_attention)."""
+    """Our training step or generation against the plain HF baseline: same model, same data, same run.
+
+    Fast-path switches go as key=value (packing=true attention=flex_attention)."""
     from llavatune import bench as verb
     verb.main(cfglib.load(verb.BenchConfig, None, overrides, dict(
         what=what, shape=shape, method=method, lengths=lengths, baseline=baseline, steps=steps,
