@@ -70,6 +70,13 @@ def test_list_show_copy(tmp_path, capsys):
     assert "Did you mean 'tiny-lora'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", sorted(configs.names()))
+def test_every_summary_is_a_whole_sentence_on_one_line(name):
+    """`configs list` shows a recipe's first comment line: a sentence cut at the line end reads as a fragment."""
+    line = configs.summary(name)
+    assert line.endswith((".", ")")) and len(line) <= 110, line
+
+
 def test_dry_run_memory_per_strategy(tmp_path, monkeypatch):
     """13B full fine-tuning in bf16 at batch 4 (docs/scenario-13b.md). One process steps bf16 weights with bf16
     moments (8 bytes per parameter); DeepSpeed adds an fp32 master copy and fp32 moments (16 bytes), FSDP keeps
