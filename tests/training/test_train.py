@@ -265,5 +265,11 @@ def test_data_with_no_usable_sample_stops_with_a_reason(tiny_model_dir, shapes_d
     with pytest.raises(LlavatuneError, match=r"no usable training sample .*the first: .*gone.json:\d+: image"):
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "steps=2", f"data={data}"))
     assert "every sample of this step was dropped; no update" in capsys.readouterr().out  # step 1, before the stop
+    assert not (tmp_path / "run" / "final").exists()
+    wrong = tmp_path / "wrong_images"  # an existing folder without the images, and a run too short to draw 64
+    wrong.mkdir()
+    with pytest.raises(LlavatuneError, match=r"no usable training sample among the 8 drawn .*qa.json:\d+: image"):
+        train(train_config(tiny_model_dir, shapes_data, tmp_path / "run3", "steps=2", f"images={wrong}"))
+    assert not (tmp_path / "run3" / "final").exists()  # no adapter that learned nothing
     with pytest.raises(LlavatuneError, match="images=.*nowhere: no such folder"):  # before the model loads
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "run2", "steps=2", f"images={tmp_path / 'nowhere'}"))

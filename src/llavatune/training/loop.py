@@ -84,13 +84,19 @@ def draw_window(batches: Batches, order: Order, state: State, n: int, ranks: Ran
     for batch in (b for b, ok in zip(drawn, usable) if b is not None and not ok):
         dataset.served -= n_samples(batch)
         dataset.skipped["passed over with another rank's dropped micro-batch"] += n_samples(batch)
-    hopeless = dataset.served == 0 and sum(dataset.skipped.values()) >= min(len(dataset), 64)
-    if not ranks.all_true(not hopeless, device):  # nothing usable yet, on any rank: the data or images= is wrong
-        first = next(iter(dataset.first_dropped.values()), "")
-        raise LlavatuneError(f"no usable training sample among the first {sum(dataset.skipped.values())} drawn "
-                             f"({dict(dataset.skipped)}; the first: {first}). Run `llavatune data validate` on the "
-                             "data with --images and --model.")
+    _stop_if_nothing_usable(dataset, ranks, device, ended=False)
     return [b for b, ok in zip(drawn, usable) if ok]
+
+
+def _stop_if_nothing_usable(dataset, ranks: Ranks, device, ended: bool) -> None:
+    """No sample served yet, on any rank, after 64 dropped (or all of a smaller dataset, or at the end of the
+    run): the data or images= is wrong, and training on would save weights that learned nothing."""
+    dropped = sum(dataset.skipped.values())
+    hopeless = dataset.served == 0 and dropped > 0 and (ended or dropped >= min(len(dataset), 64))
+    if not ranks.all_true(not hopeless, device):
+        first = next(iter(dataset.first_dropped.values()), "")
+        raise LlavatuneError(f"no usable training sample among the {dropped} drawn ({dict(dataset.skipped)}; the "
+                             f"first: {first}). Run `llavatune data validate` on the data with --images and --model.")
 
 
 def memory_gib(device: torch.device) -> float:
@@ -146,6 +152,7 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
                 evaluate(state)
             if plan.save_every and state.step % plan.save_every == 0 and state.step < plan.steps:
                 save(state)
+        _stop_if_nothing_usable(dataset, ranks, device, ended=True)  # a short run may end before 64 are drawn
     except KeyboardInterrupt:
         bar.close()
         save(committed)
