@@ -106,6 +106,21 @@ def test_debug_reaches_the_launched_processes(tmp_path):
     assert debug.returncode != 0 and "in main" in debug.stderr and "llavatune/train" in debug.stderr
 
 
+def test_a_taken_port_is_one_line(tmp_path):
+    """Another run (or anything) listening on --master-port: torchrun's 30-line traceback becomes the fix."""
+    import socket
+
+    exe = str(Path(sys.executable).parent / "llavatune")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = subprocess.run([exe, "train", "tiny-lora", f"out={tmp_path / 'r'}", "--procs", "2", "--master-port",
+                                 port], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: port {port} on this machine is taken (another run?): give --master-port" in result.stderr
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
 def test_gpus_without_a_gpu_is_an_error_not_a_cpu_run(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test: --gpus 0 sets it in this process

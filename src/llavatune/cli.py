@@ -95,7 +95,9 @@ def train(
     nodes: int = typer.Option(1, help="machines in the run (multi-node)"),
     node_rank: int = typer.Option(0, help="this machine's rank, 0 .. nodes-1"),
     master_addr: str = typer.Option("127.0.0.1", help="address of the rank-0 machine"),
-    master_port: int = typer.Option(29500, help="a free port on the rank-0 machine"),
+    master_port: Optional[int] = typer.Option(None, help="a free port on the rank-0 machine, the same on every "
+                                                          "machine (default: any free one on one machine, 29500 "
+                                                          "across machines)"),
     strategy: Optional[str] = typer.Option(None, help="ddp (default: a whole model per device) | fsdp (FSDP2: "
                                                        "weights, gradients, optimizer state sharded) | zero2 | "
                                                        "zero3 | zero3-offload (DeepSpeed)"),

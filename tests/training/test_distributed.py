@@ -19,6 +19,7 @@ from llavatune import configs
 from llavatune.config import load
 from llavatune.train import TrainConfig
 from llavatune.train import main as train
+from llavatune.training.launch import free_port
 
 
 def rows(run: Path) -> list[dict]:
@@ -37,13 +38,12 @@ def files(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()}
 
 
-def two_and_one(common: list[str], strategy: str, port: int, tmp_path: Path) -> tuple[Path, Path]:
+def two_and_one(common: list[str], strategy: str, tmp_path: Path) -> tuple[Path, Path]:
     """The run on 2 CPU processes, and on 1 with doubled accumulation (the same global batch): their folders."""
     exe = str(Path(sys.executable).parent / "llavatune")
     two, one = tmp_path / "two", tmp_path / "one"
     result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={two}", "grad_accum=1", "--procs", "2",
-                             "--strategy", strategy, "--master-port", str(port)], capture_output=True, text=True,
-                            timeout=600)
+                             "--strategy", strategy], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("Loading weights:   0%") <= 1  # rank 0's bar only
     assert "is deprecated" not in result.stderr  # DeepSpeed's old collective names, once per rank and step
@@ -63,7 +63,7 @@ def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, shapes
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=4", "save_every=2", "keep_last=0", "report_to=[]", "lr=1e-3", f"method={method}",
               "lora.dropout=0", "lora.targets=all", f"eval_data={held_out}", "eval_answers=1"]
-    two, one = two_and_one(common, strategy, 29731, tmp_path)
+    two, one = two_and_one(common, strategy, tmp_path)
     assert losses(two) == pytest.approx(losses(one), abs=1e-5) and len(losses(two)) == 4
     assert [(s, n) for s, _, n in evals(two)] == [(s, n) for s, _, n in evals(one)] and len(evals(one)) == 3
     assert [loss for _, loss, _ in evals(two)] == pytest.approx([loss for _, loss, _ in evals(one)], abs=1e-5)
@@ -98,7 +98,7 @@ def test_fsdp_bf16_checkpoint_keeps_the_trained_dtypes(tiny_model_dir, shapes_da
     the same way (bf16 tolerance)."""
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=2", "keep_last=0", "report_to=[]", "lr=1e-3", f"method={method}", "precision=bf16"]
-    two, one = two_and_one(common, "fsdp", 29733, tmp_path)
+    two, one = two_and_one(common, "fsdp", tmp_path)
     weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     a, b = load_file(two / "final" / weights), load_file(one / "final" / weights)
     assert {k: t.dtype for k, t in a.items()} == {k: t.dtype for k, t in b.items()}
@@ -158,7 +158,7 @@ def test_sharded_runs_read_the_weights_on_rank_0_only(tmp_path, shapes_data, wid
     """))
     common = [f"model={model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", *WIDE_RUN]
     two = tmp_path / "two"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29737",
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                              str(probe), str(tmp_path), "train", "tiny-lora", *common, f"out={two}", f"strategy={strategy}"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -178,9 +178,9 @@ def test_two_machines(tiny_model_dir, shapes_data, tmp_path):
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=2", "keep_last=0", "report_to=[]", "lr=1e-3", "lora.dropout=0"]
     exe = str(Path(sys.executable).parent / "llavatune")
-    two, one = tmp_path / "two", tmp_path / "one"
+    two, one, port = tmp_path / "two", tmp_path / "one", str(free_port())
     machines = [subprocess.Popen([exe, "train", "tiny-lora", *common, f"out={two}", "--procs", "1", "--nodes", "2",
-                                  "--node-rank", str(r), "--master-addr", "127.0.0.1", "--master-port", "29741",
+                                  "--node-rank", str(r), "--master-addr", "127.0.0.1", "--master-port", port,
                                   "--strategy", "fsdp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for r in (0, 1)]
     for machine in machines:
@@ -198,7 +198,7 @@ def test_vision_cache_under_zero3(tiny_model_dir, shapes_data, tmp_path):
     vision_cache every rank reads them; 2 processes train as 1 does with the same cache."""
     common = [f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}", f"images={shapes_data}", "batch_size=2",
               "steps=3", "keep_last=0", "report_to=[]", "lr=1e-3", "lora.dropout=0", "vision_cache=true"]
-    two, one = two_and_one(common, "zero3", 29739, tmp_path)
+    two, one = two_and_one(common, "zero3", tmp_path)
     assert losses(two) == pytest.approx(losses(one), abs=1e-5)
     assert len(list((two / "vision_cache").glob("*.safetensors"))) == len(list((one / "vision_cache").glob("*.safetensors")))
 
@@ -216,10 +216,10 @@ def test_a_micro_batch_dropped_on_one_rank_is_passed_over_by_every_rank(tiny_mod
               "steps=4", "save_every=0", "report_to=[]", "lr=1e-3", "lora.dropout=0"]
     exe = str(Path(sys.executable).parent / "llavatune")
     runs = {}
-    for strategy, port in (("ddp", 29743), ("zero2", 29745)):
+    for strategy in ("ddp", "zero2"):
         runs[strategy] = tmp_path / strategy
         result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={runs[strategy]}", "--procs", "2",
-                                 "--strategy", strategy, "--master-port", str(port)],
+                                 "--strategy", strategy],
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "passed over with another rank's dropped micro-batch" in " ".join(result.stderr.split())
@@ -243,7 +243,7 @@ def test_one_process_checkpoint_resumes_on_two(tiny_model_dir, shapes_data, tmp_
     shutil.copytree(one / "checkpoint-2", resumed / "checkpoint-2")
     exe = str(Path(sys.executable).parent / "llavatune")
     result = subprocess.run([exe, "train", "tiny-lora", *common, f"out={resumed}", "grad_accum=1", "resume=auto",
-                             "--procs", "2", "--strategy", strategy, "--master-port", "29735"],
+                             "--procs", "2", "--strategy", strategy],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert losses(resumed) == pytest.approx(losses(one)[2:], abs=1e-5)

@@ -21,6 +21,15 @@ def test_command_runs_llavatune_once_per_process():
     assert argv[-4:] == ["-m", "llavatune.cli", "train", "tiny-lora"]
 
 
+def test_one_machine_takes_a_free_port_and_machines_agree_on_one():
+    """Two runs on one machine (each on its own GPUs) must not both ask for torchrun's 29500; machines of a
+    multi-node run cannot pick each their own."""
+    port = int(next(a for a in command(["train"], procs=2) if a.startswith("--master_port=")).split("=")[1])
+    assert port != 29500 and 1024 < port < 65536
+    assert "--master_port=29500" in command(["train"], procs=2, nodes=2)
+    assert "--master_port=1234" in command(["train"], procs=2, master_port=1234)
+
+
 def test_each_process_gets_its_share_of_the_cores(monkeypatch):
     """Instead of torchrun's OMP_NUM_THREADS=1 (and its banner); what the user set stays."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -393,12 +393,10 @@ def _one_process_env() -> dict:
     Ranks.close to put back, so that a later launch from this process does not take itself for a rank.
     OMP_NUM_THREADS, unless set, is torch's thread count: accelerate warns of a CPU group without it, then
     sets the threads to the physical cores per local rank, which for one process is what torch already runs."""
-    import socket
+    from llavatune.training.launch import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    single = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+    single = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": str(free_port()),
               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())}
     kept = {k: os.environ.get(k) for k in single}
     os.environ.update(single)

@@ -13,11 +13,24 @@ import sys
 
 
 def command(argv: list[str], procs: int, nodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
-            master_port: int = 29500) -> list[str]:
-    """The launch of `llavatune ARGV` in `procs` processes per machine (one per GPU, or CPU processes)."""
+            master_port: int | None = None) -> list[str]:
+    """The launch of `llavatune ARGV` in `procs` processes per machine (one per GPU, or CPU processes).
+    Without a port, one machine takes any free one, so that two runs on one machine (each on its own GPUs) do
+    not collide; machines of a multi-node run must agree on one, torchrun's 29500."""
+    if master_port is None:
+        master_port = free_port() if nodes == 1 else 29500
     return [sys.executable, "-m", "llavatune.training.launch", f"--nproc_per_node={procs}", f"--nnodes={nodes}",
             f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
             "-m", "llavatune.cli", *argv]
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the system picks it); torchrun binds it a moment later."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def environment(procs: int, gpus: str | None = None) -> dict[str, str]:
@@ -31,11 +44,19 @@ def environment(procs: int, gpus: str | None = None) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
+    from torch.distributed import DistNetworkError
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    args = parse_args(argv)
     try:
-        run(parse_args(argv))
+        run(args)
+    except DistNetworkError as err:
+        if "--debug" in argv or "EADDRINUSE" not in str(err):
+            raise
+        print(f"error: port {args.master_port} on this machine is taken (another run?): give --master-port with a "
+              "free one, the same on every machine", file=sys.stderr)
+        return 2
     except ChildFailedError as err:
         if "--debug" in argv:
             raise
