@@ -43,6 +43,8 @@ def test_exact_match():
     assert exact_match("The Red circle.", "red circle") == 1.0
     assert exact_match("red", ["blue", "Red!"]) == 1.0
     assert exact_match("red circle", "circle") == 0.0
+    assert exact_match("红色。", "红色") == 1.0 and exact_match("是的！", ["是的"]) == 1.0
+    assert exact_match("red .", "red") == 1.0 and exact_match("红色", "蓝色") == 0.0
 
 
 def test_yes_no_pope_rule():

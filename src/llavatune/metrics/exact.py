@@ -1,4 +1,5 @@
-"""Exact match after normalisation: case, surrounding and inner whitespace, trailing punctuation, articles."""
+"""Exact match after normalisation: case, surrounding and inner whitespace, trailing punctuation (full-width too,
+as Chinese and Japanese answers end with it), articles."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ _SPACES = re.compile(r"\s+")
 
 def normalize_answer(text: str) -> str:
     text = text.lower().strip()
-    text = text.rstrip(".!?,;:")
+    text = text.rstrip(".!?,;:。！？，；：、")
     text = _ARTICLES.sub(" ", text)
     return _SPACES.sub(" ", text).strip()
 
