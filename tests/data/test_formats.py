@@ -33,6 +33,9 @@ def test_llava_json_with_from_or_role(tmp_path):
     lines = tmp_path / "d.jsonl"
     lines.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert [r.turns for r in read_records(lines)] == [a.turns, b.turns]
+    for f in (path, lines):  # saved by a Windows editor: a byte-order mark first
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+        assert [r.turns for r in read_records(f)] == [a.turns, b.turns]
 
 
 def test_sharegpt_images_list_and_multi_image(tmp_path):

@@ -70,7 +70,7 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         yield from _iter_lines(f, str(path))
 
 
@@ -87,7 +87,7 @@ def _iter_lines(lines, name: str) -> Iterator[tuple[int, dict]]:
 def _iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[tuple[int, dict]]:
     """Stream the objects of a top-level JSON list without holding the whole file (bounded memory)."""
     decoder = json.JSONDecoder()
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         buf, pos, n = f.read(chunk_size), 0, 0
         pos = _skip_ws(buf, pos)
         if buf[pos:pos + 1] != "[":
