@@ -37,18 +37,22 @@ def test_every_problem_is_reported_with_its_row(tmp_path, tiny_model_dir):
         {"id": "9", "conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]},  # 9 order
         good(1),                                                         # 10 duplicate of row 1
         good(11, answer="红色"),                                          # 11 the tiny Llama vocabulary has no Chinese
+        {"id": "12", "image": "ok.png", "conversations": [{"from": "human", "value": "<Image>\nWhat colour?"},
+                                                           {"from": "gpt", "value": "red"}]},  # 12 a near-miss tag
     ]
     data = tmp_path / "d.json"
     data.write_text(json.dumps(rows))
     cfg = ValidateConfig(data=data, images=images, model=tiny_model_dir, max_length=512)
-    with pytest.raises(LlavatuneError, match="10 of 11 rows have problems"):
+    with pytest.raises(LlavatuneError, match="11 of 12 rows have problems"):
         main(cfg)
     lines = (tmp_path / "d.json.errors.txt").read_text().splitlines()
     found = {(int(line.split(":")[1]), line.split(": ")[1]) for line in lines}
     assert found == {(2, "image missing"), (3, "image path escapes the folder"), (4, "<image> count mismatch"),
                      (5, "empty assistant turn"), (6, "unknown role"), (7, "longer than max_length"),
                      (8, "image cannot be decoded"), (9, "roles do not alternate"), (10, "duplicate"),
-                     (11, "answer has unknown tokens")}
+                     (11, "answer has unknown tokens"), (12, "<image> count mismatch")}
+    assert lines[-1].endswith("0 <image> tag(s) but 1 image(s); write <image> for '<Image>' (lower case, no spaces)")
+    assert lines[2].endswith("list one image per tag, or remove the extra tag")
 
 
 def test_clean_file_passes_and_cli_exit_codes(tmp_path, capsys):

@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -22,6 +23,7 @@ from llavatune.data.formats import IMAGE_TAG, DataError, Record, iter_rows, to_r
 from llavatune.errors import LlavatuneError
 
 console = Console(stderr=True)
+NEAR_TAG = re.compile(r"<\s*image\s*>", re.IGNORECASE)  # <Image>, < image >: meant as the tag, read as text
 
 
 @dataclasses.dataclass
@@ -63,8 +65,10 @@ def structural_problems(record: Record) -> list[tuple[str, str]]:
         out.append(("empty assistant turn", "an assistant turn has no text"))
     tags = sum(text.count(IMAGE_TAG) for _, text in record.turns)
     if tags != len(record.images):
-        out.append(("<image> count mismatch", f"{tags} {IMAGE_TAG} tag(s) but {len(record.images)} image(s); "
-                                              "list one image per tag, or remove the extra tag"))
+        near = sorted({m for _, text in record.turns for m in NEAR_TAG.findall(text)} - {IMAGE_TAG})
+        fix = (f"write {IMAGE_TAG} for {', '.join(map(repr, near))} (lower case, no spaces)" if near else
+               "list one image per tag, or remove the extra tag")
+        out.append(("<image> count mismatch", f"{tags} {IMAGE_TAG} tag(s) but {len(record.images)} image(s); {fix}"))
     return out
 
 
