@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,22 @@ def test_from_folders(tmp_path):
     assert all((root / r["image"]).is_file() for r in rows)
     with pytest.raises(Exception, match="no folder"):
         tools.from_folders(root, "q", {"BAD": "x"})
+
+
+def test_from_folders_passes_over_what_is_not_a_photo(tmp_path, capsys):
+    """Folders copied from a Mac or a camera card: hidden folders and AppleDouble files are not classes or photos;
+    an empty class is an error."""
+    root = synth(SynthConfig(out=tmp_path / "parts", kind="defects", n=2))
+    (root / ".thumbs").mkdir()
+    (root / ".thumbs" / "a.png").write_bytes((root / "OK" / sorted(os.listdir(root / "OK"))[0]).read_bytes())
+    (root / "OK" / "._copy.png").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork, not a PNG
+    (root / "NG" / "notes.txt").write_text("batch 7")
+    rows = tools.from_folders(root, "q", {})
+    assert sorted({r["image"].split("/")[0] for r in rows}) == ["NG", "OK"] and len(rows) == 4
+    assert "photos per class: NG 2, OK 2; 1 other file(s) passed over" in capsys.readouterr().err
+    (root / "SCRATCH").mkdir()
+    with pytest.raises(LlavatuneError, match=r"SCRATCH: no photos \(.png .jpg"):
+        tools.from_folders(root, "q", {})
 
 
 def test_render_contract_prints_only_the_text():

@@ -168,25 +168,35 @@ def messages_row(record: Record) -> dict:
 
 def from_folders(root: Path, question: str, answers: dict[str, str]) -> list[dict]:
     """Class folders (root/OK/*.png, root/NG/*.png, ...) -> one Q/A row per image; the answer is the class's
-    --answer text, or the class name. Image paths are relative to root (use --images root)."""
+    --answer text, or the class name. Image paths are relative to root (use --images root). Hidden folders and
+    files (.thumbs/, macOS ._x.jpg copies) are not photos; a class without a photo is an error, not a class the
+    model never sees. The count per class, and of the files passed over, goes to stderr."""
     root = Path(root)
     if not root.is_dir():
         raise LlavatuneError(f"{root}: not a folder of class folders.")
-    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise LlavatuneError(f"{root}: no class folders inside (expected for example {root}/OK and {root}/NG).")
     unknown = set(answers) - {c.name for c in classes}
     if unknown:
         raise LlavatuneError(f"--answer names class(es) {', '.join(sorted(unknown))} with no folder under {root}; "
                              f"classes found: {', '.join(c.name for c in classes)}.")
-    rows = []
+    rows, counts, passed_over = [], {}, 0
     for folder in classes:
-        files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        for f in files:
+        files = sorted(f for f in folder.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+        photos = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not photos:
+            raise LlavatuneError(f"{folder}: no photos ({' '.join(IMAGE_SUFFIXES)}) in this class folder; add them, "
+                                 "or move the folder out of the root.")
+        counts[folder.name], passed_over = len(photos), passed_over + len(files) - len(photos)
+        for f in photos:
             rel = f.relative_to(root).as_posix()
             rows.append({"id": rel, "image": rel, "conversations": [
                 {"from": "human", "value": f"<image>\n{question}"},
                 {"from": "gpt", "value": answers.get(folder.name, folder.name)}]})
+    other = f"; {passed_over} other file(s) passed over" if passed_over else ""
+    print("photos per class: " + ", ".join(f"{name} {n}" for name, n in counts.items()) + other, file=sys.stderr)
     return rows
 
 
