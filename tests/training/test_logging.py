@@ -5,7 +5,9 @@ from __future__ import annotations
 import matplotlib
 from PIL import Image
 
-from llavatune.training.logging import plot_curves
+import pytest
+
+from llavatune.training.logging import plot_curves, smooth
 
 
 def test_loss_curve_leaves_the_callers_backend_alone(tmp_path):
@@ -20,3 +22,11 @@ def test_loss_curve_leaves_the_callers_backend_alone(tmp_path):
         matplotlib.use(before)
     with Image.open(tmp_path / "loss.png") as img:
         assert img.size == (1000, 350)  # 10 x 3.5 inches at 100 dpi
+
+
+def test_smoothing_follows_the_trend_from_the_first_step():
+    assert smooth([5.0, 5.0, 5.0]) == pytest.approx([5.0, 5.0, 5.0])  # no pull towards 0 at the start
+    noisy = [1.0 + (0.5 if s % 2 else -0.5) for s in range(100)]
+    assert max(smooth(noisy)[20:]) - min(smooth(noisy)[20:]) < 0.2  # vs 1.0 raw
+    stepped = smooth([2.0] * 50 + [1.0] * 50)
+    assert stepped[49] == pytest.approx(2.0) and stepped[-1] == pytest.approx(1.0, abs=0.01)

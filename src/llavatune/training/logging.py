@@ -67,9 +67,14 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure  # not pyplot: no global backend or figure list to change
 
     steps = [r["step"] for r in rows if "loss" in r]
+    losses = [r["loss"] for r in rows if "loss" in r]
     fig = Figure(figsize=(10, 3.5))
     ax_loss, ax_lr = fig.subplots(1, 2)
-    ax_loss.plot(steps, [r["loss"] for r in rows if "loss" in r], label="train loss", color="#3b6ea8")
+    if len(losses) >= 20:  # step-to-step noise hides the trend: the raw curve faint, a moving average on top
+        ax_loss.plot(steps, losses, color="#3b6ea8", alpha=0.3, linewidth=0.8)
+        ax_loss.plot(steps, smooth(losses), label="train loss (smoothed)", color="#3b6ea8")
+    else:
+        ax_loss.plot(steps, losses, label="train loss", color="#3b6ea8")
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     if evals:
         ax_loss.plot(*zip(*evals), "o-", label="eval loss", color="#c0504d")
@@ -84,3 +89,13 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     ax_lr.set_ylabel("learning rate")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average with TensorBoard's start-up correction, so the first points are not pulled
+    towards 0: after n values the weights sum to 1 - weight**n, which each average is divided by."""
+    out, avg = [], 0.0
+    for n, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**n))
+    return out
