@@ -1,9 +1,47 @@
-"""Run logging: metrics.jsonl always, TensorBoard when installed, W&B only when asked; loss/lr curve PNG."""
+"""Run logging: metrics.jsonl always, TensorBoard when installed, W&B only when asked; loss/lr curve PNG; the
+progress shown while training."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import sys
+import time
 from pathlib import Path
+
+from tqdm.auto import tqdm
+
+SHOWN = ("loss", "lr", "samples_per_s", "tokens_per_s", "mem_gib")  # of a step's row, on the bar or line
+
+
+class Progress:
+    """The run's progress, on rank 0: a live bar on a terminal or in a notebook. Written to a file (nohup, a
+    cluster scheduler, CI), a bar's carriage-return updates pile up into one line of megabytes; there it is a
+    plain line at the first step, then every `every_s` seconds, and at the last, with the time left."""
+
+    def __init__(self, total: int, initial: int, main: bool, every_s: float = 30.0):
+        self.live = main and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+        self.lines = main and not self.live
+        self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, disable=not self.live)
+        self.total, self.first, self.every_s = total, initial + 1, every_s
+        self.started = self.printed = time.perf_counter()
+
+    def update(self, row: dict) -> None:
+        shown = {k: row[k] for k in SHOWN if k in row}
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(1)
+        now, step = time.perf_counter(), row["step"]
+        if not self.lines or (now - self.printed < self.every_s and step not in (self.first, self.total)):
+            return
+        self.printed = now
+        left = datetime.timedelta(seconds=round((now - self.started) / (step - self.first + 1) * (self.total - step)))
+        loss = f"loss {shown['loss']:.4f}, " if "loss" in shown else "no update, "
+        print(f"train step {step}/{self.total}: {loss}lr {shown['lr']:.3g}, {shown['samples_per_s']:,.1f} samples/s, "
+              f"{shown['tokens_per_s']:,.0f} tokens/s, {shown['mem_gib']:.2f} GiB, {left} left", file=sys.stderr,
+              flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class RunLogger:

@@ -25,6 +25,7 @@ from llavatune.data.dataset import n_samples, n_targets, n_tokens
 from llavatune.data.loader import Batches, Order, advance
 from llavatune.errors import LlavatuneError
 from llavatune.training.distributed import Ranks
+from llavatune.training.logging import Progress
 from llavatune.training import fast
 
 OOM_HELP = ("out of memory. Knobs, most effective first: batch_size (keep the global batch with grad_accum), "
@@ -112,7 +113,7 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
     `evaluate(state)` (held-out data, when given) before the first step and every `eval_every` steps."""
     ranks = ranks or Ranks()
     model.train()
-    bar = tqdm(total=plan.steps, initial=state.step, desc="train", dynamic_ncols=True, disable=not ranks.main)
+    progress = Progress(plan.steps, state.step, ranks.main)
     committed = dataclasses.replace(state)  # the state after the last finished update
     named: set[str] = set()  # reasons for dropping a sample that the terminal has been shown an example of
     batches = Batches(dataset, order, state.epoch, state.index, pad_id, plan.packing, ranks.world, ranks.rank,
@@ -143,9 +144,7 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
             committed = dataclasses.replace(state)  # the weights now are this state's (Ctrl-C from here saves it)
             row = _metrics(state, loss, grad_norm, lr, samples, tokens, started, waited, device, dataset, ranks)
             _hint_data_workers(row, plan, ranks, device)
-            bar.set_postfix({k: row[k] for k in ("loss", "lr", "samples_per_s", "tokens_per_s", "mem_gib") if k in row},
-                            refresh=False)
-            bar.update(1)
+            progress.update(row)
             if ranks.main and (state.step % plan.log_every == 0 or state.step == plan.steps):
                 logger.log(row)
             if evaluate and ((plan.eval_every and state.step % plan.eval_every == 0) or state.step == plan.steps):
@@ -154,7 +153,7 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
                 save(state)
         _stop_if_nothing_usable(dataset, ranks, device, ended=True)  # a short run may end before 64 are drawn
     except KeyboardInterrupt:
-        bar.close()
+        progress.close()
         save(committed)
         raise LlavatuneError(f"interrupted after step {committed.step}; a checkpoint was saved. "
                              "Continue with resume=auto.") from None
@@ -162,7 +161,7 @@ def train(model, dataset, order, optimizer, scheduler, plan: Plan, state: State,
         raise LlavatuneError(f"step {state.step + 1}: {OOM_HELP}") from None
     finally:
         batches.close()
-    bar.close()
+    progress.close()
     return state
 
 
