@@ -28,3 +28,16 @@ def test_a_conversation_with_an_image_a_reset_and_a_cut_answer(tiny_model_dir, s
         shown = line.removesuffix(note)
         assert (shown != line) == (answer.finish_reason == "length") and shown.strip() == answer.text
     assert any(a.finish_reason == "length" for a in expected)  # the random tiny model runs on: the note shows
+
+
+def test_a_mistyped_command_or_path_is_said_and_the_conversation_goes_on(tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    typed = f"/image {tmp_path / 'nope.png'}\n/image {broken}\n/help\n/image\nHi\n/quit\n"
+    out = io.StringIO()
+    main(ChatConfig(model=tiny_model_dir, max_new_tokens=2), stdin=io.StringIO(typed), stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[1] == f"({tmp_path / 'nope.png'}: no such image file. Nothing attached.)"
+    assert lines[2].startswith(f"({broken}: image 'broken.png' cannot be decoded") and "Nothing attached" in lines[2]
+    assert lines[3] == lines[4] == "(commands: /image PATH, /reset, /quit)"
+    assert len(lines) == 6  # "Hi" was answered, without an image

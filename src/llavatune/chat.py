@@ -9,10 +9,12 @@ In the conversation: /image PATH attaches an image to the next question, /reset 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
 from llavatune.data import images as imagelib
+from llavatune.errors import LlavatuneError
 
 
 @dataclasses.dataclass
@@ -28,8 +30,13 @@ class ChatConfig:
     top_p: float = 1.0
 
 
+COMMANDS = "/image PATH, /reset, /quit"
+
+
 def _open(path: Path):
-    path = Path(path)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LlavatuneError(f"{path}: no such image file.")
     return imagelib.load(path.name, path.parent, str(path))
 
 
@@ -45,7 +52,7 @@ def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
         return
     history: list[dict] = []
     images: list = []
-    stdout.write(f"chatting with {model.name} (template {model.template.name}); /image PATH, /reset, /quit\n")
+    stdout.write(f"chatting with {model.name} (template {model.template.name}); {COMMANDS}\n")
     for line in stdin:
         line = line.strip()
         if line in ("/quit", "/exit"):
@@ -55,8 +62,14 @@ def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
             stdout.write("(conversation reset)\n")
             continue
         if line.startswith("/image "):
-            pending.append(_open(Path(line[7:].strip())))
-            stdout.write("(image attached to your next message)\n")
+            try:  # a mistyped path is said and the conversation goes on
+                pending.append(_open(Path(line[7:].strip())))
+                stdout.write("(image attached to your next message)\n")
+            except LlavatuneError as err:
+                stdout.write(f"({err} Nothing attached.)\n")
+            continue
+        if re.fullmatch(r"/\w+", line.split(" ")[0]):  # /help, /img, /image without a path: not for the model
+            stdout.write(f"(commands: {COMMANDS})\n")
             continue
         if not line:
             continue
