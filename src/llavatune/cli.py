@@ -65,7 +65,7 @@ def build(
 
 @app.command(epilog="Examples:\n\n  llavatune info models/tiny\n\n  llavatune info runs/tiny-lora --json")
 def info(
-    model: Path = typer.Argument(..., help="a llava-hf checkpoint folder, a run, or an adapter checkpoint"),
+    model: Path = typer.Argument(..., help="a llava-hf checkpoint folder or hub id, a run, or an adapter checkpoint"),
     json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     config: Optional[Path] = CONFIG,
     overrides: Optional[list[str]] = OVERRIDES,
@@ -147,7 +147,7 @@ def merge(
              "  llavatune convert mm_projector.bin models/stage1 --from llava-projector --model-base LLM --vision CLIP\n\n"
              "  llavatune convert models/llava15-7b-hf exported/llava-v1.5-7b --to llava")
 def convert(
-    src: Path = typer.Argument(..., help="checkpoint folder (or a stage-1 mm_projector.bin)"),
+    src: Path = typer.Argument(..., help="checkpoint folder or hub id (or a stage-1 mm_projector.bin)"),
     dst: Path = typer.Argument(..., help="folder to write"),
     from_: Optional[str] = typer.Option(None, "--from", help="auto (default) | llava | llava-lora | llava-projector | xtuner | hf"),
     to: Optional[str] = typer.Option(None, help="hf (default) | llava (the original repository's layout)"),
@@ -169,7 +169,7 @@ def convert(
 @app.command("eval", epilog="Example:\n\n  llavatune eval models/tiny --compare models/tiny-tuned "
              "--data data/val.json --images data --out runs/eval")
 def eval_(
-    model: Path = typer.Argument(..., help="model, run or checkpoint folder (the base when comparing)"),
+    model: Path = typer.Argument(..., help="model folder or hub id, run or checkpoint (the base when comparing)"),
     data: Path = typer.Option(..., help="evaluation set; the last assistant turn of each sample is the reference"),
     out: Path = typer.Option(..., "--out", help="folder for predictions.jsonl and metrics.json"),
     images: Optional[Path] = typer.Option(None, help="folder the image paths are relative to"),
@@ -192,7 +192,7 @@ def eval_(
              "runs/demo/data/images/shape_00000.png\n\n  llavatune chat runs/demo/runs/lora --image "
              "runs/demo/data/images/shape_00000.png --prompt \"What colour is the shape? Answer with one word.\"")
 def chat(
-    model: Path = typer.Argument(..., help="llava-hf folder, run or checkpoint"),
+    model: Path = typer.Argument(..., help="llava-hf folder or hub id, run or checkpoint"),
     adapter: Optional[Path] = typer.Option(None, help="a LoRA run or checkpoint to apply to MODEL"),
     image: Optional[Path] = typer.Option(None, help="an image for the first question"),
     prompt: Optional[str] = typer.Option(None, help="answer this once and exit"),
@@ -211,7 +211,7 @@ def chat(
 @app.command(epilog="Example:\n\n  llavatune serve runs/demo/models/tiny --compare runs/demo/models/tiny-tuned "
              "--data runs/demo/data/val.json --images runs/demo/data")
 def serve(
-    model: Path = typer.Argument(..., help="llava-hf folder, run or checkpoint"),
+    model: Path = typer.Argument(..., help="llava-hf folder or hub id, run or checkpoint"),
     compare: Optional[Path] = typer.Option(None, help="a second model shown next to the first"),
     adapter: Optional[Path] = typer.Option(None, help="or: MODEL with this LoRA run as the second model"),
     host: Optional[str] = typer.Option(None, help="address to bind (default 127.0.0.1: this machine only)"),

@@ -75,9 +75,10 @@ def detect(src: Path) -> str:
 
 
 def main(cfg: ConvertConfig) -> Path:
+    from llavatune.model import hub
     from llavatune.model.load import resolve
 
-    if Path(cfg.src).is_dir():  # a llavatune run stands for its final (or newest) checkpoint
+    if Path(cfg.src).is_dir() or hub.is_hub_id(cfg.src):  # a run: its final checkpoint; a hub id: its download
         cfg = dataclasses.replace(cfg, src=resolve(cfg.src))
     kind = detect(Path(cfg.src)) if cfg.src_format == "auto" else cfg.src_format
     console.print(f"{cfg.src}: detected {kind}" if cfg.src_format == "auto" else f"{cfg.src}: {kind}")

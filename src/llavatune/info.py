@@ -49,9 +49,9 @@ def describe(folder: Path) -> dict:
     if loadlib.is_adapter(folder):
         base = loadlib.recorded_base(folder)
         info = {"path": str(folder), "base": str(base)}
-        if base and Path(base).is_dir():
-            info.update((k, v) for k, v in describe(base).items() if k != "path")
-        else:  # the adapter can still be read; merging, chat and eval will need the base back
+        try:  # a hub base is described from the hub cache, never downloaded for this
+            info.update((k, v) for k, v in describe(loadlib.base_of(folder, download=False)).items() if k != "path")
+        except LlavatuneError:  # the adapter can still be read; merging, chat and eval will need the base back
             info["base"] += " (not found here)"
         trained = (read_run_config(folder) or {}).get("model") or {}
         info["template"] = trained.get("template") or info.get("template")

@@ -14,6 +14,7 @@ import torch
 
 from llavatune.config import read_run_config
 from llavatune.errors import LlavatuneError
+from llavatune.model import hub
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -37,9 +38,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def resolve(path: Path | str) -> Path:
-    """A run folder -> its final/ or newest complete checkpoint; anything else unchanged."""
+    """A run folder -> its final/ or newest complete checkpoint; a hub id -> its folder in the hub cache
+    (downloaded when missing); anything else unchanged."""
     from llavatune.training.checkpoint import latest
 
+    if hub.is_hub_id(path):
+        return hub.local_copy(str(path))
     path = Path(path)
     if not path.exists():
         raise LlavatuneError(f"{path}: no such model, run or checkpoint folder.")
@@ -65,9 +69,13 @@ def recorded_base(adapter_dir: Path) -> str | None:
     return base
 
 
-def base_of(adapter_dir: Path) -> Path:
-    """The base model an adapter checkpoint was trained on, which must be there."""
+def base_of(adapter_dir: Path, download: bool = True) -> Path:
+    """The base model an adapter checkpoint was trained on, which must be there: a folder, or a hub id at the
+    revision the run trained on (download=False: only from the hub cache)."""
     base = recorded_base(adapter_dir)
+    if base and hub.is_hub_id(base):
+        revision = ((read_run_config(adapter_dir) or {}).get("model") or {}).get("base_revision")
+        return hub.local_copy(base, revision, download)
     if not base or not Path(base).exists():
         raise LlavatuneError(f"{adapter_dir}: its base model {base!r} is not there; an adapter needs the model it "
                              "was trained on (pass it with --model, or restore that folder).")

@@ -16,6 +16,7 @@ from llavatune.data.dataset import SupervisedDataset, batch_order, collate, n_to
 from llavatune.data.loader import auto_workers
 from llavatune.data.templates import get_template, to_jinja
 from llavatune.errors import LlavatuneError
+from llavatune.model import hub
 from llavatune.model import load as loadlib
 from llavatune.model import trainable
 from llavatune.model.meta import template_name
@@ -268,8 +269,11 @@ class Run:
     def run_doc(self) -> dict:
         # the template the checkpoint answers in: stage 1 (plain captions) leaves the base's chat template
         template = self.template.name if self.cfg.stage == "finetune" else template_name(self.base)
-        return {"model": {"base": str(self.base.resolve()), "template": template,
-                          "train_template": self.template.name, "image_tokens": self.model.config.image_seq_length},
+        # a hub id is recorded as such, with the commit trained on: the run's adapter finds it on any machine
+        base = ({"base": str(self.cfg.model), "base_revision": hub.revision_of(self.base)}
+                if hub.is_hub_id(self.cfg.model) else {"base": str(self.base.resolve())})
+        return {"model": {**base, "template": template, "train_template": self.template.name,
+                          "image_tokens": self.model.config.image_seq_length},
                 "data": self.data_manifest}
 
     def _describe(self, steps: int) -> None:
@@ -314,8 +318,7 @@ class Run:
 
 def _check_paths(cfg: TrainConfig) -> None:
     """The model, the data files and the image folder exist: a typo found before a model of many GB is loaded,
-    not after (a wrong images= would otherwise drop every sample)."""
-    loadlib.resolve(cfg.model)  # "no such model, run or checkpoint folder"
+    not after (a wrong images= would otherwise drop every sample). The model last: a hub id downloads here."""
     for key in ("data", "eval_data"):
         path = getattr(cfg, key)
         if path is not None and not Path(path).exists():
@@ -323,6 +326,7 @@ def _check_paths(cfg: TrainConfig) -> None:
     if cfg.images is not None and not Path(cfg.images).is_dir():
         raise LlavatuneError(f"images={cfg.images}: no such folder; give the folder that the data's image paths "
                              "are relative to.")
+    loadlib.resolve(cfg.model)  # "no such model, run or checkpoint folder"
 
 
 def changed_settings(saved: dict, now: dict) -> str:
