@@ -54,7 +54,7 @@ class Run:
         cfg = self.cfg
         resume_from = self._resume_folder()
         self.workers = auto_workers(cfg.data_workers, self.device)  # checked before anything loads
-        _check_paths(cfg)
+        self.base = _check_paths(cfg)
         _seed(cfg.seed)
         self._load(resume_from)
         lengths = [self.dataset.length(i) for i in range(len(self.dataset))]
@@ -131,7 +131,6 @@ class Run:
     def _load(self, resume_from: Path | None) -> None:
         """The base, the model with what trains opened, its processor and template, and the dataset."""
         cfg = self.cfg
-        self.base = loadlib.resolve(cfg.model)
         if loadlib.is_adapter(self.base):
             raise LlavatuneError(f"{self.base} is an adapter checkpoint; merge it first (llavatune merge) and "
                                  "train on the merged model.")
@@ -316,9 +315,10 @@ class Run:
         return state
 
 
-def _check_paths(cfg: TrainConfig) -> None:
+def _check_paths(cfg: TrainConfig) -> Path:
     """The model, the data files and the image folder exist: a typo found before a model of many GB is loaded,
-    not after (a wrong images= would otherwise drop every sample). The model last: a hub id downloads here."""
+    not after (a wrong images= would otherwise drop every sample). The model last (a hub id downloads here):
+    returns its folder."""
     for key in ("data", "eval_data"):
         path = getattr(cfg, key)
         if path is not None and not Path(path).exists():
@@ -326,7 +326,7 @@ def _check_paths(cfg: TrainConfig) -> None:
     if cfg.images is not None and not Path(cfg.images).is_dir():
         raise LlavatuneError(f"images={cfg.images}: no such folder; give the folder that the data's image paths "
                              "are relative to.")
-    loadlib.resolve(cfg.model)  # "no such model, run or checkpoint folder"
+    return loadlib.resolve(cfg.model)  # "no such model, run or checkpoint folder"
 
 
 def changed_settings(saved: dict, now: dict) -> str:
