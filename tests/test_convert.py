@@ -151,6 +151,12 @@ def test_projector_only_checkpoint(tiny_parts_dir, tmp_path, rgb_image):
         main(ConvertConfig(src=projector, dst=tmp_path / "x"))
 
 
+def test_a_from_that_the_files_contradict_is_said(tiny_model_dir, tmp_path):
+    with pytest.raises(LlavatuneError, match=r"is a llava-hf checkpoint \(--from hf\), not --from llava; leave"):
+        main(ConvertConfig(src=tiny_model_dir, dst=tmp_path / "out", src_format="llava"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_inputs_name_the_file_and_shape(tiny_parts_dir, tmp_path):
     src, _ = write_original(tmp_path / "orig", tiny_parts_dir, "mlp2x_gelu", "pad", shards=True)
     (src / "pytorch_model-00002-of-00002.bin").unlink()

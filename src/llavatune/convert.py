@@ -27,6 +27,8 @@ from llavatune.config import save_run_config
 from llavatune.errors import LlavatuneError
 
 console = Console(stderr=True)
+KINDS = {"llava": "original LLaVA", "llava-lora": "original LLaVA LoRA", "llava-projector": "stage-1 projector",
+         "xtuner": "xtuner", "hf": "llava-hf"}
 ORIGINAL_ARCHS = {"LlavaLlamaForCausalLM": "llama", "LlavaMistralForCausalLM": "mistral"}
 MM_KEYS = ("mm_", "image_aspect_ratio", "tune_mm", "freeze_mm", "unfreeze_mm", "image_grid_pinpoints",
            "tokenizer_padding_side", "tokenizer_model_max_length", "use_mm_proj")
@@ -80,7 +82,7 @@ def main(cfg: ConvertConfig) -> Path:
 
     if Path(cfg.src).is_dir() or hub.is_hub_id(cfg.src):  # a run: its final checkpoint; a hub id: its download
         cfg = dataclasses.replace(cfg, src=resolve(cfg.src))
-    kind = detect(Path(cfg.src)) if cfg.src_format == "auto" else cfg.src_format
+    kind = _kind(Path(cfg.src), cfg.src_format)
     console.print(f"{cfg.src}: detected {kind}" if cfg.src_format == "auto" else f"{cfg.src}: {kind}")
     if cfg.to == "llava":
         if kind != "hf":
@@ -91,6 +93,21 @@ def main(cfg: ConvertConfig) -> Path:
     if kind == "xtuner":
         return from_xtuner(cfg)
     return from_llava(cfg, kind)
+
+
+def _kind(src: Path, given: str) -> str:
+    """The format of SRC: detected, or --from when detection cannot tell; a --from that the files contradict is
+    an error (an hf folder read as original LLaVA failed deep inside with an AttributeError)."""
+    try:
+        detected = detect(src)
+    except LlavatuneError:
+        if given == "auto":
+            raise
+        return given
+    if given not in ("auto", detected):
+        raise LlavatuneError(f"{src} is a {KINDS[detected]} checkpoint (--from {detected}), not --from {given}; "
+                             "leave --from out to have it detected.")
+    return detected
 
 
 # --- original -> llava-hf ------------------------------------------------------------------------------
