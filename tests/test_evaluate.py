@@ -67,3 +67,23 @@ def test_worker_processes_give_the_same_answers_and_name_a_bad_image(tiny_model_
     (tmp_path / "bad.json").write_text(json.dumps(rows))
     with pytest.raises(LlavatuneError, match="missing.png' not found"):
         main(EvalConfig(out=tmp_path / "bad", **{**common, "data": tmp_path / "bad.json"}, data_workers=2))
+
+
+def test_a_questions_only_set_is_answered_not_scored(tiny_model_dir, shapes_data, tmp_path):
+    """A benchmark's test split (or a list of questions) has no reference answers: the answers are written in
+    LLaVA's layout, the same as those of the scored set, and nothing is scored or marked right or wrong."""
+    rows = json.loads((shapes_data / "qa.json").read_text())[:4]
+    questions = tmp_path / "questions.json"
+    questions.write_text(json.dumps([{**r, "conversations": r["conversations"][:1]} for r in rows]))
+    common = dict(model=tiny_model_dir, images=shapes_data, max_new_tokens=4)
+    result = main(EvalConfig(data=questions, out=tmp_path / "q", **common))
+    scored = main(EvalConfig(data=shapes_data / "qa.json", limit=4, out=tmp_path / "s", **common))
+    assert result["models"] == {"model": {}} and scored["models"]["model"]["exact_match"] >= 0
+    answers = [json.loads(line) for line in (tmp_path / "q" / "answers-model.jsonl").read_text().splitlines()]
+    assert answers == [json.loads(line) for line in (tmp_path / "s" / "answers-model.jsonl").read_text().splitlines()]
+    report = (tmp_path / "q" / "report.md").read_text()
+    assert "✓" not in report and "✗" not in report and not (tmp_path / "q" / "metrics.png").exists()
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([rows[0], {**rows[1], "conversations": rows[1]["conversations"][:1]}]))
+    with pytest.raises(LlavatuneError, match=r"mixed.json:2: no reference answer, unlike \S*mixed.json:1"):
+        main(EvalConfig(data=mixed, out=tmp_path / "m", **common))

@@ -54,15 +54,22 @@ class EvalConfig:
 class Sample:
     record: Record
     question_turns: list[tuple[str, str]]   # every turn before the last answer
-    answer: str                             # the reference (last assistant turn)
+    answer: str | None                      # the reference (last assistant turn); None in a questions-only set
 
 
 def samples(cfg: EvalConfig) -> list[Sample]:
+    """The rows as questions and references. A set whose rows all end with the question (a benchmark's test
+    split, a list of questions) is answered without scores; a set that mixes the two is an error."""
     out = []
     for record in read_records(cfg.data):
-        if not record.turns or record.turns[-1][0] != "assistant":
-            raise LlavatuneError(f"{record.source}: an evaluation sample must end with the reference answer.")
-        out.append(Sample(record, record.turns[:-1], record.turns[-1][1]))
+        if not record.turns:
+            raise LlavatuneError(f"{record.source}: no turns; an evaluation row needs a question.")
+        answered = record.turns[-1][0] == "assistant"
+        if out and answered != (out[0].answer is not None):
+            raise LlavatuneError(f"{record.source}: {'a' if answered else 'no'} reference answer, unlike "
+                                 f"{out[0].record.source}; give every row its answer (scored), or none (answers only).")
+        out.append(Sample(record, record.turns[:-1], record.turns[-1][1]) if answered else
+                   Sample(record, record.turns, None))
         if cfg.limit is not None and len(out) >= cfg.limit:
             break
     return out
@@ -111,6 +118,10 @@ class _Encoded(torch.utils.data.Dataset):
         except DataError as err:
             return str(err)
         return encode(self.processor, self.template, [s.question_turns for s in batch], pil)
+
+
+def scored(items: list[Sample]) -> bool:
+    return bool(items) and items[0].answer is not None
 
 
 def gt_answers(sample: Sample) -> list[str]:
@@ -162,17 +173,21 @@ def main(cfg: EvalConfig) -> dict:
     for label, (model_path, adapter) in runs.items():
         with torch.no_grad():
             predictions[label], params[label], cut = answer_all(model_path, adapter, items, cfg, label)
-        result["models"][label] = score(predictions[label], items, cfg.metrics)
+        result["models"][label] = score(predictions[label], items, cfg.metrics) if scored(items) else {}
         result["cut_at_max_new_tokens"][label] = cut
     write(cfg.out, items, predictions, result)
     save_run_config(cfg.out, "eval", cfg, result=result)
     write_all(cfg.out, items, predictions, result, params, cfg.images)
-    print_table(result)
+    if scored(items):
+        print_table(result)
+    else:
+        console.print(f"{len(items)} questions without reference answers: answers written, nothing scored")
     cut = result["cut_at_max_new_tokens"]
     if any(cut.values()):  # a score can only be read knowing whether the answers were whole
         console.print(f"answers cut at max_new_tokens={cfg.max_new_tokens}: "
                       + ", ".join(f"{label} {n} of {len(items)}" for label, n in cut.items()))
-    console.print(f"report: {cfg.out / 'report.html'} (and report.md, metrics.png, predictions.jsonl)")
+    console.print(f"report: {cfg.out / 'report.html'} (and report.md, {'metrics.png, ' if scored(items) else ''}"
+                  "predictions.jsonl)")
     return result
 
 

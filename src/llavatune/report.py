@@ -32,7 +32,9 @@ def trained_count(folder: Path | None) -> int | None:
 
 def write_all(out: Path, items, predictions: dict[str, list[str]], result: dict, params: dict[str, dict],
               image_dir: Path | None) -> None:
-    plot_metrics(result, out / "metrics.png")
+    """Without reference answers (a questions-only set) the reports show the answers, unmarked, and no chart."""
+    if any(result["models"].values()):
+        plot_metrics(result, out / "metrics.png")
     (out / "report.md").write_text(markdown(items, predictions, result, params))
     (out / "report.html").write_text(page(items, predictions, result, params, image_dir))
     for label, preds in predictions.items():
@@ -52,15 +54,25 @@ def markdown(items, predictions, result, params) -> str:
     lines = [f"# Evaluation: {result['n']} samples", ""]
     lines += [f"- {_params_line(label, params[label])}" for label in labels] + [""]
     keys = sorted({k for m in result["models"].values() for k in m})
-    lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(f"{result['models'][label][k]:.3f}" for k in keys) + " |" for label in labels]
-    lines += ["", "![metrics](metrics.png)", "", "| id | question | reference | " + " | ".join(labels) + " |",
-              "|---" * (3 + len(labels)) + "|"]
+    if keys:
+        lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(f"{result['models'][label][k]:.3f}" for k in keys) + " |"
+                  for label in labels]
+        lines += ["", "![metrics](metrics.png)", ""]
+    lines += ["| id | question | reference | " + " | ".join(labels) + " |", "|---" * (3 + len(labels)) + "|"]
     for i, s in enumerate(items):
-        cells = [f"{_md(predictions[label][i])} {'✓' if exact_match(predictions[label][i], s.answer) else '✗'}"
+        cells = [f"{_md(predictions[label][i])}{_mark(predictions[label][i], s.answer, ' ✓', ' ✗')}"
                  for label in labels]
-        lines.append(f"| {s.record.id} | {_md(s.question_turns[-1][1])} | {_md(s.answer)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {s.record.id} | {_md(s.question_turns[-1][1])} | {_md(s.answer or '')} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _mark(prediction: str, reference: str | None, right: str, wrong: str) -> str:
+    """right or wrong by exact match; nothing without a reference."""
+    if reference is None:
+        return ""
+    return right if exact_match(prediction, reference) else wrong
 
 
 def _md(text: str) -> str:
@@ -73,10 +85,10 @@ def page(items, predictions, result, params, image_dir) -> str:
     rows = []
     for i, s in enumerate(items):
         cells = "".join(
-            f"<td class='{'ok' if exact_match(predictions[label][i], s.answer) else 'bad'}'>"
+            f"<td class='{_mark(predictions[label][i], s.answer, 'ok', 'bad')}'>"
             f"{html.escape(predictions[label][i])}</td>" for label in labels)
         rows.append(f"<tr><td>{_thumb(s.record, image_dir)}</td><td>{html.escape(s.question_turns[-1][1])}</td>"
-                    f"<td>{html.escape(s.answer)}</td>{cells}</tr>")
+                    f"<td>{html.escape(s.answer or '')}</td>{cells}</tr>")
     summary = "".join(f"<tr><td>{label}</td>" + "".join(f"<td>{result['models'][label][k]:.3f}</td>" for k in keys)
                       + f"<td>{html.escape(_params_line(label, params[label]))}</td></tr>" for label in labels)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>llavatune evaluation</title>
@@ -84,7 +96,7 @@ def page(items, predictions, result, params, image_dir) -> str:
 padding:4px 8px}}.ok{{background:#e3f4e1}}.bad{{background:#fbe3e1}}img{{width:64px;height:64px;image-rendering:pixelated}}
 </style></head><body><h1>Evaluation: {result['n']} samples</h1>
 <table><tr><th>model</th>{''.join(f'<th>{k}</th>' for k in keys)}<th>parameters</th></tr>{summary}</table>
-<p><img src="metrics.png" style="width:480px;height:auto"></p>
+{'<p><img src="metrics.png" style="width:480px;height:auto"></p>' if keys else ''}
 <table><tr><th>image</th><th>question</th><th>reference</th>{''.join(f'<th>{label}</th>' for label in labels)}</tr>
 {''.join(rows)}</table></body></html>
 """
