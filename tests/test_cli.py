@@ -101,7 +101,7 @@ def test_debug_reaches_the_launched_processes(tmp_path):
     debug = subprocess.run([exe, "--debug", *args], capture_output=True, text=True, timeout=300)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     # both processes fail the same way: torchrun names the one that stopped first
-    assert "no such model" in plain.stderr and "OMP_NUM_THREADS" not in plain.stderr  # no torchrun banner
+    assert "no such file or folder" in plain.stderr and "OMP_NUM_THREADS" not in plain.stderr  # no torchrun banner
     assert re.search(r"error: process [01] of the run stopped \(exit code 2\); its message is above", plain.stderr)
     assert debug.returncode != 0 and "in main" in debug.stderr and "llavatune/train" in debug.stderr
 
