@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 from rich.console import Console
 from rich.table import Table
-from tqdm.auto import tqdm
 
+from llavatune import progress
 from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
 from llavatune.data.formats import DataError, Record, read_records
@@ -88,7 +88,7 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
                          auto_workers(cfg.data_workers, loaded.device))
     texts: list[str] = []
     cut = 0
-    bar = tqdm(total=len(items), desc=f"answering ({label})", unit="sample", dynamic_ncols=True)
+    bar = progress.bar(len(items), f"answering ({label})", unit="sample")
     for batch, inputs in zip(batches, encoded):
         if isinstance(inputs, str):  # a missing or undecodable image, named by the worker
             raise LlavatuneError(inputs)

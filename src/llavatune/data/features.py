@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
+from llavatune import progress
 from llavatune.data import images as imagelib
 from llavatune.data.formats import DataError
 from llavatune.errors import LlavatuneError
@@ -72,7 +72,7 @@ def prepare(model, processor, dataset, folder: Path, device, dtype, rank: int = 
                 todo[key(ref)] = (ref, record.source)
     mine = sorted(todo)[rank::world]
     chunks = [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
-    bar = tqdm(total=len(mine), desc="vision features", disable=not mine or rank != 0)
+    bar = progress.bar(len(mine), "vision features", disable=not mine or rank != 0)
     decoded = in_workers(_Images(chunks, todo, dataset.image_dir, processor), workers)
     for chunk, (stems, pixels) in zip(chunks, decoded):
         if stems:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from llavatune import progress
+
 SHOWN = ("loss", "lr", "samples_per_s", "tokens_per_s", "mem_gib")  # of a step's row, on the bar or line
 
 
@@ -20,7 +22,7 @@ class Progress:
     plain line at the first step, then every `every_s` seconds, and at the last, with the time left."""
 
     def __init__(self, total: int, initial: int, main: bool, every_s: float = 30.0):
-        self.live = main and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+        self.live = main and progress.live()
         self.lines = main and not self.live
         self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, disable=not self.live)
         self.total, self.first, self.every_s = total, initial + 1, every_s
