@@ -68,6 +68,15 @@ def test_filter_text_only_and_repeat_and_split(tmp_path):
             tools.split(data, bad, seed=0)
 
 
+def test_a_filter_that_keeps_nothing_or_a_sample_larger_than_the_data_is_said(tmp_path, capsys):
+    data = mix_file(tmp_path, n=10)
+    assert list(tools.filter_rows(tools.rows_of(data), image_prefix="textvqa/test_images/")) == []
+    err = capsys.readouterr().err
+    assert err.startswith("warning: no row matched; the images' first folders: ") and "textvqa/ (" in err
+    assert len(tools.sample(tools.rows_of(data), 50, seed=0)) == 10
+    assert "--n 50 asked for, the data has 10 rows: all of them kept" in capsys.readouterr().err
+
+
 def test_mix_weights(tmp_path):
     data = mix_file(tmp_path, n=10)
     mixed = tools.mix([f"{data}:2", f"{data}:0.5"], seed=0)

@@ -7,6 +7,7 @@ standard output for `-`, so they chain: `data filter mix.json --image-prefix tex
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import sys
@@ -49,7 +50,8 @@ def rows_of(path: Path | str) -> Iterator[dict]:
 
 
 def sample(rows: Iterable[dict], n: int, seed: int) -> list[dict]:
-    """n rows chosen uniformly (reservoir sampling, one pass, O(n) memory), kept in their input order."""
+    """n rows chosen uniformly (reservoir sampling, one pass, O(n) memory), kept in their input order. Fewer
+    rows than n: all of them, said on stderr."""
     rng = random.Random(seed)
     reservoir: list[tuple[int, dict]] = []
     for i, row in enumerate(rows):
@@ -59,6 +61,8 @@ def sample(rows: Iterable[dict], n: int, seed: int) -> list[dict]:
             j = rng.randrange(i + 1)
             if j < n:
                 reservoir[j] = (i, row)
+    if len(reservoir) < n:
+        print(f"note: --n {n:,} asked for, the data has {len(reservoir):,} rows: all of them kept", file=sys.stderr)
     return [row for _, row in sorted(reservoir, key=lambda pair: pair[0])]
 
 
@@ -89,7 +93,18 @@ def keep(row: dict, image_prefix: str | None, text_only: bool | None, contains: 
 
 
 def filter_rows(rows: Iterable[dict], image_prefix=None, text_only=None, contains=None) -> Iterator[dict]:
-    return (row for row in rows if keep(row, image_prefix, text_only, contains))
+    """The rows kept. When none is, stderr says so, with the images' first folders, which is where a wrong
+    --image-prefix shows (mix665k's TextVQA images are under textvqa/)."""
+    kept, folders = 0, collections.Counter()
+    for row in rows:
+        if keep(row, image_prefix, text_only, contains):
+            kept += 1
+            yield row
+        else:
+            folders.update(image.split("/")[0] + "/" for image in image_list(row) if "/" in image)
+    if not kept:
+        seen = ", ".join(f"{folder} ({n:,})" for folder, n in folders.most_common(6))
+        print("warning: no row matched" + (f"; the images' first folders: {seen}" if seen else ""), file=sys.stderr)
 
 
 def repeat(path: Path | str, times: int) -> Iterator[dict]:
