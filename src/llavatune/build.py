@@ -23,7 +23,7 @@ from llavatune.data.templates import get_template
 from llavatune.errors import LlavatuneError
 from llavatune.model import compose, tiny
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
 
 
 @dataclasses.dataclass

@@ -26,7 +26,7 @@ from rich.console import Console
 from llavatune.config import save_run_config
 from llavatune.errors import LlavatuneError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
 KINDS = {"llava": "original LLaVA", "llava-lora": "original LLaVA LoRA", "llava-projector": "stage-1 projector",
          "xtuner": "xtuner", "hf": "llava-hf"}
 ORIGINAL_ARCHS = {"LlavaLlamaForCausalLM": "llama", "LlavaMistralForCausalLM": "mistral"}

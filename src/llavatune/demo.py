@@ -17,7 +17,7 @@ from rich.console import Console
 
 from llavatune.config import load, save_run_config
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ from llavatune.errors import LlavatuneError
 from llavatune.model import load as loadlib
 from llavatune.model.save import check_out_dir, save_model, write_atomically
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
 
 
 @dataclasses.dataclass

@@ -26,7 +26,7 @@ from llavatune.training import checkpoint, distributed, fast, loop, validate
 from llavatune.training.logging import RunLogger
 from llavatune.training.optim import build_optimizer, build_scheduler, continue_schedule
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
 PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
