@@ -101,7 +101,8 @@ def test_streaming_is_openai_sse(server):
 
 @pytest.mark.parametrize("case,status", [
     ("bad json", 400), ("no messages", 400), ("bad base64", 400), ("not an image", 400), ("too big", 413),
-    ("unknown model", 404), ("wrong key", 401), ("remote url", 400), ("file path", 400)])
+    ("unknown model", 404), ("wrong key", 401), ("remote url", 400), ("file path", 400), ("max_tokens text", 400),
+    ("negative max_tokens", 400), ("top_p above 1", 400), ("n above 1", 400)])
 def test_errors_in_openai_shape(server, case, status):
     image = lambda url: user({"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "hi"})  # noqa: E731
     requests = {
@@ -114,12 +115,20 @@ def test_errors_in_openai_shape(server, case, status):
         "wrong key": dict(body={"messages": [{"role": "user", "content": "hi"}]}, key="wrong"),
         "remote url": dict(body=image("https://example.com/cat.png")),
         "file path": dict(body=image("/etc/passwd")),
+        "max_tokens text": dict(body={"messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots"}),
+        "negative max_tokens": dict(body={"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}),
+        "top_p above 1": dict(body={"messages": [{"role": "user", "content": "hi"}], "top_p": 7}),
+        "n above 1": dict(body={"messages": [{"role": "user", "content": "hi"}], "n": 3}),
     }
     kwargs = requests[case]
     response = post(server, kwargs.get("body"), key=kwargs.get("key", KEY), raw=kwargs.get("raw"))
     assert response.status_code == status
     error = response.json()["error"]
     assert error["message"] and error["type"]
+    named = {"max_tokens text": "max_tokens", "negative max_tokens": "max_tokens", "top_p above 1": "top_p",
+             "n above 1": "n"}.get(case)
+    if named:  # the field is named, where it once was a 500 from deep inside (or n silently ignored)
+        assert error["param"] == named and f"'{named}'" in error["message"]
 
 
 def test_two_concurrent_requests_are_both_answered(server):

@@ -155,14 +155,33 @@ def parse_messages(body: dict, cfg: ServeConfig) -> tuple[list[dict], list]:
 
 
 def generation_args(body: dict) -> dict:
-    args = {"max_new_tokens": int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
-            "temperature": float(body.get("temperature") or 0.0), "top_p": float(body.get("top_p") or 1.0)}
+    """The sampling settings of a request, each checked (a 400 naming it, not a 500 from deep inside); greedy
+    unless a temperature is given. One choice per request: n other than 1 is refused, not ignored."""
+    if body.get("n") not in (None, 1):
+        raise ApiError(400, "'n' must be 1: one choice per request", param="n")
+    max_key = "max_completion_tokens" if body.get("max_tokens") is None else "max_tokens"
+    args = {"max_new_tokens": _number(body, max_key, int, 1, None, 256),
+            "temperature": _number(body, "temperature", float, 0, 2, 0.0),
+            "top_p": _number(body, "top_p", float, 0, 1, 1.0)}
     stop = body.get("stop")
     if stop:
         args["stop"] = [stop] if isinstance(stop, str) else list(stop)
     if body.get("seed") is not None:
-        args["seed"] = int(body["seed"])
+        args["seed"] = _number(body, "seed", int, 0, None, 0)
     return args
+
+
+def _number(body: dict, key: str, kind: type, low: float, high: float | None, default):
+    value = body.get(key)
+    if value is None:
+        return default
+    fits = isinstance(value, (int, float)) and not isinstance(value, bool)  # JSON true is not 1
+    fits = fits and (kind is float or float(value).is_integer()) and value >= low and (high is None or value <= high)
+    if not fits:
+        where = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ApiError(400, f"'{key}' must be {'an integer' if kind is int else 'a number'} {where}, got {value!r}",
+                       param=key)
+    return kind(value)
 
 
 def create_app(cfg: ServeConfig, slots: dict[str, Slot]) -> FastAPI:
