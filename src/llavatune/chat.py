@@ -33,11 +33,6 @@ class ChatConfig:
 COMMANDS = "/image PATH, /reset, /quit"
 
 
-def _open(path: Path):
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise LlavatuneError(f"{path}: no such image file.")
-    return imagelib.load(path.name, path.parent, str(path))
 
 
 def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
@@ -46,7 +41,7 @@ def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model = load(cfg.model, adapter=cfg.adapter, load_4bit=cfg.load_4bit, template=cfg.template)
     generation = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-    pending = [_open(cfg.image)] if cfg.image else []
+    pending = [imagelib.open_file(cfg.image)] if cfg.image else []
     if cfg.prompt is not None:
         stdout.write(model.chat(cfg.prompt, images=pending, **generation) + "\n")
         return
@@ -63,7 +58,7 @@ def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
             continue
         if line.startswith("/image "):
             try:  # a mistyped path is said and the conversation goes on
-                pending.append(_open(Path(line[7:].strip())))
+                pending.append(imagelib.open_file(Path(line[7:].strip())))
                 stdout.write("(image attached to your next message)\n")
             except LlavatuneError as err:
                 stdout.write(f"({err} Nothing attached.)\n")

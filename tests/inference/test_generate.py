@@ -59,3 +59,17 @@ def test_a_stream_reports_its_answer_and_raises_a_failed_generation(tiny_model_d
     monkeypatch.setattr(model.model, "generate", broken)
     with pytest.raises(torch.OutOfMemoryError, match="simulated"):  # not a wait without end
         list(model.stream("Hi", max_new_tokens=4))
+
+
+def test_images_may_be_file_paths_and_any_mode(tiny_model_dir, rgb_image, tmp_path):
+    """model.chat(q, images=["photo.jpg"]) reads the file as training does; an RGBA or grey image is made RGB
+    first, as training's loader makes it."""
+    from llavatune.data.formats import DataError
+
+    model = llavatune.load(tiny_model_dir, device="cpu")
+    rgb_image.save(tmp_path / "photo.png")
+    ask = lambda image: model.answers(["<image>\nWhat is it?"], [[image]], max_new_tokens=4)[0]  # noqa: E731
+    assert ask(str(tmp_path / "photo.png")) == ask(tmp_path / "photo.png") == ask(rgb_image)
+    assert ask(rgb_image.convert("RGBA")) == ask(rgb_image)
+    with pytest.raises(DataError, match="nope.png: no such image file"):
+        model.chat("What is it?", images=[tmp_path / "nope.png"])

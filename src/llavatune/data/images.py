@@ -43,6 +43,15 @@ def load(ref: str | bytes, image_dir: Path | None, where: str) -> Image.Image:
         raise DataError(f"{where}: image '{name}' cannot be decoded ({err}).") from None
 
 
+def open_file(path: str | Path) -> Image.Image:
+    """An image named by its own path, not relative to a data folder (chat, the Python API), read as load() reads
+    training images."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such image file.")
+    return load(path.name, path.parent, str(path))
+
+
 def check(ref: str | bytes, image_dir: Path | None, where: str) -> None:
     """Cheaper than load(): the file exists, stays in the folder, and its header and data verify."""
     if isinstance(ref, bytes):

@@ -2,7 +2,7 @@
 
     import llavatune
     model = llavatune.load("runs/tiny-lora")              # a run, a checkpoint (adapter) or a llava-hf folder
-    model.chat("What colour is the shape?", images=[img])  # -> "red"
+    model.chat("What colour is the shape?", images=[img])  # -> "red" (img: a PIL image or a file path)
     model.generate(["Describe it.", "How many?"], images=[[a], [b]], max_new_tokens=32)
 """
 
@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 from PIL import Image
 
+from llavatune.data import images as imagelib
 from llavatune.data.formats import IMAGE_TAG
 from llavatune.data.templates import Template, get_template
 from llavatune.inference.generate import Answer, GenerationConfig, answers, encode, prepare, to_answers
@@ -31,30 +32,37 @@ class Model:
         self.model, self.processor, self.template, self.device, self.name = model, processor, template, device, name
         self.source = source  # the folder the weights (or the adapter) came from
 
-    def generate(self, conversations: list, images: list[list[Image.Image]] | None = None, **generation) -> list[str]:
+    def generate(self, conversations: list, images: list[list[Image.Image | str | Path]] | None = None,
+                 **generation) -> list[str]:
         """Answers for a batch (left-padded: greedy answers equal one-by-one answers). Each conversation is a
         prompt string or a list of {"role", "content"} messages."""
         return [a.text for a in self.answers(conversations, images, **generation)]
 
-    def answers(self, conversations: list, images: list[list[Image.Image]] | None = None,
+    def answers(self, conversations: list, images: list[list[Image.Image | str | Path]] | None = None,
                 **generation) -> list[Answer]:
         """generate(), with each answer's token counts and finish reason ("stop" or "length")."""
-        images = images or [[] for _ in conversations]
+        images = [_pil(ims) for ims in images] if images else [[] for _ in conversations]
         turns = [as_turns(c, len(ims)) for c, ims in zip(conversations, images)]
         return answers(self.model, self.processor, self.template, encode(self.processor, self.template, turns, images),
                        GenerationConfig(**generation), self.device)
 
-    def chat(self, messages_or_prompt, images: list[Image.Image] | None = None, **generation) -> str:
+    def chat(self, messages_or_prompt, images: list[Image.Image | str | Path] | None = None, **generation) -> str:
         return self.generate([messages_or_prompt], [list(images or [])], **generation)[0]
 
-    def stream(self, messages_or_prompt, images: list[Image.Image] | None = None, **generation) -> Stream:
+    def stream(self, messages_or_prompt, images: list[Image.Image | str | Path] | None = None, **generation) -> Stream:
         """The answer piece by piece as it is generated (iterate it); then `.answer` holds the whole Answer."""
-        images = list(images or [])
+        images = _pil(images or [])
         turns = as_turns(messages_or_prompt, len(images))
         inputs, kwargs, stop = prepare(self.processor, self.template,
                                        encode(self.processor, self.template, [turns], [images]),
                                        GenerationConfig(**generation), self.device)
         return Stream(self.model, self.processor.tokenizer, inputs, kwargs, stop)
+
+
+def _pil(images) -> list[Image.Image]:
+    """RGB PIL images, as training reads them: a path is opened (EXIF-rotated), another mode converted."""
+    out = [im if isinstance(im, Image.Image) else imagelib.open_file(im) for im in images]
+    return [im if im.mode == "RGB" else im.convert("RGB") for im in out]
 
 
 class Stream:
