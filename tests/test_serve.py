@@ -185,6 +185,19 @@ def test_sample_tab_reads_its_dataset_once(tiny_model_dir, shapes_data, monkeypa
     assert missing.status_code == 404 and "0 to" in missing.json()["error"]["message"]
 
 
+def test_a_sample_whose_image_is_gone_or_outside_is_said_not_a_500(tiny_model_dir, shapes_data, tmp_path):
+    from fastapi.testclient import TestClient
+
+    rows = json.loads((shapes_data / "qa.json").read_text())[:2]
+    rows[0]["image"], rows[1]["image"] = "images/gone.png", "../../etc/passwd"
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    cfg = ServeConfig(model=tiny_model_dir, data=tmp_path / "d.json", images=shapes_data)
+    client = TestClient(create_app(cfg, {"base": None}))
+    gone, outside = client.get("/api/sample/0"), client.get("/api/sample/1")
+    assert gone.status_code == outside.status_code == 404
+    assert "not found under" in gone.json()["error"]["message"] and "passwd" in outside.json()["error"]["message"]
+
+
 CHROMIUM = "/usr/bin/chromium"
 
 

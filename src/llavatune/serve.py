@@ -316,7 +316,10 @@ class Samples:
         record = self.records[index]
         image_uri = None
         if record.images:
-            img = imagelib.load(record.images[0], self.cfg.images, record.source)  # stays inside --images
+            try:
+                img = imagelib.load(record.images[0], self.cfg.images, record.source)  # stays inside --images
+            except LlavatuneError as err:  # missing, undecodable, or a path leaving --images: said, not a 500
+                raise ApiError(404, str(err)) from None
             buf = io.BytesIO()
             img.save(buf, format="PNG")
             image_uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
