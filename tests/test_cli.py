@@ -106,6 +106,21 @@ def test_debug_reaches_the_launched_processes(tmp_path):
     assert debug.returncode != 0 and "in main" in debug.stderr and "llavatune/train" in debug.stderr
 
 
+def test_a_dry_run_for_several_devices_plans_them_all_in_this_process(tmp_path, capsys, monkeypatch):
+    """Planning a 4-GPU run on a laptop: no processes (each printed its own plan), the global batch counts them."""
+    import subprocess as sp
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sp, "run", lambda *a, **k: pytest.fail("a dry run started processes"))
+    with pytest.raises(SystemExit) as exit_info:
+        run(["train", "tiny-lora", "batch_size=4", "grad_accum=2", "--dry-run", "--procs", "4"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert out.count("│ steps") == 1  # one plan
+    out = " ".join(out.replace("│", " ").split())  # the table's wrapped cells as one text
+    assert "of 32 samples (4 per device x 4 device(s) x 2 accumulation)" in out
+
+
 def test_a_taken_port_is_one_line(tmp_path):
     """Another run (or anything) listening on --master-port: torchrun's 30-line traceback becomes the fix."""
     import socket

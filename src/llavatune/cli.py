@@ -117,17 +117,20 @@ def train(
     asked = [*([f"strategy={strategy}"] if strategy else []),
              *([f"device={device}"] if device and not any(o.startswith("device=") for o in overrides or []) else [])]
     overrides = [*(overrides or []), *asked]
+    if dry_run:  # a plan starts no process: made here, for every device of the run
+        from llavatune.training.plan import dry_run as plan
+        plan(cfglib.load(verb.TrainConfig, configs.resolve(recipe), overrides, dict(resume=resume)),
+             devices=(n_gpus or procs or 1) * nodes)
+        return
     if (n_gpus > 1 or (procs or 1) > 1 or nodes > 1) and "WORLD_SIZE" not in os.environ:
         debug = ["--debug"] if ctx.find_root().params.get("debug") else []
-        argv = [*debug, "train", recipe, *overrides, *(["--dry-run"] if dry_run else []),
-                *([f"resume={resume}"] if resume else [])]
+        argv = [*debug, "train", recipe, *overrides, *([f"resume={resume}"] if resume else [])]
         per_machine = n_gpus or procs or 1
         command = launch.command(argv, per_machine, nodes, node_rank, master_addr, master_port)
         raise typer.Exit(subprocess.run(command, env=launch.environment(per_machine, gpus)).returncode)
     if gpus and n_gpus == 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
-    verb.main(cfglib.load(verb.TrainConfig, configs.resolve(recipe), overrides,
-                          dict(dry_run=dry_run or None, resume=resume)))
+    verb.main(cfglib.load(verb.TrainConfig, configs.resolve(recipe), overrides, dict(resume=resume)))
 
 
 @app.command(epilog="Example:\n\n  llavatune merge runs/tiny-lora --out models/tiny-tuned")

@@ -136,10 +136,12 @@ def cpu_memory(parts: dict[str, dict[str, float]], trained: int) -> dict[str, fl
             "zero3-offload": zero3 + 16 * trained / GIB}
 
 
-def dry_run(cfg: TrainConfig) -> dict:
+def dry_run(cfg: TrainConfig, devices: int = 1) -> dict:
+    """The plan of a run on `devices` devices (processes) in all, printed: no weights are read, no process is
+    started, so a laptop plans the run of a cluster."""
     model, config = meta_model(cfg)
     rows = count_rows(cfg.data)
-    steps = total_steps(cfg, math.ceil(rows / cfg.batch_size)) if rows else cfg.steps
+    steps = total_steps(cfg, math.ceil(rows / cfg.batch_size), devices) if rows else cfg.steps
     counts = trainable.counts(model)
     parts = {strategy: memory_estimate(model, config, cfg, strategy) for strategy in STRATEGIES}
     memory = parts["ddp"]
@@ -147,7 +149,7 @@ def dry_run(cfg: TrainConfig) -> dict:
             "image_tokens": config.image_seq_length, "stage": cfg.stage, "method": cfg.method,
             "trains": trainable.describe(cfg.stage, cfg.method),
             "parameters": counts, "data_rows": rows, "steps": steps,
-            "global_batch": cfg.batch_size * cfg.grad_accum, "memory_gib": memory,
+            "devices": devices, "global_batch": cfg.batch_size * cfg.grad_accum * devices, "memory_gib": memory,
             "memory_gib_by_strategy": by_strategy(parts, config.text_config.num_hidden_layers),
             "cpu_memory_gib": cpu_memory(parts, sum(c["trainable"] for c in counts.values()))}
     if cfg.eval_data is not None:
@@ -168,7 +170,8 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
     table.add_row("data", f"{cfg.data}: " + (f"{plan['data_rows']:,} rows" if plan["data_rows"] is not None
                                              else "not found (steps from `steps`)"))
     steps = f"{plan['steps']} optimizer steps" if plan["steps"] is not None else "unknown (no data rows yet)"
-    table.add_row("steps", f"{steps} of {plan['global_batch']} samples")
+    table.add_row("steps", f"{steps} of {plan['global_batch']} samples ({cfg.batch_size} per device x "
+                           f"{plan['devices']} device(s) x {cfg.grad_accum} accumulation)")
     if cfg.eval_data is not None:
         every = eval_interval(cfg)
         rows = f"{plan['eval_rows']:,} rows" if plan["eval_rows"] is not None else "not found"
