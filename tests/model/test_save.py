@@ -44,4 +44,17 @@ def test_saving_on_a_cpu_machine_is_quiet_where_deepspeed_is_installed(tiny_mode
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "unable to detect it" not in result.stderr + result.stdout
+    assert "Writing model shards" not in result.stderr  # transformers' bar, a line at every checkpoint of a run
     assert (tmp_path / "saved" / "model.safetensors").exists()
+
+
+def test_saving_leaves_the_callers_progress_bars_on(tiny_model_dir, tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    from llavatune.model.save import save_model
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
+    hf_logging.enable_progress_bar()
+    save_model(model, AutoProcessor.from_pretrained(tiny_model_dir), tmp_path / "saved")
+    assert hf_logging.is_progress_bar_enabled() and (tmp_path / "saved" / "model.safetensors").exists()

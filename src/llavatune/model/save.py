@@ -39,12 +39,21 @@ def save_model(model, processor, folder: Path, **kwargs) -> None:
     """model.save_pretrained(folder, **kwargs) and processor.save_pretrained(folder).
 
     Where DeepSpeed is installed, accelerate imports it on every save (to unwrap a DeepSpeed engine), and on a
-    machine with no GPU DeepSpeed then warns that it could not detect one: tell it first that this is a CPU."""
+    machine with no GPU DeepSpeed then warns that it could not detect one: tell it first that this is a CPU.
+    transformers' "Writing model shards" bar is kept off: it drew a line at every checkpoint of a run, between
+    the lines of the run's own progress, for a write that the run reports itself."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    model.save_pretrained(folder, **kwargs)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder, **kwargs)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     processor.save_pretrained(folder)
 
 
