@@ -233,3 +233,29 @@ def test_page_in_a_real_headless_browser(server, tmp_path):
     assert answers == ["base", "finetuned"]
     assert all(not t.startswith("error") for t in texts)
     assert texts[0].endswith(" [cut at max new tokens]")  # the random base runs on to the page's 64 tokens
+
+
+def test_the_key_may_come_from_the_environment_and_an_open_bind_without_one_warns(tiny_model_dir, monkeypatch, capsys):
+    """A key given as --api-key shows in `ps` and the shell history; LLAVATUNE_API_KEY does not."""
+    import uvicorn
+
+    from llavatune.cli import run
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append((app, kw)))
+    monkeypatch.setenv("LLAVATUNE_API_KEY", "from-env")
+    with pytest.raises(SystemExit):
+        run(["serve", str(tiny_model_dir), "--host", "0.0.0.0"])
+    from fastapi.testclient import TestClient
+
+    client = TestClient(apps[0][0])
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
+    assert "without an API key" not in capsys.readouterr().err
+    monkeypatch.delenv("LLAVATUNE_API_KEY")
+    with pytest.raises(SystemExit):
+        run(["serve", str(tiny_model_dir), "--host", "0.0.0.0"])
+    assert "warning: serving on 0.0.0.0 without an API key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(["serve", str(tiny_model_dir)])  # this machine only: no warning
+    assert "without an API key" not in capsys.readouterr().err and apps[-1][1]["host"] == "127.0.0.1"

@@ -219,7 +219,9 @@ def serve(
     adapter: Optional[Path] = typer.Option(None, help="or: MODEL with this LoRA run as the second model"),
     host: Optional[str] = typer.Option(None, help="address to bind (default 127.0.0.1: this machine only)"),
     port: Optional[int] = typer.Option(None, help="default 8000"),
-    api_key: Optional[str] = typer.Option(None, help="require `Authorization: Bearer KEY`"),
+    api_key: Optional[str] = typer.Option(None, envvar="LLAVATUNE_API_KEY",
+                                          help="require `Authorization: Bearer KEY` (or set LLAVATUNE_API_KEY, which "
+                                               "stays out of the process list and shell history)"),
     max_image_mb: Optional[float] = typer.Option(None, help="largest accepted image (default 10)"),
     allow_remote_images: bool = typer.Option(False, "--allow-remote-images", help="fetch http(s) image URLs"),
     data: Optional[Path] = typer.Option(None, help="dataset for the page's sample tab"),

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import io
 import json
+import sys
 import threading
 import time
 import uuid
@@ -332,6 +333,9 @@ class Samples:
 def main(cfg: ServeConfig) -> None:
     import uvicorn
 
+    if not cfg.api_key and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {cfg.host} without an API key: anyone who reaches this machine can use the "
+              "models. Set LLAVATUNE_API_KEY (or --api-key).", file=sys.stderr)
     slots = load_slots(cfg)
     print(f"serving {', '.join(slots)} on http://{cfg.host}:{cfg.port}  (OpenAI API at /v1, page at /)")
     uvicorn.run(create_app(cfg, slots), host=cfg.host, port=cfg.port, log_level="warning")
