@@ -259,3 +259,18 @@ def test_the_key_may_come_from_the_environment_and_an_open_bind_without_one_warn
     with pytest.raises(SystemExit):
         run(["serve", str(tiny_model_dir)])  # this machine only: no warning
     assert "without an API key" not in capsys.readouterr().err and apps[-1][1]["host"] == "127.0.0.1"
+
+
+def test_a_taken_port_is_said_before_the_models_load(tiny_model_dir, monkeypatch):
+    import socket
+
+    from llavatune import serve
+    from llavatune.errors import LlavatuneError
+
+    monkeypatch.setattr(serve, "load_slots", lambda cfg: pytest.fail("loaded the models first"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(LlavatuneError, match=f"cannot serve on 127.0.0.1:{port} .*give another --port"):
+            serve.main(ServeConfig(model=tiny_model_dir, port=port))

@@ -330,12 +330,25 @@ class Samples:
                 "question": user[0].replace("<image>", "").strip() if user else "", "reference": reference}
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind((host, port))
+    except OSError as err:
+        raise LlavatuneError(f"cannot serve on {host}:{port} ({err.strerror}): give another --port, or stop what "
+                             "holds it.") from None
+
+
 def main(cfg: ServeConfig) -> None:
     import uvicorn
 
     if not cfg.api_key and cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {cfg.host} without an API key: anyone who reaches this machine can use the "
               "models. Set LLAVATUNE_API_KEY (or --api-key).", file=sys.stderr)
+    _check_port(cfg.host, cfg.port)  # before the models load, which may take minutes
     slots = load_slots(cfg)
     print(f"serving {', '.join(slots)} on http://{cfg.host}:{cfg.port}  (OpenAI API at /v1, page at /)")
     uvicorn.run(create_app(cfg, slots), host=cfg.host, port=cfg.port, log_level="warning")
