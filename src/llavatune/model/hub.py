@@ -23,15 +23,17 @@ def is_hub_id(ref: str | Path) -> bool:
 
 def local_copy(repo_id: str, revision: str | None = None, download: bool = True) -> Path:
     """The folder of a hub model in the cache, downloading what is missing (download=False: the cache only)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    # offline, say so: huggingface_hub 1.x asked the network for a commit's file list even with HF_HUB_OFFLINE=1
+    cache_only = not download or constants.HF_HUB_OFFLINE
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=not download,
-                                             allow_patterns=[*TEXT_FILES, "*.safetensors"]))
+        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=cache_only,
+                                        allow_patterns=[*TEXT_FILES, "*.safetensors"]))
         if not any(folder.rglob("*.safetensors")):
-            folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=not download,
-                                             allow_patterns=[*TEXT_FILES, "*.bin"]))
+            folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=cache_only,
+                                            allow_patterns=[*TEXT_FILES, "*.bin"]))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LlavatuneError(f"{repo_id}: no such folder here, and the Hugging Face hub did not provide it "
