@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from llavatune import progress
 
 SHOWN = ("loss", "lr", "samples_per_s", "tokens_per_s", "mem_gib")  # of a step's row, on the bar or line
@@ -24,7 +22,7 @@ class Progress:
     def __init__(self, total: int, initial: int, main: bool, every_s: float = 30.0):
         self.live = main and progress.live()
         self.lines = main and not self.live
-        self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, disable=not self.live)
+        self.bar = progress.bar(total, "train", initial=initial, disable=not self.live)
         self.total, self.first, self.every_s = total, initial + 1, every_s
         self.started = self.printed = time.perf_counter()
 
