@@ -2,6 +2,7 @@
 
     llavatune info models/tiny
     llavatune info runs/tiny-lora        # a run: its final (or newest) checkpoint; an adapter: with its base
+    llavatune info llava-hf/llava-1.5-7b-hf   # a hub id: configs and weight headers only, not the weights
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from llavatune.config import read_run_config
 from llavatune.errors import LlavatuneError
+from llavatune.model import hub
 
 @dataclasses.dataclass
 class InfoConfig:
@@ -24,28 +26,32 @@ class InfoConfig:
     json: bool = False  # print one JSON object instead of a table
 
 
-def tensor_shapes(folder: Path) -> dict[str, tuple[list[int], str]]:
-    """name -> (shape, dtype) from the safetensors headers (one file or an index of shards)."""
+def weights(folder: Path) -> tuple[dict[str, tuple[list[int], str]], dict[str, int]]:
+    """(tensor name -> (shape, dtype), weight file -> bytes) from the safetensors headers (one file or shards). A
+    hub model whose weights are not in the cache is read from its headers on the hub, a few KB per file."""
     from safetensors import safe_open
 
     files = sorted(folder.glob("*.safetensors"))
+    if not files and hub.repo_of(folder):
+        return hub.remote_weights(hub.repo_of(folder), hub.revision_of(folder))
     if not files:
         raise LlavatuneError(f"{folder}: no *.safetensors weights found (is this a llava-hf checkpoint folder?).")
-    out = {}
+    shapes = {}
     for file in files:
         with safe_open(file, "pt") as f:
             for name in f.keys():
                 sl = f.get_slice(name)
-                out[name] = (list(sl.get_shape()), sl.get_dtype())
-    return out
+                shapes[name] = (list(sl.get_shape()), sl.get_dtype())
+    return shapes, {file.name: file.stat().st_size for file in files}
 
 
-def describe(folder: Path) -> dict:
+def describe(folder: Path | str) -> dict:
     """A checkpoint's architecture, parameters and files. A run folder stands for its final (or newest)
-    checkpoint; an adapter checkpoint is its base model's description plus an `adapter` entry."""
+    checkpoint; an adapter checkpoint is its base model's description plus an `adapter` entry; a hub id is read
+    from its configs and weight headers, without downloading the weights."""
     from llavatune.model import load as loadlib
 
-    folder = loadlib.resolve(folder)
+    folder = hub.local_copy(str(folder), weights=False) if hub.is_hub_id(folder) else loadlib.resolve(folder)
     if loadlib.is_adapter(folder):
         base = loadlib.recorded_base(folder)
         info = {"path": str(folder), "base": str(base)}
@@ -54,8 +60,9 @@ def describe(folder: Path) -> dict:
         except LlavatuneError:  # the adapter can still be read; merging, chat and eval will need the base back
             info["base"] += " (not found here)"
         trained = (read_run_config(folder) or {}).get("model") or {}
+        shapes, sizes = weights(folder)
         info["template"] = trained.get("template") or info.get("template")
-        info["adapter"], info["files"] = describe_adapter(folder), _files(folder)
+        info["adapter"], info["files"] = describe_adapter(folder, shapes), _files(folder, sizes)
         return info
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -66,7 +73,8 @@ def describe(folder: Path) -> dict:
 
     counts: dict[str, int] = {"vision": 0, "projector": 0, "llm": 0}
     dtypes = set()
-    for name, (shape, dtype) in tensor_shapes(folder).items():
+    shapes, sizes = weights(folder)
+    for name, (shape, dtype) in shapes.items():
         counts[component(name)] += math.prod(shape)
         dtypes.add(dtype)
     text, vision = config.get("text_config", {}), config.get("vision_config", {})
@@ -82,17 +90,17 @@ def describe(folder: Path) -> dict:
         "feature_select": config.get("vision_feature_select_strategy"),
         "projector_act": config.get("projector_hidden_act"), "template": template,
         "dtype": ", ".join(sorted(dtypes)), "vocab_size": text.get("vocab_size"),
-        "files": _files(folder),
+        "files": _files(folder, sizes),
     }
 
 
-def describe_adapter(folder: Path) -> dict:
+def describe_adapter(folder: Path, shapes: dict[str, tuple[list[int], str]]) -> dict:
     """A PEFT adapter checkpoint: its method, rank, targets, parameters per component, and training step."""
     from llavatune.model.trainable import component
 
     config = json.loads((folder / "adapter_config.json").read_text())
     counts: collections.Counter = collections.Counter()
-    for name, (shape, _) in tensor_shapes(folder).items():
+    for name, (shape, _) in shapes.items():
         counts[component(name)] += math.prod(shape)
     manifest = folder / "checkpoint.json"  # written by training; an adapter from elsewhere has none
     step = json.loads(manifest.read_text())["step"] if manifest.is_file() else None
@@ -105,8 +113,10 @@ def describe_adapter(folder: Path) -> dict:
             "parameters": {"total": sum(counts.values()), **counts}, "step": step}
 
 
-def _files(folder: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+def _files(folder: Path, weight_sizes: dict[str, int]) -> dict[str, int]:
+    """Every file's bytes; a hub model's weights, when not downloaded, as the hub gives them."""
+    here = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
+    return dict(sorted({**weight_sizes, **here}.items()))
 
 
 def main(cfg: InfoConfig) -> dict:

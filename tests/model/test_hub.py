@@ -79,3 +79,50 @@ def test_a_hub_id_that_is_not_there_says_so(hub_cache):
     with pytest.raises(LlavatuneError, match=r"someone/absent: no such folder here, and the Hugging Face hub did "
                                              r"not provide it \(.*\)\. Check the id"):
         loadlib.resolve("someone/absent")
+
+
+def test_info_on_a_hub_id_reads_the_weight_headers_instead_of_the_weights(hub_cache, tiny_model_dir, tmp_path,
+                                                                          monkeypatch):
+    """`llavatune info llava-hf/llava-1.5-7b-hf` should not download 14 GB: the configs come down, the parameters
+    are counted from the safetensors headers the hub serves (here: a fake hub API serving the tiny model's)."""
+    import json
+    import struct
+    import types
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import SafetensorsFileMetadata, SafetensorsRepoMetadata, TensorInfo
+
+    from llavatune.info import describe
+
+    def header(file):  # safetensors: 8-byte little-endian length, then a JSON header
+        with open(file, "rb") as f:
+            return json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+
+    def metadata(api, repo_id, revision=None):
+        assert (repo_id, revision) == ("someone/tiny-llava", COMMIT)
+        files = {file.name: SafetensorsFileMetadata(metadata={}, tensors={
+            name: TensorInfo(dtype=t["dtype"], shape=t["shape"], data_offsets=tuple(t["data_offsets"]))
+            for name, t in header(file).items() if name != "__metadata__"}) for file in weight_files}
+        return SafetensorsRepoMetadata(metadata=None, sharded=False, files_metadata=files,
+                                       weight_map={n: f for f, m in files.items() for n in m.tensors})
+
+    def paths_info(api, repo_id, paths, revision=None):
+        return [types.SimpleNamespace(path=p, size=(tiny_model_dir / p).stat().st_size) for p in paths]
+
+    weight_files = sorted(tiny_model_dir.glob("*.safetensors"))
+    configs_only = tmp_path / "configs-only"
+    shutil.copytree(tiny_model_dir, configs_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    snapshot = hub_cache("someone/tiny-llava", configs_only)
+    with pytest.raises(LlavatuneError, match="someone/tiny-llava: its weights are not in the hub cache, and offline"):
+        describe("someone/tiny-llava")  # conftest keeps the tests offline: the real hub API refuses
+
+    import huggingface_hub
+
+    asked, real_download = [], huggingface_hub.snapshot_download
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **kw: asked.extend(kw["allow_patterns"]) or real_download(*a, **kw))
+    monkeypatch.setattr(HfApi, "get_safetensors_metadata", metadata)
+    monkeypatch.setattr(HfApi, "get_paths_info", paths_info)
+    info, local = describe("someone/tiny-llava"), describe(tiny_model_dir)
+    assert info["path"] == str(snapshot) and asked and not [p for p in asked if p.endswith((".safetensors", ".bin"))]
+    assert {k: v for k, v in info.items() if k != "path"} == {k: v for k, v in local.items() if k != "path"}

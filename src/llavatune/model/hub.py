@@ -21,8 +21,9 @@ def is_hub_id(ref: str | Path) -> bool:
     return bool(HUB_ID.fullmatch(ref)) and not Path(ref).exists() and not Path(ref).parent.is_dir()
 
 
-def local_copy(repo_id: str, revision: str | None = None, download: bool = True) -> Path:
-    """The folder of a hub model in the cache, downloading what is missing (download=False: the cache only)."""
+def local_copy(repo_id: str, revision: str | None = None, download: bool = True, weights: bool = True) -> Path:
+    """The folder of a hub model in the cache, downloading what is missing (download=False: the cache only;
+    weights=False: configs and tokenizer files only, for `info`)."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -30,8 +31,8 @@ def local_copy(repo_id: str, revision: str | None = None, download: bool = True)
     cache_only = not download or constants.HF_HUB_OFFLINE
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=cache_only,
-                                        allow_patterns=[*TEXT_FILES, "*.safetensors"]))
-        if not any(folder.rglob("*.safetensors")):
+                                        allow_patterns=[*TEXT_FILES, *(["*.safetensors"] if weights else [])]))
+        if weights and not any(folder.rglob("*.safetensors")):
             folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=cache_only,
                                             allow_patterns=[*TEXT_FILES, "*.bin"]))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
@@ -46,3 +47,35 @@ def revision_of(folder: Path) -> str | None:
     """The commit a hub-cache snapshot folder holds (…/snapshots/<sha>), else None."""
     folder = Path(folder)
     return folder.name if folder.parent.name == "snapshots" else None
+
+
+def repo_of(folder: Path) -> str | None:
+    """The repo id of a hub-cache snapshot folder (…/models--ORG--NAME/snapshots/<sha>), else None. Hub ids cannot
+    hold '--', so the folder name splits back unambiguously."""
+    folder = Path(folder)
+    repo = folder.parent.parent.name
+    if revision_of(folder) is None or not repo.startswith("models--"):
+        return None
+    return repo.removeprefix("models--").replace("--", "/")
+
+
+def remote_weights(repo_id: str, revision: str) -> tuple[dict[str, tuple[list[int], str]], dict[str, int]]:
+    """(tensor name -> (shape, dtype), weight file -> bytes) of a hub model, read from its safetensors headers on
+    the hub (a few KB per file) instead of downloading the weights."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, NotASafetensorsRepoError, OfflineModeIsEnabled
+
+    api = HfApi()
+    try:
+        meta = api.get_safetensors_metadata(repo_id, revision=revision)
+        sizes = {f.path: f.size for f in api.get_paths_info(repo_id, sorted(meta.files_metadata), revision=revision)}
+    except NotASafetensorsRepoError:
+        raise LlavatuneError(f"{repo_id}: no safetensors weights on the hub (is this a llava-hf checkpoint? an "
+                             "original LLaVA release converts with `llavatune convert`).") from None
+    except OfflineModeIsEnabled:
+        raise LlavatuneError(f"{repo_id}: its weights are not in the hub cache, and offline (HF_HUB_OFFLINE=1) their "
+                             "headers cannot be read from the hub.") from None
+    except (HfHubHTTPError, OSError) as err:
+        raise LlavatuneError(f"{repo_id}: could not read its weights' headers from the hub ({err}).") from None
+    shapes = {name: (list(t.shape), t.dtype) for file in meta.files_metadata.values() for name, t in file.tensors.items()}
+    return shapes, sizes
