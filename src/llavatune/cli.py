@@ -6,7 +6,9 @@ file, overrides win over both.
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -479,19 +481,47 @@ def data_synth(
 def run(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print as one line (exit 2), tracebacks only with --debug."""
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
     try:
         app(args=argv, prog_name="llavatune")
-    except LlavatuneError as err:
-        if "--debug" in argv:
+    except Exception as err:
+        if debug and not _launched():
             raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as err:  # an unexpected failure: still one line unless --debug
-        if "--debug" in argv:
-            raise
-        print(f"error: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''} "
-              "(rerun with --debug for the traceback)", file=sys.stderr)
-        sys.exit(1)
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"error: {_process()}{_one_line(err)}", file=sys.stderr)
+        _exit(2 if isinstance(err, LlavatuneError) else 1)
+
+
+def _one_line(err: Exception) -> str:
+    if isinstance(err, LlavatuneError):
+        return str(err)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if _launched() and ("closed by peer" in first or "reset by peer" in first):  # gloo, when another rank failed
+        return "another process of the run is gone; the first error above is why."
+    return f"{type(err).__name__}: {first} (rerun with --debug for the traceback)"
+
+
+def _launched() -> bool:
+    """One process of a multi-process run (torchrun, accelerate or deepspeed launched it)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _process() -> str:
+    """'process R: ' in a multi-process run, where each process prints its own errors; else nothing."""
+    return f"process {os.environ.get('RANK', '?')}: " if _launched() else ""
+
+
+def _exit(code: int) -> None:
+    """A failed process of a multi-process run leaves at once. Interpreter shutdown would free the DDP reducer,
+    whose gloo process group joins a worker thread that waits for the GIL the joining thread holds: the
+    process hangs, and the other ranks with it in their next collective, instead of the launcher ending them."""
+    if _launched():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,40 @@ def test_two_machines(tiny_model_dir, shapes_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_process_that_fails_ends_the_run_at_once(tiny_model_dir, shapes_data, tmp_path):
+    """Rank 0 fails in its third forward (a full disk, injected). It used to hang at exit (the DDP reducer's gloo
+    group joined a thread waiting for the GIL), and rank 1 with it in its next all-reduce: 30 minutes until
+    gloo's timeout. Now it leaves at once, the launcher ends rank 1, and each process says one line."""
+    from llavatune.training import launch
+
+    script = tmp_path / "failing.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        from transformers import LlavaForConditionalGeneration
+        forward, calls = LlavaForConditionalGeneration.forward, [0]
+        def failing(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 3 and os.environ["RANK"] == "0":
+                raise OSError(28, "No space left on device")
+            return forward(self, *args, **kwargs)
+        LlavaForConditionalGeneration.forward = failing
+        from llavatune.cli import run
+        run(sys.argv[1:])
+    """))
+    argv = ["train", "tiny-lora", f"model={tiny_model_dir}", f"data={shapes_data / 'qa.json'}",
+            f"images={shapes_data}", "batch_size=2", "steps=6", "save_every=0", "report_to=[]", f"out={tmp_path / 'r'}"]
+    command = launch.command(argv, procs=2)
+    at = command.index("-m", 2)  # torchrun runs the script instead of `-m llavatune.cli`
+    command[at:at + 2] = [str(script)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and errors[0] == ("error: process 0: OSError: [Errno 28] No space left on device "
+                                                    "(rerun with --debug for the traceback)"), result.stderr[-3000:]
+    assert errors[-1] == "error: process 0 of the run stopped (exit code 1); its message is above."
+    assert len(errors) <= 3  # rank 1 may say that it lost rank 0 before the launcher ends it
+
+
+@pytest.mark.slow
 def test_vision_cache_under_zero3(tiny_model_dir, shapes_data, tmp_path):
     """The ranks share out the feature cache with the tower before ZeRO-3 partitions the weights, so under
     vision_cache every rank reads them; 2 processes train as 1 does with the same cache."""
