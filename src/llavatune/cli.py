@@ -23,7 +23,12 @@ app = typer.Typer(
     epilog="Run `llavatune VERB --help` for a verb's options and an example. Add --debug for tracebacks.",
 )
 
-OVERRIDES = typer.Argument(None, help="key=value overrides of the config, e.g. projector=linear", show_default=False)
+
+def settings(example: str):
+    """The trailing key=value settings a verb takes, with an example of that verb's."""
+    return typer.Argument(None, help=f"key=value settings of this verb, e.g. {example}", show_default=False)
+
+
 CONFIG = typer.Option(None, "--config", help="YAML file with the verb's options")
 
 
@@ -55,7 +60,7 @@ def build(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out"),
     config: Optional[Path] = CONFIG,
-    overrides: Optional[list[str]] = OVERRIDES,
+    overrides: Optional[list[str]] = settings("projector=linear"),
 ):
     """Assemble a LLaVA from any causal LM and vision encoder into a llava-hf checkpoint."""
     from llavatune import build as verb
@@ -70,7 +75,7 @@ def info(
     model: Path = typer.Argument(..., help="a llava-hf checkpoint folder or hub id, a run, or an adapter checkpoint"),
     json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     config: Optional[Path] = CONFIG,
-    overrides: Optional[list[str]] = OVERRIDES,
+    overrides: Optional[list[str]] = settings("json=true"),
 ):
     """Architecture, parameter counts, image tokens, template, dtype and files of a checkpoint or adapter.
 
@@ -88,7 +93,7 @@ def info(
 def train(
     ctx: typer.Context,
     recipe: str = typer.Argument(..., help="a recipe YAML file, or the name of a shipped recipe (llavatune configs list)"),
-    overrides: Optional[list[str]] = OVERRIDES,
+    overrides: Optional[list[str]] = settings("steps=100 lr=1e-3"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print model, data, trainable counts, steps and memory; "
                                                           "load no weights"),
     resume: Optional[str] = typer.Option(None, help="auto (newest complete checkpoint) or a checkpoint folder"),
@@ -184,7 +189,7 @@ def eval_(
     limit: Optional[int] = typer.Option(None, help="only the first N samples"),
     batch_size: Optional[int] = typer.Option(None, help="default 1; batched answers are the same"),
     max_new_tokens: Optional[int] = typer.Option(None),
-    overrides: Optional[list[str]] = OVERRIDES,
+    overrides: Optional[list[str]] = settings("template=vicuna_v1 device=cpu"),
 ):
     """Answer an evaluation set greedily with one or two models and score the answers."""
     from llavatune import evaluate as verb
@@ -253,7 +258,7 @@ def bench(
     batch_size: Optional[int] = typer.Option(None),
     new_tokens: Optional[int] = typer.Option(None, help="generate: tokens per answer"),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON results"),
-    overrides: Optional[list[str]] = OVERRIDES,
+    overrides: Optional[list[str]] = settings("packing=true attention=flex_attention"),
 ):
     """Our training step or generation against the plain HF baseline: same model, same data, same run.
 
@@ -267,7 +272,7 @@ def bench(
 @app.command(epilog="Example:\n\n  llavatune demo --out runs/demo")
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", help="folder for everything the demo makes (runs/demo)"),
-    overrides: Optional[list[str]] = OVERRIDES,
+    overrides: Optional[list[str]] = settings("finetune_steps=200 seed=1"),
 ):
     """Offline end to end on the tiny model: data, stage 1, LoRA stage 2, merge, before/after evaluation."""
     from llavatune import demo as verb
@@ -469,7 +474,7 @@ def data_synth(
     seed: Optional[int] = typer.Option(None),
     tasks: Optional[str] = typer.Option(None, help="comma list of colour, shape, count, position"),
     lang: Optional[str] = typer.Option(None, help="en | zh: questions and answers in English or Chinese"),
-    overrides: Optional[list[str]] = OVERRIDES,
+    overrides: Optional[list[str]] = settings("size=128"),
 ):
     """Write a deterministic synthetic dataset (LLaVA JSON + PNG files)."""
     from llavatune.data import synth
