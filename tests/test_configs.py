@@ -134,7 +134,7 @@ def test_unknown_strategy_is_refused_with_the_choices(capsys):
     assert exit_info.value.code == 2 and "zero3-offload" in capsys.readouterr().err
 
 
-def test_dry_run_counts_selective_checkpointing_and_the_vision_cache(tmp_path, monkeypatch):
+def test_dry_run_counts_selective_checkpointing_and_the_vision_cache(tmp_path, monkeypatch, capsys):
     """Activations grow with every layer left out of checkpointing (LLaVA-1.5-7B: 32 layers, 4096 wide, bf16,
     batch 16 x 2048: 32h bytes more per token per layer); the vision cache is rows x 576 x 1024 x 2 bytes."""
     from llavatune.config import load
@@ -150,6 +150,11 @@ def test_dry_run_counts_selective_checkpointing_and_the_vision_cache(tmp_path, m
     extra = plan[30]["memory_gib"]["activations"] - plan[32]["memory_gib"]["activations"]
     assert extra == pytest.approx(2 * 16 * 2048 * 32 * 4096 * 2 / 2**30)
     assert plan[32]["vision_cache_gib"] == pytest.approx(1000 * 576 * 1024 * 2 / 2**30)
+    assert "about 1.1 GiB of disk" in capsys.readouterr().out
+    (tmp_path / "d.json").write_text(json.dumps(rows[:24]))  # a few photos: MiB, not "0.0 GiB"
+    main(load(TrainConfig, configs.path_of("llava15-finetune-lora"), ["dry_run=true", "data=d.json",
+                                                                       "vision_cache=true"]))
+    assert "about 27 MiB of disk" in capsys.readouterr().out
 
 
 def test_keys_list_every_key_with_its_meaning(capsys):

@@ -26,6 +26,11 @@ def test_batched_equals_one_by_one_and_adapter_compare(tiny_model_dir, shapes_da
     # the two models do answer differently: the adapter is really attached
     assert any(r["base"] != r["finetuned"] for r in rows1)
     assert "trained" in (tmp_path / "b1" / "report.md").read_text()
+    question = json.loads((shapes_data / "qa.json").read_text())[0]["conversations"][0]["value"]
+    assert question.startswith("<image>\n")  # shown without the placeholder and its line break
+    for report, cell in (("report.md", f"| {question[8:]} |"), ("report.html", f"<td>{question[8:]}</td>")):
+        text = (tmp_path / "b1" / report).read_text()
+        assert cell in text and "<image>" not in text and "&lt;image&gt;" not in text
     # answers cut at max_new_tokens are counted as the Python API counts them (and batched as one by one)
     import llavatune
     from llavatune.data import images as imagelib

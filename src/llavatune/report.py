@@ -63,7 +63,7 @@ def markdown(items, predictions, result, params) -> str:
     for i, s in enumerate(items):
         cells = [f"{_md(predictions[label][i])}{_mark(predictions[label][i], s.answer, ' ✓', ' ✗')}"
                  for label in labels]
-        lines.append(f"| {s.record.id} | {_md(s.question_turns[-1][1])} | {_md(s.answer or '')} | "
+        lines.append(f"| {s.record.id} | {_md(_question(s))} | {_md(s.answer or '')} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -76,7 +76,12 @@ def _mark(prediction: str, reference: str | None, right: str, wrong: str) -> str
 
 
 def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ").replace("<image>", "")
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _question(sample) -> str:
+    """The last question as a reader wants it: without the <image> placeholder and the line break after it."""
+    return sample.question_turns[-1][1].replace("<image>", "").strip()
 
 
 def page(items, predictions, result, params, image_dir) -> str:
@@ -87,7 +92,7 @@ def page(items, predictions, result, params, image_dir) -> str:
         cells = "".join(
             f"<td class='{_mark(predictions[label][i], s.answer, 'ok', 'bad')}'>"
             f"{html.escape(predictions[label][i])}</td>" for label in labels)
-        rows.append(f"<tr><td>{_thumb(s.record, image_dir)}</td><td>{html.escape(s.question_turns[-1][1])}</td>"
+        rows.append(f"<tr><td>{_thumb(s.record, image_dir)}</td><td>{html.escape(_question(s))}</td>"
                     f"<td>{html.escape(s.answer or '')}</td>{cells}</tr>")
     summary = "".join(f"<tr><td>{label}</td>" + "".join(f"<td>{result['models'][label][k]:.3f}</td>" for k in keys)
                       + f"<td>{html.escape(_params_line(label, params[label]))}</td></tr>" for label in labels)

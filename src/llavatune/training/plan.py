@@ -181,8 +181,9 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
     table.add_row("memory (rough)", f"{mem['total']:.1f} GiB per device = " + ", ".join(
         f"{k} {v:.1f}" for k, v in mem.items() if k != "total"))
     if "vision_cache_gib" in plan:
-        table.add_row("vision cache", f"about {plan['vision_cache_gib']:.1f} GiB of disk in {cfg.out}/vision_cache "
-                      "(one image per row)")
+        gib = plan["vision_cache_gib"]
+        size = f"{gib:.1f} GiB" if gib >= 1 else f"{gib * 1024:.0f} MiB"  # a few photos: MiB, not "0.0 GiB"
+        table.add_row("vision cache", f"about {size} of disk in {cfg.out}/vision_cache (one image per row)")
     for strategy, per_n in plan["memory_gib_by_strategy"].items():
         table.add_row(f"  --strategy {strategy}", ", ".join(f"{n} GPU{'s' if n > 1 else ''}: {v:.1f} GiB"
                                                            for n, v in per_n.items()))
