@@ -129,11 +129,19 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def smooth(values: list[float], weight: float = 0.9) -> list[float]:
-    """Exponential moving average with TensorBoard's start-up correction, so the first points are not pulled
-    towards 0: after n values the weights sum to 1 - weight**n, which each average is divided by."""
-    out, avg = [], 0.0
-    for n, v in enumerate(values, 1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight**n))
+def smooth(values: list[float]) -> list[float]:
+    """A moving average centred on each point (the window shrinks towards the ends, so the first and last points
+    are their own): unlike an exponential average it does not lag behind a falling loss. Positive values are
+    averaged as logarithms, since a loss falls by decades: the mean of 1.0 and 0.01 is 0.5, far above both on a
+    log axis; their geometric mean, 0.1, is between them, and an exponential decay is its own average."""
+    import math
+
+    half = max(2, len(values) // 40)  # 150 steps: 9 points; 5,000 steps: 251
+    logs = all(v > 0 for v in values)
+    points = [math.log(v) for v in values] if logs else list(values)
+    out = []
+    for i in range(len(points)):
+        h = min(half, i, len(points) - 1 - i)
+        mean = sum(points[i - h:i + h + 1]) / (2 * h + 1)
+        out.append(math.exp(mean) if logs else mean)
     return out
