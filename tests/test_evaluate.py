@@ -92,3 +92,23 @@ def test_a_questions_only_set_is_answered_not_scored(tiny_model_dir, shapes_data
     mixed.write_text(json.dumps([rows[0], {**rows[1], "conversations": rows[1]["conversations"][:1]}]))
     with pytest.raises(LlavatuneError, match=r"mixed.json:2: no reference answer, unlike \S*mixed.json:1"):
         main(EvalConfig(data=mixed, out=tmp_path / "m", **common))
+
+
+def test_metrics_read_as_rows_and_mme_points_get_their_own_axis():
+    """With --metrics em,yesno,mme a column per metric ran off the terminal, and MME's points (0..2000) were
+    drawn on the 0..1 axis of the shares, far off the chart."""
+    from llavatune.report import metric_table, metrics_figure
+
+    result = {"n": 4, "models": {
+        "base": {"exact_match": 0.25, "yesno_accuracy": 0.5, "mme_perception": 1210.5, "mme_cognition": 250.0,
+                 "mme_count": 150.0},
+        "finetuned": {"exact_match": 0.75, "yesno_accuracy": 0.5, "mme_perception": 1510.7, "mme_cognition": 300.0,
+                      "mme_count": 190.0}}}
+    header, rows = metric_table(result)
+    assert header == ["metric", "base", "finetuned", "change"]
+    assert rows[0] == ["exact_match", "0.250", "0.750", "+0.500"]  # in the order they were scored
+    assert rows[2] == ["mme_perception", "1210.5", "1510.7", "+300.2"]
+    shares, points = metrics_figure(result).axes
+    assert shares.get_ylim()[1] == pytest.approx(1.1) and points.get_ylim()[1] > 1510.7
+    assert [t.get_text() for t in points.get_xticklabels()] == ["mme_perception", "mme_cognition"]
+    assert metric_table({"n": 1, "models": {"model": {"exact_match": 1.0}}})[0] == ["metric", "model"]

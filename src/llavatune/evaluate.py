@@ -26,7 +26,7 @@ from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
 from llavatune.metrics import choice_accuracy, exact_match, mme_scores, vqa_accuracy, yesno_scores
-from llavatune.report import trained_count, write_all
+from llavatune.report import metric_table, trained_count, write_all
 
 console = Console(stderr=True)
 METRICS = ("em", "vqa", "yesno", "choice", "mme")
@@ -203,11 +203,10 @@ def write(out: Path, items: list[Sample], predictions: dict[str, list[str]], res
 
 
 def print_table(result: dict) -> None:
+    header, rows = metric_table(result)
     table = Table(title=f"{result['n']} samples")
-    table.add_column("model")
-    keys = sorted({k for m in result["models"].values() for k in m})
-    for key in keys:
-        table.add_column(key, justify="right")
-    for label, values in result["models"].items():
-        table.add_row(label, *[f"{values[k]:.3f}" for k in keys])
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)

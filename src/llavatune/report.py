@@ -53,11 +53,10 @@ def markdown(items, predictions, result, params) -> str:
     labels = list(predictions)
     lines = [f"# Evaluation: {result['n']} samples", ""]
     lines += [f"- {_params_line(label, params[label])}" for label in labels] + [""]
-    keys = sorted({k for m in result["models"].values() for k in m})
-    if keys:
-        lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        lines += [f"| {label} | " + " | ".join(f"{result['models'][label][k]:.3f}" for k in keys) + " |"
-                  for label in labels]
+    header, rows = metric_table(result)
+    if rows:
+        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines += ["", "![metrics](metrics.png)", ""]
     lines += ["| id | question | reference | " + " | ".join(labels) + " |", "|---" * (3 + len(labels)) + "|"]
     for i, s in enumerate(items):
@@ -66,6 +65,23 @@ def markdown(items, predictions, result, params) -> str:
         lines.append(f"| {s.record.id} | {_md(_question(s))} | {_md(s.answer or '')} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
+    """A row per metric, a column per model, and the change when two are compared: a column per metric ran off
+    an 80-column terminal with the yes/no and MME scores (16 of them). MME gives points, the rest shares."""
+    labels = list(result["models"])
+    keys = list(dict.fromkeys(k for m in result["models"].values() for k in m))  # in the order they were scored
+    header = ["metric", *labels] + (["change"] if len(labels) == 2 else [])
+    rows = []
+    for key in keys:
+        values = [result["models"][label][key] for label in labels]
+        digits = 1 if key.startswith("mme_") else 3
+        row = [key, *(f"{v:.{digits}f}" for v in values)]
+        if len(labels) == 2:
+            row.append(f"{values[1] - values[0]:+.{digits}f}")
+        rows.append(row)
+    return header, rows
 
 
 def _mark(prediction: str, reference: str | None, right: str, wrong: str) -> str:
@@ -86,7 +102,6 @@ def _question(sample) -> str:
 
 def page(items, predictions, result, params, image_dir) -> str:
     labels = list(predictions)
-    keys = sorted({k for m in result["models"].values() for k in m})
     rows = []
     for i, s in enumerate(items):
         cells = "".join(
@@ -94,14 +109,16 @@ def page(items, predictions, result, params, image_dir) -> str:
             f"{html.escape(predictions[label][i])}</td>" for label in labels)
         rows.append(f"<tr><td>{_thumb(s.record, image_dir)}</td><td>{html.escape(_question(s))}</td>"
                     f"<td>{html.escape(s.answer or '')}</td>{cells}</tr>")
-    summary = "".join(f"<tr><td>{label}</td>" + "".join(f"<td>{result['models'][label][k]:.3f}</td>" for k in keys)
-                      + f"<td>{html.escape(_params_line(label, params[label]))}</td></tr>" for label in labels)
+    header, metric_rows = metric_table(result)
+    summary = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in metric_rows)
+    models = "".join(f"<li>{html.escape(_params_line(label, params[label]))}</li>" for label in labels)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>llavatune evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px}}.ok{{background:#e3f4e1}}.bad{{background:#fbe3e1}}img{{width:64px;height:64px;image-rendering:pixelated}}
 </style></head><body><h1>Evaluation: {result['n']} samples</h1>
-<table><tr><th>model</th>{''.join(f'<th>{k}</th>' for k in keys)}<th>parameters</th></tr>{summary}</table>
-{'<p><img src="metrics.png" style="width:480px;height:auto"></p>' if keys else ''}
+<ul>{models}</ul>
+{f"<table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{summary}</table>" if metric_rows else ''}
+{'<p><img src="metrics.png" style="max-width:100%"></p>' if metric_rows else ''}
 <table><tr><th>image</th><th>question</th><th>reference</th>{''.join(f'<th>{label}</th>' for label in labels)}</tr>
 {''.join(rows)}</table></body></html>
 """
@@ -121,12 +138,32 @@ def _thumb(record, image_dir) -> str:
 
 
 def plot_metrics(result: dict, path: Path) -> None:
+    metrics_figure(result).savefig(path, dpi=100)
+
+
+def metrics_figure(result: dict):
+    """Bars per metric and model: the shares (0..1) on one axis; MME's perception and cognition points on a
+    second, scaled to them (its per-category scores stay in the tables)."""
     from matplotlib.figure import Figure  # not pyplot: no global backend or figure list to change
 
     labels = list(result["models"])
-    keys = sorted({k for m in result["models"].values() for k in m})
-    fig = Figure(figsize=(1.6 + 1.4 * len(keys) * len(labels), 3.2))
-    ax = fig.subplots()
+    keys = list(dict.fromkeys(k for m in result["models"].values() for k in m))
+    groups = [g for g in ([k for k in keys if not k.startswith("mme_")],
+                          [k for k in ("mme_perception", "mme_cognition") if k in keys]) if g]
+    bars = sum(len(g) for g in groups) * len(labels)
+    fig = Figure(figsize=(min(16.0, 1.6 + 0.7 * bars + 1.2 * (len(groups) - 1)), 3.2))
+    axes = fig.subplots(1, len(groups), squeeze=False, width_ratios=[len(g) for g in groups])[0]
+    for ax, group in zip(axes, groups):
+        points = group[0].startswith("mme_")
+        top = max([result["models"][label][k] for label in labels for k in group] + [1.0]) if points else 1.0
+        _bars(ax, result, labels, group, top, "{:.0f}" if points else "{:.2f}")
+        ax.set_ylabel("points" if points else "score")
+    axes[0].legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=len(labels), frameon=False)  # above the bars
+    fig.tight_layout()
+    return fig
+
+
+def _bars(ax, result: dict, labels: list[str], keys: list[str], top: float, fmt: str) -> None:
     width = 0.8 / max(1, len(labels))
     colours = ["#9aa7b8", "#3b6ea8", "#4f8a3a"]
     for j, label in enumerate(labels):
@@ -134,9 +171,6 @@ def plot_metrics(result: dict, path: Path) -> None:
         values = [result["models"][label][k] for k in keys]
         ax.bar(xs, values, width, label=label, color=colours[j % len(colours)])
         for x, v in zip(xs, values):
-            ax.text(x, v + 0.02, f"{v:.2f}", ha="center", fontsize=8)
+            ax.text(x, v + 0.02 * top, fmt.format(v), ha="center", fontsize=8)
     ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(keys))], keys)
-    ax.set_ylim(0, 1.1)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    ax.set_ylim(0, 1.1 * top)
