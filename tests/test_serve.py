@@ -81,6 +81,28 @@ def test_text_and_image_completions(server):
     assert image.json()["usage"]["prompt_tokens"] - text.json()["usage"]["prompt_tokens"] >= 16  # image tokens too
 
 
+def test_images_go_before_the_text_whatever_the_order_of_the_parts(tiny_model_dir):
+    """OpenAI clients often send the text part first; LLaVA trained on "<image>\nquestion", which vLLM's server
+    builds too. The prompt text is the same either way, and so are the answers (served below)."""
+    from llavatune.serve import parse_messages
+
+    cfg = ServeConfig(model=tiny_model_dir)
+    image, text = {"type": "image_url", "image_url": {"url": png_uri()}}, {"type": "text", "text": "Colour?"}
+    contents = [parse_messages(user(*parts), cfg)[0][0]["content"] for parts in ([image, text], [text, image])]
+    assert contents == ["<image>\nColour?", "<image>\nColour?"]
+    two = parse_messages(user(text, image, {"type": "text", "text": "One word."}, image), cfg)
+    assert two[0][0]["content"] == "<image>\n<image>\nColour?\nOne word." and len(two[1]) == 2
+    tagged = parse_messages(user({"type": "text", "text": "Look: <image> Colour?"}, image), cfg)
+    assert tagged[0][0]["content"] == "Look: <image> Colour?"  # a tag the text places stays where it is
+
+
+def test_text_first_is_answered_as_image_first(server):
+    image, text = {"type": "image_url", "image_url": {"url": png_uri()}}, {"type": "text", "text": "Which shape?"}
+    first, last = (post(server, {"model": "finetuned", **user(*parts)}).json() for parts in ([image, text],
+                                                                                             [text, image]))
+    assert first["choices"] == last["choices"] and first["usage"] == last["usage"]
+
+
 def test_streaming_is_openai_sse(server):
     body = {"model": "finetuned", "stream": True, "stream_options": {"include_usage": True},
             **user({"type": "image_url", "image_url": {"url": png_uri()}}, {"type": "text", "text": "Which shape is it?"})}

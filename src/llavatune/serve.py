@@ -31,6 +31,7 @@ try:  # the [serve] extra; a clear message when it is missing
 except ImportError as err:  # pragma: no cover
     raise ImportError("llavatune serve needs the serve extra: pip install 'llavatune[serve]'") from err
 
+from llavatune.data.formats import IMAGE_TAG
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import Answer
 
@@ -138,18 +139,23 @@ def parse_messages(body: dict, cfg: ServeConfig) -> tuple[list[dict], list]:
             continue
         if not isinstance(content, list):
             raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", param="messages")
-        text = ""
+        texts, n_images = [], 0
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
-                text += str(part.get("text", ""))
+                texts.append(str(part.get("text", "")))
             elif kind == "image_url":
                 url = (part.get("image_url") or {}).get("url", "")
                 images.append(decode_image(url, cfg))
-                text += "<image>\n"
+                n_images += 1
             else:
                 raise ApiError(400, f"messages[{i}] has a part of unknown type {kind!r}", param="messages")
-        out.append({"role": msg["role"], "content": text})
+        # the images go first, whatever the order of the parts (clients often send the text first): LLaVA
+        # trains on "<image>\nquestion", and vLLM's server builds the same prompt; <image> tags written in the
+        # text stay where they are
+        text = "\n".join(texts)
+        missing = max(0, n_images - text.count(IMAGE_TAG))
+        out.append({"role": msg["role"], "content": f"{IMAGE_TAG}\n" * missing + text})
     if out[-1]["role"] != "user":
         raise ApiError(400, "the last message must come from the user", param="messages")
     return out, images
