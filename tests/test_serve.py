@@ -91,9 +91,9 @@ def test_images_go_before_the_text_whatever_the_order_of_the_parts(tiny_model_di
     contents = [parse_messages(user(*parts), cfg)[0][0]["content"] for parts in ([image, text], [text, image])]
     assert contents == ["<image>\nColour?", "<image>\nColour?"]
     two = parse_messages(user(text, image, {"type": "text", "text": "One word."}, image), cfg)
-    assert two[0][0]["content"] == "<image>\n<image>\nColour?\nOne word." and len(two[1]) == 2
+    assert two[0][0]["content"] == "<image>\n<image>\nColour?One word." and len(two[1]) == 2  # as the template
     tagged = parse_messages(user({"type": "text", "text": "Look: <image> Colour?"}, image), cfg)
-    assert tagged[0][0]["content"] == "Look: <image> Colour?"  # a tag the text places stays where it is
+    assert tagged[0][0]["content"] == "Look: <image> Colour?"  # the text's own tag (the template moves it first)
 
 
 def test_text_first_is_answered_as_image_first(server):

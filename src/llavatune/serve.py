@@ -150,10 +150,9 @@ def parse_messages(body: dict, cfg: ServeConfig) -> tuple[list[dict], list]:
                 n_images += 1
             else:
                 raise ApiError(400, f"messages[{i}] has a part of unknown type {kind!r}", param="messages")
-        # the images go first, whatever the order of the parts (clients often send the text first): LLaVA
-        # trains on "<image>\nquestion", and vLLM's server builds the same prompt; <image> tags written in the
-        # text stay where they are
-        text = "\n".join(texts)
+        # the images go first, whatever the order of the parts (clients often send the text first), as the
+        # model's chat template renders parts: LLaVA trains on "<image>\nquestion", and vLLM prompts the same
+        text = "".join(texts)
         missing = max(0, n_images - text.count(IMAGE_TAG))
         out.append({"role": msg["role"], "content": f"{IMAGE_TAG}\n" * missing + text})
     if out[-1]["role"] != "user":

@@ -65,6 +65,22 @@ def test_render_matches_the_reference(name):
     assert render(get_template(name), TWO_ROUNDS, generation_prompt=True) == prompt
 
 
+@pytest.mark.parametrize("name", sorted(set(TEMPLATES) - {"hf"}))
+def test_the_image_tag_moves_first_as_llava_preprocesses_it(name):
+    """LLaVA's preprocess_multimodal runs before every template: the tag goes first, then a line break, the
+    rest stripped. LLaVA-Instruct writes many of its questions with the tag last."""
+    tail = [("user", "What is it?\n<image>"), *TWO_ROUNDS[1:2]]
+    spaced = [("user", " <image> What is it?  "), *TWO_ROUNDS[1:2]]
+    for turns in (tail, spaced):
+        assert render(get_template(name), turns) == render(get_template(name), TWO_ROUNDS[:2])
+        assert (render(get_template(name), turns, generation_prompt=True)
+                == render(get_template(name), TWO_ROUNDS[:2], generation_prompt=True))
+    assert render(get_template("vicuna_v1"), [("user", "<image>"), ("assistant", "A cat.")]) == (
+        VICUNA + " USER: <image> ASSISTANT: A cat.</s>")  # an image alone: "<image>\n" stripped to "<image>"
+    two = [("user", "First <image> then <image>"), ("assistant", "Same.")]  # interleaved: left where they are
+    assert "USER: First <image> then <image> ASSISTANT" in render(get_template("vicuna_v1"), two)
+
+
 def test_aliases_and_mpt():
     assert get_template("v1") is get_template("vicuna_v1")
     mpt = render(get_template("mpt"), TWO_ROUNDS[:2])
@@ -116,6 +132,9 @@ def test_jinja_renders_like_render(name):
             == render(template, TWO_ROUNDS, generation_prompt=True))
     parts = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
     assert jinja.render(messages=parts, add_generation_prompt=True) == render(
+        template, [TWO_ROUNDS[0], ("assistant", "x")], generation_prompt=True)
+    tail = [{"role": "user", "content": "What is it?\n<image>"}]
+    assert jinja.render(messages=tail, add_generation_prompt=True) == render(
         template, [TWO_ROUNDS[0], ("assistant", "x")], generation_prompt=True)
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 from typing import Literal
 
+from llavatune.data.formats import IMAGE_TAG
 from llavatune.errors import LlavatuneError
 
 Style = Literal["single", "two", "mpt", "llama_2", "plain", "xtuner", "hf"]
@@ -102,6 +103,7 @@ def render(template: Template, turns: list[Turn], generation_prompt: bool = Fals
 def segments(template: Template, turns: list[Turn], generation_prompt: bool = False,
              tokenizer=None) -> list[Segment]:
     system, turns = _split_system(template, turns)
+    turns = [(role, image_first(text)) for role, text in turns]
     for role, _ in turns:
         _role_index(role)
     if generation_prompt:
@@ -118,6 +120,16 @@ def segments(template: Template, turns: list[Turn], generation_prompt: bool = Fa
     if generation_prompt:
         messages.append((template.roles[1], None))
     return _STYLES[template.style](template, system, messages)
+
+
+def image_first(text: str) -> str:
+    """LLaVA's preprocess_multimodal (and xtuner's llava_map_fn) before any template: a turn's <image> tag moves
+    to its start, then a line break, then the rest stripped: "What is it?\n<image>" trains as "<image>\nWhat is
+    it?" (many of LLaVA-Instruct's questions put the tag last). A turn with several tags (interleaved
+    images, which LLaVA-1.5 does not train on) keeps them where they are."""
+    if text.count(IMAGE_TAG) != 1:
+        return text
+    return (IMAGE_TAG + "\n" + text.replace(IMAGE_TAG, "").strip()).strip()
 
 
 def _split_system(template: Template, turns: list[Turn]) -> tuple[str, list[Turn]]:
@@ -244,9 +256,13 @@ _STYLES = {"single": _single, "two": _two, "mpt": _mpt, "llama_2": _llama_2}
 
 # --- Jinja equivalents for processor.apply_chat_template -------------------------------------------------
 # Message content may be a string or a list of {"type": "image"} / {"type": "text"} parts; images render as
-# "<image>\n" before the text, the way LLaVA data places them.
+# "<image>\n" before the text, the way LLaVA data places them, and a string's one <image> tag moves there too
+# (image_first).
 _CONTENT = (
-    "{%- macro llavatune_text(m) -%}{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}"
+    "{%- macro llavatune_text(m) -%}{%- if m['content'] is string -%}"
+    "{%- if m['role'] != 'system' and m['content'].count('<image>') == 1 -%}"
+    "{{ ('<image>\\n' + m['content'].replace('<image>', '').strip()).strip() }}"
+    "{%- else -%}{{ m['content'] }}{%- endif -%}{%- else -%}"
     "{%- for p in m['content'] if p['type'] == 'image' -%}{{ '<image>\\n' }}{%- endfor -%}"
     "{%- for p in m['content'] if p['type'] == 'text' -%}{{ p['text'] }}{%- endfor -%}"
     "{%- endif -%}{%- endmacro -%}"
