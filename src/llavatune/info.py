@@ -20,6 +20,7 @@ from llavatune.config import read_run_config
 from llavatune.errors import LlavatuneError
 from llavatune.model import hub
 
+
 @dataclasses.dataclass
 class InfoConfig:
     model: Path
@@ -31,9 +32,9 @@ def weights(folder: Path) -> tuple[dict[str, tuple[list[int], str]], dict[str, i
     hub model whose weights are not in the cache is read from its headers on the hub, a few KB per file."""
     from safetensors import safe_open
 
-    files = sorted(folder.glob("*.safetensors"))
-    if not files and hub.repo_of(folder):
-        return hub.remote_weights(hub.repo_of(folder), hub.revision_of(folder))
+    files, repo = sorted(folder.glob("*.safetensors")), hub.repo_of(folder)
+    if not files and repo:
+        return hub.remote_weights(repo, hub.revision_of(folder))
     if not files:
         raise LlavatuneError(f"{folder}: no *.safetensors weights found (is this a llava-hf checkpoint folder?).")
     shapes = {}
