@@ -86,6 +86,17 @@ def test_a_questions_only_set_is_answered_not_scored(tiny_model_dir, shapes_data
     assert result["models"] == {"model": {}} and scored["models"]["model"]["exact_match"] >= 0
     answers = [json.loads(line) for line in (tmp_path / "q" / "answers-model.jsonl").read_text().splitlines()]
     assert answers == [json.loads(line) for line in (tmp_path / "s" / "answers-model.jsonl").read_text().splitlines()]
+    # the bare question, as LLaVA's question files hold it and its eval_textvqa.py matches it
+    assert [a["prompt"] for a in answers] == [r["conversations"][0]["value"].replace("<image>", "").strip() for r in rows]
+    assert all("<image>" not in a["prompt"] and not a["prompt"].startswith("\n") for a in answers)
+    # the same questions as one of llava/eval's question files: the same answers, under its own question ids
+    llava_questions = tmp_path / "llava_questions.jsonl"
+    llava_questions.write_text("".join(json.dumps({"question_id": i, "image": r["image"], "text": a["prompt"]}) + "\n"
+                                       for i, (r, a) in enumerate(zip(rows, answers))))
+    main(EvalConfig(data=llava_questions, out=tmp_path / "l", **common))
+    from_llava = [json.loads(line) for line in (tmp_path / "l" / "answers-model.jsonl").read_text().splitlines()]
+    assert [(a["question_id"], a["prompt"], a["text"]) for a in from_llava] == \
+        [(i, a["prompt"], a["text"]) for i, a in enumerate(answers)]
     report = (tmp_path / "q" / "report.md").read_text()
     assert "✓" not in report and "✗" not in report and not (tmp_path / "q" / "metrics.png").exists()
     mixed = tmp_path / "mixed.json"

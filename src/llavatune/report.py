@@ -32,7 +32,9 @@ def trained_count(folder: Path | None) -> int | None:
 
 def write_all(out: Path, items, predictions: dict[str, list[str]], result: dict, params: dict[str, dict],
               image_dir: Path | None) -> None:
-    """Without reference answers (a questions-only set) the reports show the answers, unmarked, and no chart."""
+    """Without reference answers (a questions-only set) the reports show the answers, unmarked, and no chart.
+    An answers file's "prompt" is the bare question, as in LLaVA's question files: its eval_textvqa.py finds the
+    reference by that text, split at its line breaks (a leading "<image>\n" made it fail its assert)."""
     if any(result["models"].values()):
         plot_metrics(result, out / "metrics.png")
     (out / "report.md").write_text(markdown(items, predictions, result, params))
@@ -40,7 +42,8 @@ def write_all(out: Path, items, predictions: dict[str, list[str]], result: dict,
     for label, preds in predictions.items():
         with (out / f"answers-{label}.jsonl").open("w") as f:
             for s, text in zip(items, preds):
-                f.write(json.dumps({"question_id": s.record.id, "prompt": s.question_turns[-1][1], "text": text,
+                qid = (s.record.raw or {}).get("question_id", s.record.id)  # its type too: eval_pope.py keys by it
+                f.write(json.dumps({"question_id": qid, "prompt": _question(s), "text": text,
                                     "answer_id": f"{label}-{s.record.id}", "model_id": label, "metadata": {}}) + "\n")
 
 

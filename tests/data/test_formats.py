@@ -78,6 +78,23 @@ def test_json_array_is_streamed_across_chunk_boundaries(tmp_path):
     assert [r for _, r in _iter_json_array(path, chunk_size=64)] == rows
 
 
+def test_llava_benchmark_question_files(tmp_path):
+    """llava/eval's question files (llava_textvqa_val_v051_ocr.jsonl, llava_pope_test.jsonl, llava_mme.jsonl): one
+    question per row, asked as LLaVA's model_vqa_loader asks it, and its question_id kept for the answers file."""
+    rows = [{"question_id": 34602, "image": "003a8ae2ef43b901.jpg", "text": "what is the brand?\nAnswer the "
+             "question using a single word or phrase.", "category": "default"},
+            {"question_id": "q2", "text": "Is the sky blue?"}]
+    path = tmp_path / "questions.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    a, b = read_records(path)
+    assert a.id == "34602" and a.images == ["003a8ae2ef43b901.jpg"]
+    assert a.turns == [("user", "<image>\nwhat is the brand?\nAnswer the question using a single word or phrase.")]
+    assert b.id == "q2" and b.images == [] and b.turns == [("user", "Is the sky blue?")]
+    path.write_text(json.dumps({"question_id": 1, "text": ["not", "a", "string"]}) + "\n")
+    with pytest.raises(DataError, match=r"questions.jsonl:1: 'text' must be the question"):
+        list(read_records(path))
+
+
 def test_bad_rows_name_file_and_row(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},

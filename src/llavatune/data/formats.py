@@ -6,6 +6,8 @@ Formats (detected per row, so mixed files work):
 - ShareGPT: the same with "conversations" of {"from", "value"} and optional "images";
 - OpenAI messages: {"messages": [{"role", "content": str | [{"type": "text"|"image_url", ...}]}]}, images as
   data URIs or file paths; `<image>` tags are inserted where the image parts were;
+- LLaVA benchmark questions (llava/eval's question files): {"question_id", "image" (optional), "text"}, one
+  question, no answer; the question is asked as LLaVA's model_vqa_loader asks it, "<image>\n" + text;
 - files: .json (a list, streamed object by object), .jsonl, and HF datasets on disk (.parquet / .arrow, or a
   `save_to_disk` folder) whose image column holds bytes.
 """
@@ -168,11 +170,16 @@ def to_record(row: Any, where: str) -> Record:
     elif "conversations" in row:
         turns = llava_turns(row["conversations"], where)
         images = _images_field(row, where)
+    elif "question_id" in row and "text" in row:
+        images = _images_field(row, where)
+        if not isinstance(row["text"], str):
+            raise DataError(f"{where}: 'text' must be the question, a string.")
+        turns = [("user", IMAGE_TAG + "\n" + row["text"] if images else row["text"])]
     else:
-        raise DataError(f"{where}: no 'conversations' (LLaVA/ShareGPT) or 'messages' (OpenAI) key; found keys "
-                        f"{', '.join(map(str, row)) or 'none'}.")
-    return Record(id=str(row.get("id", where.rsplit(":", 1)[-1])), turns=turns, images=images, source=where,
-                  raw=row)
+        raise DataError(f"{where}: no 'conversations' (LLaVA/ShareGPT), 'messages' (OpenAI) or 'question_id' + "
+                        f"'text' (LLaVA benchmark questions) keys; found keys {', '.join(map(str, row)) or 'none'}.")
+    ident = row.get("id", row.get("question_id", where.rsplit(":", 1)[-1]))
+    return Record(id=str(ident), turns=turns, images=images, source=where, raw=row)
 
 
 def llava_turns(conversations: Any, where: str) -> list[tuple[str, str]]:
