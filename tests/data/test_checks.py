@@ -39,19 +39,20 @@ def test_every_problem_is_reported_with_its_row(tmp_path, tiny_model_dir):
         good(11, answer="红色"),                                          # 11 the tiny Llama vocabulary has no Chinese
         {"id": "12", "image": "ok.png", "conversations": [{"from": "human", "value": "<Image>\nWhat colour?"},
                                                            {"from": "gpt", "value": "red"}]},  # 12 a near-miss tag
+        {"id": "13", "conversations": [{"from": "human", "value": "What colour?"}]},  # 13 a question, no answer
     ]
     data = tmp_path / "d.json"
     data.write_text(json.dumps(rows))
     cfg = ValidateConfig(data=data, images=images, model=tiny_model_dir, max_length=512)
-    with pytest.raises(LlavatuneError, match="11 of 12 rows have problems"):
+    with pytest.raises(LlavatuneError, match="12 of 13 rows have problems"):
         main(cfg)
     lines = (tmp_path / "d.json.errors.txt").read_text().splitlines()
     found = {(int(line.split(":")[1]), line.split(": ")[1]) for line in lines}
     assert found == {(2, "image missing"), (3, "image path escapes the folder"), (4, "<image> count mismatch"),
                      (5, "empty assistant turn"), (6, "unknown role"), (7, "longer than max_length"),
                      (8, "image cannot be decoded"), (9, "roles do not alternate"), (10, "duplicate"),
-                     (11, "answer has unknown tokens"), (12, "<image> count mismatch")}
-    assert lines[-1].endswith("0 <image> tag(s) but 1 image(s); write <image> for '<Image>' (lower case, no spaces)")
+                     (11, "answer has unknown tokens"), (12, "<image> count mismatch"), (13, "no answer")}
+    assert lines[-2].endswith("0 <image> tag(s) but 1 image(s); write <image> for '<Image>' (lower case, no spaces)")
     assert lines[2].endswith("list one image per tag, or remove the extra tag")
 
 

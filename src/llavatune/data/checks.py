@@ -58,7 +58,10 @@ def structural_problems(record: Record) -> list[tuple[str, str]]:
     turns = record.turns[1:] if record.turns and record.turns[0][0] == "system" else record.turns
     roles = [r for r, _ in turns]
     expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(roles))]
-    if roles != expected or not roles or roles[-1] != "assistant":
+    if roles == expected and roles and roles[-1] == "user":
+        out.append(("no answer", "the last turn is the user's; a training row ends with the assistant's answer (a "
+                                 "set of questions only is for `llavatune eval`, which answers them)"))
+    elif roles != expected or not roles or roles[-1] != "assistant":
         out.append(("roles do not alternate", f"expected user, assistant, ... ending with assistant; got "
                                               f"{', '.join(roles) or 'no turns'}"))
     if any(role == "assistant" and not text.strip() for role, text in turns):
