@@ -77,7 +77,7 @@ def detect(src: Path) -> str:
 
 
 def main(cfg: ConvertConfig) -> Path:
-    from llavatune.model import hub
+    from llavatune import hub
     from llavatune.model.load import resolve
 
     if Path(cfg.src).is_dir() or hub.is_hub_id(cfg.src):  # a run: its final checkpoint; a hub id: its download

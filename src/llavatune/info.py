@@ -16,9 +16,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from llavatune import hub
 from llavatune.config import read_run_config
 from llavatune.errors import LlavatuneError
-from llavatune.model import hub
 
 
 @dataclasses.dataclass

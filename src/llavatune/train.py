@@ -119,11 +119,19 @@ def eval_interval(cfg: TrainConfig) -> int:
 
 
 def data_manifest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"file": str(Path(path).resolve()), "sha256": digest.hexdigest()}
+    """Where the data came from and its sha256 (over a folder's files in name order): what a run trained on. Hub
+    data is recorded as its hf:// reference with the commit it came from."""
+    from llavatune import hub
+
+    local, digest = hub.data_path(path), hashlib.sha256()
+    for file in sorted(local.rglob("*")) if local.is_dir() else [local]:
+        if file.is_file():
+            with file.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    where = ({"file": hub.data_name(path), "revision": hub.data_revision(local)} if hub.is_hub_data(path)
+             else {"file": str(local.resolve())})
+    return {**where, "sha256": digest.hexdigest()}
 
 
 def total_steps(cfg: TrainConfig, n_batches_per_epoch: int, world: int = 1) -> int:

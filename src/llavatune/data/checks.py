@@ -18,8 +18,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from llavatune import hub
 from llavatune.data import images as imagelib
-from llavatune.data.formats import IMAGE_TAG, DataError, Record, iter_rows, to_record
+from llavatune.data.formats import IMAGE_TAG, DataError, Record, beside, iter_rows, to_record
 from llavatune.errors import LlavatuneError
 
 console = Console(stderr=True)
@@ -80,15 +81,15 @@ def main(cfg: ValidateConfig) -> Report:
     if cfg.model is not None:
         from llavatune.model.meta import load_text_side
         text_side = load_text_side(cfg.model, cfg.template)
-    path, seen = report_path(cfg), {}
-    with path.open("w") as sink, console.status(f"validating {cfg.data}") as status:
+    path, seen, name = report_path(cfg), {}, hub.data_name(cfg.data)
+    with path.open("w") as sink, console.status(f"validating {name}") as status:
         report = Report(sink)
         for row_number, row in iter_rows(Path(cfg.data)):
             report.rows += 1
             if report.rows % 20000 == 0:
-                status.update(f"validating {cfg.data}: {report.rows:,} rows")
+                status.update(f"validating {name}: {report.rows:,} rows")
             before = report.lines
-            check_row(row, f"{cfg.data}:{row_number}", cfg, text_side, report, seen)
+            check_row(row, f"{name}:{row_number}", cfg, text_side, report, seen)
             report.bad_rows += report.lines > before
     if not report.lines:
         path.unlink()
@@ -163,7 +164,7 @@ def _check_tokens(record: Record, where: str, cfg: ValidateConfig, text_side, re
 
 
 def report_path(cfg: ValidateConfig) -> Path:
-    return cfg.report or Path(str(cfg.data) + ".errors.txt")
+    return cfg.report or beside(cfg.data, ".errors.txt")
 
 
 def write_report(cfg: ValidateConfig, report: Report, tokens_checked: bool) -> None:

@@ -9,7 +9,7 @@ Formats (detected per row, so mixed files work):
 - LLaVA benchmark questions (llava/eval's question files): {"question_id", "image" (optional), "text"}, one
   question, no answer; the question is asked as LLaVA's model_vqa_loader asks it, "<image>\n" + text;
 - files: .json (a list, streamed object by object), .jsonl, and HF datasets on disk (.parquet / .arrow, or a
-  `save_to_disk` folder) whose image column holds bytes.
+  `save_to_disk` folder) whose image column holds bytes; any of these in a hub dataset, hf://datasets/ORG/NAME/PATH.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from llavatune import hub
 from llavatune.errors import LlavatuneError
 
 IMAGE_TAG = "<image>"
@@ -45,21 +46,22 @@ class Record:
 
 def read_records(path: Path | str, strict: bool = True) -> Iterator[Record]:
     """Yield records from a file; a malformed row raises DataError naming `file:row` (strict) or is skipped."""
-    path = Path(path)
-    for row_number, row in iter_rows(path):
+    name = hub.data_name(path)
+    for row_number, row in iter_rows(Path(path)):
         try:
-            yield to_record(row, f"{path}:{row_number}")
+            yield to_record(row, f"{name}:{row_number}")
         except DataError:
             if strict:
                 raise
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(row number from 1, row dict) for .json / .jsonl / .parquet / .arrow files, dataset folders, and JSON
-    lines on standard input when the path is '-'."""
+    """(row number from 1, row dict) for .json / .jsonl / .parquet / .arrow files, dataset folders, such files and
+    folders in a hub dataset (hf://datasets/ORG/NAME/PATH), and JSON lines on standard input when the path is '-'."""
     if str(path) == "-":
         yield from _iter_lines(sys.stdin, "<stdin>")
         return
+    path = hub.data_path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found.")
     suffix = path.suffix.lower()
@@ -69,6 +71,12 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
         yield from _iter_jsonl(path)
     else:
         yield from _iter_json_array(path)
+
+
+def beside(path: Path, suffix: str) -> Path:
+    """A file named after the data (errors, plots), written beside it; for hub data in the working folder: the hub
+    cache is not ours to write."""
+    return Path(Path(path).name + suffix) if hub.is_hub_data(path) else Path(str(path) + suffix)
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from llavatune.data.formats import DataError, iter_rows, to_record
+from llavatune import hub
+from llavatune.data.formats import DataError, beside, iter_rows, to_record
 from llavatune.errors import LlavatuneError
 
 console = Console()
@@ -42,11 +43,12 @@ def stats(cfg: StatsConfig) -> dict:
     counts: collections.Counter = collections.Counter()
     lengths: list[int] = []
     refs: list[tuple[str | bytes, str]] = []  # (image, row) of every row, for the size sample
+    name = hub.data_name(cfg.data)
     for n, (row_number, row) in enumerate(iter_rows(Path(cfg.data))):
         if cfg.limit is not None and n >= cfg.limit:
             break
         try:
-            record = to_record(row, f"{cfg.data}:{row_number}")
+            record = to_record(row, f"{name}:{row_number}")
         except DataError:
             counts["unreadable"] += 1
             continue
@@ -62,12 +64,12 @@ def stats(cfg: StatsConfig) -> dict:
               **_percentiles(lengths)}
     if cfg.images is not None:
         result.update(_image_sizes(refs, cfg.images, cfg.image_sample))
-    _print_stats(cfg.data, result)
+    _print_stats(name, result)
     if result.get("images_over_4mp"):
         console.print("large images: a 12 MP photo takes ~0.25 s of a core to decode and resize each time its sample "
                       "is drawn (docs/scenario-defects.md); train with vision_cache=true (frozen tower) or "
                       "data_workers, or shrink the files once.")
-    plot = cfg.plot or Path(str(cfg.data) + ".lengths.png")
+    plot = cfg.plot or beside(cfg.data, ".lengths.png")
     _plot(lengths, unit, plot)
     console.print(f"length histogram: {plot}")
     return result
@@ -147,13 +149,13 @@ def preview(cfg: PreviewConfig) -> dict:
     from llavatune.data.tokenize import Dropped, tokenize_turns
     from llavatune.model.meta import load_text_side
 
-    text_side = load_text_side(cfg.model, cfg.template)
+    text_side, name = load_text_side(cfg.model, cfg.template), hub.data_name(cfg.data)
     for n, (row_number, row) in enumerate(iter_rows(Path(cfg.data))):
         if n == cfg.index:
             break
     else:
-        raise LlavatuneError(f"{cfg.data}: --index {cfg.index} is past the last row (there are {n + 1 if n else 0}).")
-    record = to_record(row, f"{cfg.data}:{row_number}")
+        raise LlavatuneError(f"{name}: --index {cfg.index} is past the last row (there are {n + 1 if n else 0}).")
+    record = to_record(row, f"{name}:{row_number}")
     shown = Text()
     for text, supervised in segments(text_side.template, record.turns, tokenizer=text_side.tokenizer):
         shown.append(text, style="bold green" if supervised else "dim")

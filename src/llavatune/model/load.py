@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from llavatune import hub
 from llavatune.config import read_run_config
 from llavatune.errors import LlavatuneError
-from llavatune.model import hub
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}

@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from llavatune import hub
 from llavatune.data.formats import iter_rows
 from llavatune.errors import LlavatuneError
 from llavatune.model import shapes, trainable
@@ -47,7 +48,7 @@ def meta_model(cfg: TrainConfig):
 
 
 def count_rows(path: Path) -> int | None:
-    if not Path(path).exists():
+    if not hub.is_hub_data(path) and not Path(path).exists():
         return None
     return sum(1 for _ in iter_rows(Path(path)))
 
@@ -167,16 +168,17 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
     table.add_row("trains", plan["trains"])
     for comp, v in sorted(plan["parameters"].items()):
         table.add_row(f"  {comp}", f"{v['trainable']:,} trainable of {v['total']:,}")
-    table.add_row("data", f"{cfg.data}: " + (f"{plan['data_rows']:,} rows" if plan["data_rows"] is not None
-                                             else "not found (steps from `steps`)"))
+    rows = f"{plan['data_rows']:,} rows" if plan["data_rows"] is not None else "not found (steps from `steps`)"
+    table.add_row("data", f"{hub.data_name(cfg.data)}: {rows}")
     steps = f"{plan['steps']} optimizer steps" if plan["steps"] is not None else "unknown (no data rows yet)"
     table.add_row("steps", f"{steps} of {plan['global_batch']} samples ({cfg.batch_size} per device x "
                            f"{plan['devices']} device(s) x {cfg.grad_accum} accumulation)")
     if cfg.eval_data is not None:
         every = eval_interval(cfg)
         rows = f"{plan['eval_rows']:,} rows" if plan["eval_rows"] is not None else "not found"
-        table.add_row("held-out eval", f"{cfg.eval_data}: {rows}; at the start, " + (f"every {every} steps " if every
-                      else "") + "and at the end" + (f", {cfg.eval_answers} answers" if cfg.eval_answers else ""))
+        when = (f"every {every} steps " if every else "") + "and at the end"
+        table.add_row("held-out eval", f"{hub.data_name(cfg.eval_data)}: {rows}; at the start, {when}"
+                      + (f", {cfg.eval_answers} answers" if cfg.eval_answers else ""))
     mem = plan["memory_gib"]
     table.add_row("memory (rough)", f"{mem['total']:.1f} GiB per device = " + ", ".join(
         f"{k} {v:.1f}" for k, v in mem.items() if k != "total"))

@@ -11,12 +11,12 @@ import torch
 from rich.console import Console
 from tqdm.auto import tqdm
 
+from llavatune import hub
 from llavatune.config import read_run_config, save_run_config, to_dict
 from llavatune.data.dataset import SupervisedDataset, batch_order, collate, n_tokens
 from llavatune.data.loader import auto_workers
 from llavatune.data.templates import get_template, to_jinja
 from llavatune.errors import LlavatuneError
-from llavatune.model import hub
 from llavatune.model import load as loadlib
 from llavatune.model import trainable
 from llavatune.model.meta import template_name
@@ -321,7 +321,7 @@ def _check_paths(cfg: TrainConfig) -> Path:
     returns its folder."""
     for key in ("data", "eval_data"):
         path = getattr(cfg, key)
-        if path is not None and not Path(path).exists():
+        if path is not None and not hub.data_path(path).exists():  # hub data is downloaded here
             raise LlavatuneError(f"{key}={path}: no such file or folder.")
     if cfg.images is not None and not Path(cfg.images).is_dir():
         raise LlavatuneError(f"images={cfg.images}: no such folder; give the folder that the data's image paths "

@@ -1,7 +1,10 @@
-"""Models named by a Hugging Face hub id (`llava-hf/llava-1.5-7b-hf`) become local folders: downloaded once into
-the hub cache, or found there offline (HF_HUB_OFFLINE=1), then read like any other folder. Only what a model
-needs comes down: configs, tokenizer files and safetensors weights; pickled `.bin` weights only for repositories
-that have no safetensors (the original LLaVA releases)."""
+"""The Hugging Face hub as a source of folders and files, downloaded once into the hub cache, or found there offline
+(HF_HUB_OFFLINE=1), then read like any other path.
+
+Models are named by their id (`llava-hf/llava-1.5-7b-hf`); only what a model needs comes down: configs, tokenizer
+files and safetensors weights; pickled `.bin` weights only for repositories that have no safetensors (the original
+LLaVA releases). Data is named as huggingface_hub's file system names it, `hf://datasets/ORG/NAME[@REVISION]/PATH`
+(a file, or a folder of parquet/arrow shards); only PATH comes down."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 from llavatune.errors import LlavatuneError
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_DATA = re.compile(r"hf:/+datasets/([\w.-]+/[\w.-]+)(?:@([^/]+))?/(.+)")  # ORG/NAME, revision, path
 TEXT_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
@@ -24,23 +28,59 @@ def is_hub_id(ref: str | Path) -> bool:
 def local_copy(repo_id: str, revision: str | None = None, download: bool = True, weights: bool = True) -> Path:
     """The folder of a hub model in the cache, downloading what is missing (download=False: the cache only;
     weights=False: configs and tokenizer files only, for `info`)."""
+    what = f"{repo_id}: no such folder here, and the Hugging Face hub did not provide it"
+    folder = _snapshot(repo_id, what, revision=revision, download=download,
+                       allow_patterns=[*TEXT_FILES, *(["*.safetensors"] if weights else [])])
+    if weights and not any(folder.rglob("*.safetensors")):
+        folder = _snapshot(repo_id, what, revision=revision, download=download, allow_patterns=[*TEXT_FILES, "*.bin"])
+    return folder
+
+
+def data_path(ref: str | Path) -> Path:
+    """`hf://datasets/ORG/NAME[@REVISION]/PATH` as the local path of PATH in the hub cache (downloaded once);
+    any other path as it is. A typed config holds the reference as a Path, which reads `hf:/datasets/...`."""
+    match = HUB_DATA.fullmatch(str(ref))
+    if not match:
+        return Path(ref)
+    repo_id, revision, inner = match.group(1), match.group(2), match.group(3).rstrip("/")
+    folder = _snapshot(repo_id, f"{data_name(ref)}: the Hugging Face hub did not provide it", repo_type="dataset",
+                       revision=revision, allow_patterns=[inner, f"{inner}/*"])
+    if not (folder / inner).exists():
+        raise LlavatuneError(f"{data_name(ref)}: the hub dataset {repo_id} has no file or folder {inner!r} (at "
+                             f"revision {revision_of(folder)}); the path after the dataset name is the file's path in it.")
+    return folder / inner
+
+
+def is_hub_data(ref: str | Path) -> bool:
+    return bool(HUB_DATA.fullmatch(str(ref)))
+
+
+def data_name(ref: str | Path) -> str:
+    """A hub data reference as huggingface_hub writes it (a Path folds its 'hf://' to 'hf:/')."""
+    return re.sub(r"^hf:/+", "hf://", str(ref))
+
+
+def data_revision(local: Path) -> str | None:
+    """The commit of the hub-cache dataset snapshot that `local` (a data_path) lies in."""
+    for folder in Path(local).parents:
+        if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("datasets--"):
+            return folder.name
+    return None
+
+
+def _snapshot(repo_id: str, what: str, download: bool = True, **kwargs) -> Path:
+    """snapshot_download, with its failures as one LlavatuneError that starts with `what`."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     # offline, say so: huggingface_hub 1.x asked the network for a commit's file list even with HF_HUB_OFFLINE=1
     cache_only = not download or constants.HF_HUB_OFFLINE
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=cache_only,
-                                        allow_patterns=[*TEXT_FILES, *(["*.safetensors"] if weights else [])]))
-        if weights and not any(folder.rglob("*.safetensors")):
-            folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=cache_only,
-                                            allow_patterns=[*TEXT_FILES, "*.bin"]))
+        return Path(snapshot_download(repo_id, local_files_only=cache_only, **kwargs))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LlavatuneError(f"{repo_id}: no such folder here, and the Hugging Face hub did not provide it "
-                             f"({reason}). Check the id (or the path), HF_TOKEN for gated models, and the network; "
-                             "offline (HF_HUB_OFFLINE=1) only models already in the hub cache load.") from None
-    return folder
+        raise LlavatuneError(f"{what} ({reason}). Check the id (or the path), HF_TOKEN for gated repositories, and "
+                             "the network; offline (HF_HUB_OFFLINE=1) only what is in the hub cache loads.") from None
 
 
 def revision_of(folder: Path) -> str | None:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from huggingface_hub import constants
 
+from llavatune import hub
 from llavatune.errors import LlavatuneError
-from llavatune.model import hub
 from llavatune.model import load as loadlib
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -18,12 +18,12 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
-    """put(repo_id, folder): `folder` as that repo's main revision in a fresh cache."""
+    """put(repo_id, folder, kind="models"|"datasets"): `folder` as that repo's main revision in a fresh cache."""
     cache = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
 
-    def put(repo_id: str, folder):
-        repo = cache / f"models--{repo_id.replace('/', '--')}"
+    def put(repo_id: str, folder, kind: str = "models"):
+        repo = cache / f"{kind}--{repo_id.replace('/', '--')}"
         shutil.copytree(folder, repo / "snapshots" / COMMIT)
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text(COMMIT)
@@ -126,3 +126,58 @@ def test_info_on_a_hub_id_reads_the_weight_headers_instead_of_the_weights(hub_ca
     info, local = describe("someone/tiny-llava"), describe(tiny_model_dir)
     assert info["path"] == str(snapshot) and asked and not [p for p in asked if p.endswith((".safetensors", ".bin"))]
     assert {k: v for k, v in info.items() if k != "path"} == {k: v for k, v in local.items() if k != "path"}
+
+
+def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_model_dir, shapes_data, tmp_path,
+                                                              monkeypatch):
+    """data=hf://datasets/ORG/NAME[@REVISION]/PATH, the way huggingface_hub names files: training (on a folder of
+    parquet shards) and evaluation read PATH from the hub cache, the run records the reference and the commit (not
+    a cache path of this machine), and `data validate` writes its report here, not into the cache."""
+    import hashlib
+    import json
+
+    from conftest import train_config
+
+    from llavatune.data.checks import ValidateConfig
+    from llavatune.data.checks import main as validate
+    from llavatune.evaluate import EvalConfig
+    from llavatune.evaluate import main as evaluate
+    from llavatune.train import main as train
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    shutil.copy(shapes_data / "qa.json", repo / "data" / "qa.json")
+    rows = json.loads((shapes_data / "qa.json").read_text())
+    (repo / "shards").mkdir()
+    for i, half in enumerate((rows[:20], rows[20:])):  # the same rows as a folder of parquet shards, images inside
+        pq.write_table(pa.table({"id": [r["id"] for r in half], "conversations": [r["conversations"] for r in half],
+                                 "image": [{"bytes": (shapes_data / r["image"]).read_bytes(), "path": None}
+                                           for r in half]}), repo / "shards" / f"train-{i}.parquet")
+    hub_cache("someone/shapes", repo, kind="datasets")
+    ref = "hf://datasets/someone/shapes/shards"
+    final = train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", f"data={ref}", "steps=1",
+                               "save_every=0"))
+    recorded = yaml.safe_load((final / "run_config.yaml").read_text())["data"]
+    sha = hashlib.sha256(b"".join((repo / "shards" / f"train-{i}.parquet").read_bytes() for i in (0, 1)))
+    assert recorded == {"file": ref, "revision": COMMIT, "sha256": sha.hexdigest(), "rows": len(rows)}
+
+    ref = "hf://datasets/someone/shapes/data/qa.json"
+    pinned = f"hf://datasets/someone/shapes@{COMMIT}/data/qa.json"
+    evaluate(EvalConfig(model=tiny_model_dir, data=pinned, images=shapes_data, limit=3, max_new_tokens=2,
+                        out=tmp_path / "eval"))
+    assert [json.loads(line)["id"] for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()] \
+        == [r["id"] for r in rows[:3]]
+
+    monkeypatch.chdir(tmp_path)  # no images= and the images are not here: every row has a problem
+    with pytest.raises(LlavatuneError, match=r"rows have problems; see qa.json.errors.txt"):
+        validate(ValidateConfig(data=ref))
+    assert (tmp_path / "qa.json.errors.txt").read_text().startswith(f"{ref}:1: image missing")
+    with pytest.raises(LlavatuneError, match=r"hf://datasets/someone/shapes/data/qb.json: the hub dataset "
+                                             r"someone/shapes has no file or folder 'data/qb.json'"):
+        validate(ValidateConfig(data="hf://datasets/someone/shapes/data/qb.json"))
+    with pytest.raises(LlavatuneError, match=r"hf://datasets/someone/absent/qa.json: the Hugging Face hub did not "
+                                             r"provide it \(.*\)\. Check the id"):
+        validate(ValidateConfig(data="hf://datasets/someone/absent/qa.json"))
