@@ -29,7 +29,7 @@ test-floor:
 	.venv-floor/bin/pip install -q "torch==2.13.0"
 	.venv-floor/bin/pip install -q -e ".[dev]" $(FLOOR)
 	PATH="$(CURDIR)/.venv-floor/bin:$$PATH" .venv-floor/bin/pytest -p no:cacheprovider tests/test_build.py \
-		tests/test_convert.py tests/model tests/training/test_train.py tests/training/test_validate.py tests/test_evaluate.py \
+		tests/test_convert.py tests/test_hub.py tests/model tests/training/test_train.py tests/training/test_validate.py tests/test_evaluate.py \
 		tests/training/test_distributed.py::test_sharded_runs_read_the_weights_on_rank_0_only
 
 .PHONY: install test demo test-floor
