@@ -21,6 +21,12 @@ from llavatune.train import main as train
 KEY = "test-key"
 
 
+def bomb_uri() -> str:
+    buf = io.BytesIO()
+    Image.new("1", (15000, 15000)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def png_uri(colour=(200, 30, 30), size=48) -> str:
     buf = io.BytesIO()
     Image.new("RGB", (size, size), colour).save(buf, format="PNG")
@@ -123,6 +129,7 @@ def test_streaming_is_openai_sse(server):
 
 @pytest.mark.parametrize("case,status", [
     ("bad json", 400), ("no messages", 400), ("bad base64", 400), ("not an image", 400), ("too big", 413),
+    ("too many pixels", 413),
     ("unknown model", 404), ("wrong key", 401), ("remote url", 400), ("file path", 400), ("max_tokens text", 400),
     ("negative max_tokens", 400), ("top_p above 1", 400), ("n above 1", 400)])
 def test_errors_in_openai_shape(server, case, status):
@@ -133,6 +140,7 @@ def test_errors_in_openai_shape(server, case, status):
         "bad base64": dict(body=image("data:image/png;base64,@@@")),
         "not an image": dict(body=image("data:image/png;base64," + base64.b64encode(b"hello").decode())),
         "too big": dict(body=image(png_uri(size=400) + "A" * 80_000)),
+        "too many pixels": dict(body=image(bomb_uri())),  # 27 KB of PNG, 225 million pixels
         "unknown model": dict(body={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
         "wrong key": dict(body={"messages": [{"role": "user", "content": "hi"}]}, key="wrong"),
         "remote url": dict(body=image("https://example.com/cat.png")),

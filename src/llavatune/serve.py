@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -110,8 +111,12 @@ def decode_image(url: str, cfg: ServeConfig):
     if len(raw) > limit:
         raise ApiError(413, f"image larger than the {cfg.max_image_mb:g} MB limit", param="image_url")
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            return img.convert("RGB")
+        with warnings.catch_warnings():  # a few KB of PNG can decode to gigabytes: over PIL's pixel limit, refused
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as img:
+                return img.convert("RGB")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ApiError(413, f"image has more than {Image.MAX_IMAGE_PIXELS:,} pixels", param="image_url") from None
     except (UnidentifiedImageError, OSError):
         raise ApiError(400, "image_url does not hold a decodable image", param="image_url") from None
 

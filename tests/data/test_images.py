@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from llavatune.data.formats import DataError
-from llavatune.data.images import load, resolve
+from llavatune.data.images import check, load, resolve
 
 
 def test_paths_cannot_leave_the_folder(tmp_path):
@@ -30,6 +30,10 @@ def test_grey_and_rgba_become_rgb_and_bad_files_name_the_row(tmp_path):
         load("bad.png", tmp_path, "f:7")
     with pytest.raises(DataError, match="f:8: image 'none.png' not found"):
         load("none.png", tmp_path, "f:8")
+    Image.new("1", (15000, 15000)).save(tmp_path / "huge.png")  # 27 KB, 225 million pixels: PIL refuses it
+    for read in (load, check):
+        with pytest.raises(DataError, match=r"f:9: image 'huge.png' cannot be decoded \(Image size"):
+            read("huge.png", tmp_path, "f:9")
 
 
 def test_processor_pads_with_the_mean_colour_like_llava(tiny_model_dir):

@@ -39,7 +39,7 @@ def load(ref: str | bytes, image_dir: Path | None, where: str) -> Image.Image:
         with Image.open(source) as img:
             img = ImageOps.exif_transpose(img)
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{where}: image '{name}' cannot be decoded ({err}).") from None
 
 
@@ -63,7 +63,7 @@ def check(ref: str | bytes, image_dir: Path | None, where: str) -> None:
     try:
         with Image.open(path) as img:
             img.verify()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"{where}: image '{ref}' cannot be decoded ({err}).") from None
 
 
