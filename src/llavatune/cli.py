@@ -331,7 +331,8 @@ def _ok(n: int, out) -> None:
 @data_app.command("validate", epilog="Example:\n\n  llavatune data validate data/qa.json --images data "
                   "--model models/tiny")
 def data_validate(
-    data: Path = typer.Argument(..., help="data file (.json, .jsonl, .parquet, .arrow) or dataset folder"),
+    data: Path = typer.Argument(..., help="data file (.json, .jsonl, .parquet, .arrow), dataset folder, or "
+                                          "hf://datasets/ORG/NAME/PATH"),
     images: Optional[Path] = typer.Option(None, help="folder that image paths are relative to"),
     model: Optional[Path] = typer.Option(None, help="llava-hf folder or run: also check tokens and lengths"),
     template: Optional[str] = typer.Option(None, help="template (default: the model's)"),
