@@ -77,6 +77,7 @@ def test_a_finished_run_given_more_steps_continues_on_the_longer_schedule(tiny_m
     train(train_config(tiny_model_dir, shapes_data, run, "steps=8", "save_every=0", "lr=2e-3", "resume=auto"))
     said = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
     assert "final at step 4" in said and "lr 0.001 -> 0.002, steps 4 -> 8" in said
+    assert "data changed" not in said
     extended = rows()
     assert [r["step"] for r in extended] == list(range(1, 9)) and extended[:4] == first
     # steps 5-8 follow the 8-step cosine of lr 2e-3, not the 4-step one of 1e-3 that had reached 0
@@ -93,6 +94,12 @@ def test_a_finished_run_given_more_steps_continues_on_the_longer_schedule(tiny_m
     train(train_config(tiny_model_dir, shapes_data, run, "steps=8", "save_every=0", "lr=2e-3", "resume=auto"))
     assert "nothing left to train of 8 steps" in " ".join(capsys.readouterr().err.split())
     assert (run / "final" / "checkpoint.json").stat().st_mtime_ns == made and len(rows()) == 8
+
+    fewer = tmp_path / "fewer.json"  # a few rows fixed or dropped, then the run resumed: said, not silent
+    fewer.write_text(json.dumps(json.loads((shapes_data / "qa.json").read_text())[:30]))
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=9", "save_every=0", "lr=2e-3", "resume=auto",
+                       f"data={fewer}"))
+    assert "the data changed since that checkpoint (40 rows then, 30 now)" in " ".join(capsys.readouterr().err.split())
 
 
 def test_data_workers_give_the_same_run_and_resume(tiny_model_dir, shapes_data, tmp_path):

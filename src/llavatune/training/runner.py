@@ -309,9 +309,15 @@ class Run:
         loop.set_rng_state(saved["rng"])
         state = loop.State(**saved["loop"])
         self._say(f"resuming from {folder} at step {state.step}")
-        changed = changed_settings((read_run_config(folder) or {}).get("config") or {}, to_dict(self.cfg))
+        saved_run = read_run_config(folder) or {}
+        changed = changed_settings(saved_run.get("config") or {}, to_dict(self.cfg))
         if changed:
             self._say(f"settings changed since that checkpoint: {changed}; the run goes on with them.")
+        then, now = saved_run.get("data") or {}, self.data_manifest
+        if then.get("sha256") not in (None, now["sha256"]):
+            self._say(f"[yellow]the data changed since that checkpoint[/] ({then.get('rows', '?')} rows then, "
+                      f"{now['rows']} now): the run goes on through the new data from the same position in the order, "
+                      "which no longer holds the same samples; the samples seen differ from an uninterrupted run.")
         return state
 
 
