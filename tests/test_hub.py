@@ -171,6 +171,9 @@ def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_mo
     assert [json.loads(line)["id"] for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()] \
         == [r["id"] for r in rows[:3]]
 
+    from llavatune.data import tools
+    assert len(tools.mix([ref, f"{ref}:0.5"], seed=0)) == 60  # `data mix` weights: not the ':' of 'hf:'
+
     monkeypatch.chdir(tmp_path)  # no images= and the images are not here: every row has a problem
     with pytest.raises(LlavatuneError, match=r"rows have problems; see qa.json.errors.txt"):
         validate(ValidateConfig(data=ref))

@@ -81,6 +81,9 @@ def test_mix_weights(tmp_path):
     data = mix_file(tmp_path, n=10)
     mixed = tools.mix([f"{data}:2", f"{data}:0.5"], seed=0)
     assert len(mixed) == 25
+    assert len(tools.mix([str(data)], seed=0)) == 10
+    with pytest.raises(LlavatuneError, match=r"mix.json:x: file not found"):  # a weight that is not a number
+        tools.mix([f"{data}:x"], seed=0)
 
 
 def test_convert_round_trip(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import random
+import re
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -133,11 +134,8 @@ def mix(sources: list[str], seed: int) -> list[dict]:
     rng = random.Random(seed)
     out: list[dict] = []
     for source in sources:
-        path, _, weight_text = source.rpartition(":") if ":" in source else (source, "", "1")
-        try:
-            weight = float(weight_text)
-        except ValueError:
-            raise LlavatuneError(f"mix source '{source}': the weight after ':' must be a number.") from None
+        weighted = re.fullmatch(r"(.+):([0-9]*\.?[0-9]+)", source)  # hf://datasets/... has a ':' of its own
+        path, weight = (weighted.group(1), float(weighted.group(2))) if weighted else (source, 1.0)
         rows = list(rows_of(path))
         whole, frac = int(weight), weight - int(weight)
         out += rows * whole + rng.sample(rows, round(len(rows) * frac))
