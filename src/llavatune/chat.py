@@ -33,8 +33,6 @@ class ChatConfig:
 COMMANDS = "/image PATH, /reset, /quit"
 
 
-
-
 def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
     from llavatune.inference.api import load
 

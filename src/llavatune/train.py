@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 
-
 @dataclasses.dataclass
 class LoraSpec:
     r: int = 8                       # rank of each adapter
