@@ -441,14 +441,14 @@ def data_mix(sources: list[str] = typer.Argument(..., help="FILE or FILE:WEIGHT 
     _ok(tools.write_rows(out, tools.mix(sources, seed)), out)
 
 
-@data_app.command("convert", epilog="Example:\n\n  llavatune data convert data/qa.json --to messages --out data/qa.jsonl")
+@data_app.command("convert", epilog="Examples:\n\n  llavatune data convert data/qa.json --to messages --out data/qa.jsonl"
+                  "\n\n  llavatune data convert data/qa.json --to llava --images data --out data/qa.parquet")
 def data_convert(data: str = typer.Argument(...), to: str = typer.Option(..., help="llava | sharegpt | messages"),
-                 out: str = typer.Option(...)):
-    """Convert between LLaVA JSON, ShareGPT and OpenAI messages."""
+                 out: str = typer.Option(..., help=".json, .jsonl, or .parquet: LLaVA rows with the images inside"),
+                 images: Optional[Path] = typer.Option(None, help="image folder, for a .parquet --out")):
+    """Convert between LLaVA JSON, ShareGPT and OpenAI messages, or pack rows and images into one parquet file."""
     from llavatune.data import tools
-    if to not in ("llava", "sharegpt", "messages"):
-        raise LlavatuneError(f"--to must be llava, sharegpt or messages, got '{to}'.")
-    _ok(tools.write_rows(out, tools.convert(tools.rows_of(data), to)), out)
+    _ok(tools.convert_file(data, to, out, images), out)
 
 
 @data_app.command("from-folders", epilog="Example:\n\n  llavatune data from-folders data/defects "

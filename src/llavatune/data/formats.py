@@ -269,8 +269,8 @@ def llava_row(record: Record) -> dict:
     """A record as a LLaVA JSON row (image bytes cannot be written this way and raise)."""
     row: dict[str, Any] = {"id": record.id}
     if any(isinstance(im, bytes) for im in record.images):
-        raise DataError(f"{record.source}: embedded image bytes cannot be written as LLaVA JSON; "
-                        "extract them to files first.")
+        raise DataError(f"{record.source}: embedded image bytes cannot be written as LLaVA JSON; extract them to "
+                        "files first, or write a .parquet file, which holds them.")
     if len(record.images) == 1:
         row["image"] = record.images[0]
     elif record.images:

@@ -8,6 +8,9 @@ standard output for `-`, so they chain: `data filter mix.json --image-prefix tex
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
+import itertools
 import json
 import random
 import re
@@ -15,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from llavatune.data.formats import DataError, Record, iter_rows, llava_row, to_record
+from llavatune.data import images as imagelib
+from llavatune.data.formats import DataError, Record, iter_rows, llava_row, read_records, to_record
 from llavatune.errors import LlavatuneError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -30,19 +34,63 @@ def write_rows(path: Path | str, rows: Iterable[dict]) -> int:
             n += 1
         sys.stdout.flush()
         return n
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        lines = path.suffix == ".jsonl"
+    n, lines = 0, Path(path).suffix == ".jsonl"
+    with _atomic(Path(path)) as tmp, tmp.open("w", encoding="utf-8") as f:
         f.write("" if lines else "[\n")
         for row in rows:
             f.write(("" if lines or n == 0 else ",\n") + json.dumps(row, ensure_ascii=False) + ("\n" if lines else ""))
             n += 1
         f.write("" if lines else "\n]\n")
-    tmp.replace(path)
     return n
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary name to write, renamed to `path` at the end: a reader never sees half a file, and a failed
+    write leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+
+
+def write_parquet(path: Path | str, records: Iterable[Record], image_dir: Path | None, chunk: int = 256) -> int:
+    """LLaVA rows with their image files inside, as HF datasets keeps images ({"bytes", "path"}, declared as its
+    Image feature): one file that trains anywhere, from a hub dataset too. Written in row groups of `chunk` rows
+    (bounded memory), atomically. The files' bytes go in as they are: no re-encoding."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = {"dtype": "string", "_type": "Value"}
+    features = {"id": text, "images": [{"_type": "Image"}], "conversations": [{"from": text, "value": text}]}
+    schema = pa.schema([("id", pa.string()),
+                        ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
+                        ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])))],
+                       metadata={"huggingface": json.dumps({"info": {"features": features}})})
+    n, records = 0, iter(records)
+    with _atomic(Path(path)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        while group := list(itertools.islice(records, chunk)):
+            writer.write_table(pa.Table.from_pylist([_embedded(r, image_dir) for r in group], schema=schema))
+            n += len(group)
+    return n
+
+
+def _embedded(record: Record, image_dir: Path | None) -> dict:
+    images = []
+    for ref in record.images:
+        if isinstance(ref, bytes):
+            images.append({"bytes": ref, "path": None})
+            continue
+        file = imagelib.resolve(ref, image_dir, record.source)
+        if not file.is_file():
+            raise DataError(f"{record.source}: image '{ref}' not found under {image_dir}.")
+        images.append({"bytes": file.read_bytes(), "path": ref})
+    row = llava_row(dataclasses.replace(record, images=[]))
+    return {"id": row["id"], "images": images, "conversations": row["conversations"]}
 
 
 def rows_of(path: Path | str) -> Iterator[dict]:
@@ -141,6 +189,18 @@ def mix(sources: list[str], seed: int) -> list[dict]:
         out += rows * whole + rng.sample(rows, round(len(rows) * frac))
     rng.shuffle(out)
     return out
+
+
+def convert_file(data: str, to: str, out: str, image_dir: Path | None = None) -> int:
+    """`data convert`: the rows in the `to` layout as .json / .jsonl (or '-'), or LLaVA rows with their images
+    inside as .parquet. Returns the number of rows written."""
+    if to not in ("llava", "sharegpt", "messages"):
+        raise LlavatuneError(f"--to must be llava, sharegpt or messages, got '{to}'.")
+    if str(out).endswith(".parquet"):
+        if to != "llava":
+            raise LlavatuneError(f"--out {out}: a parquet file holds LLaVA rows; use --to llava.")
+        return write_parquet(out, read_records(data), image_dir)
+    return write_rows(out, convert(rows_of(data), to))
 
 
 def convert(rows: Iterable[dict], to: str) -> Iterator[dict]:
