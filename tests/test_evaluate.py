@@ -60,6 +60,34 @@ def test_mme_metric_takes_the_category_from_the_row_or_the_image_folder():
         score(["yes"], items[:1], ["mme"])
 
 
+def test_mme_on_a_parquet_file_pairs_the_questions_by_image_content(tmp_path):
+    """Rows of a parquet file each hold their own copy of the image: the two questions of an image pair by its
+    content, and the category comes from the row (there is no folder to take it from)."""
+    from PIL import Image
+
+    from llavatune.data.formats import read_records
+    from llavatune.data.tools import write_parquet
+    from llavatune.evaluate import samples, score
+
+    for colour, name in (("red", "1.png"), ("blue", "2.png")):
+        Image.new("RGB", (8, 8), colour).save(tmp_path / name)
+    rows = [{"id": str(i), "image": image, "category": category, "conversations": [
+        {"from": "human", "value": "<image>\nIs it?"}, {"from": "gpt", "value": answer}]}
+        for i, (image, category, answer) in enumerate([("1.png", "existence", "Yes"), ("1.png", "existence", "No"),
+                                                      ("2.png", "code_reasoning", "Yes"),
+                                                      ("2.png", "code_reasoning", "No")])]
+    (tmp_path / "mme.json").write_text(json.dumps(rows))
+    write_parquet(tmp_path / "mme.parquet", read_records(tmp_path / "mme.json"), tmp_path)
+    items = samples(EvalConfig(model=tmp_path, data=tmp_path / "mme.parquet", out=tmp_path / "out"))
+    assert score(["yes", "no", "yes", "yes"], items, ["mme"]) == {
+        "mme_perception": 200.0, "mme_cognition": 50.0, "mme_existence": 200.0, "mme_code_reasoning": 50.0}
+    (tmp_path / "mme.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "category"} for r in rows]))
+    write_parquet(tmp_path / "bare.parquet", read_records(tmp_path / "mme.json"), tmp_path)
+    items = samples(EvalConfig(model=tmp_path, data=tmp_path / "bare.parquet", out=tmp_path / "out"))
+    with pytest.raises(LlavatuneError, match=r"bare.parquet:1: its image is inside the data.*give the row a"):
+        score(["yes", "no", "yes", "yes"], items, ["mme"])
+
+
 def test_worker_processes_give_the_same_answers_and_name_a_bad_image(tiny_model_dir, shapes_data, tmp_path):
     """Batches encoded in 2 worker processes (what `auto` does on a GPU): the answers of the main process."""
     common = dict(model=tiny_model_dir, data=shapes_data / "qa.json", images=shapes_data, limit=9, batch_size=2,

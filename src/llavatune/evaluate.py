@@ -10,6 +10,7 @@ report.md / report.html / metrics.png, and answers-<label>.jsonl in LLaVA's benc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -156,8 +157,15 @@ def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str
 def mme_image_and_category(sample: Sample) -> tuple[str, str]:
     """The image a question pairs on, and its MME category: the row's "category", else the image's first folder
     (MME's own layout, `code_reasoning/0020.png`, as in LLaVA's llava_mme.jsonl)."""
-    image = str(sample.record.images[0]) if sample.record.images else sample.record.id
-    return image, (sample.record.raw or {}).get("category") or image.split("/")[0]
+    ref = sample.record.images[0] if sample.record.images else sample.record.id
+    category = (sample.record.raw or {}).get("category")
+    if isinstance(ref, str):
+        return ref, category or ref.split("/")[0]
+    if not category:
+        raise ValueError(f"{sample.record.source}: its image is inside the data, with no folder to name its "
+                         "category; give the row a \"category\".")
+    # pairs by content: each row of a parquet file holds its own copy of the image
+    return hashlib.sha1(imagelib.embedded(ref, sample.record.source)).hexdigest(), category
 
 
 def main(cfg: EvalConfig) -> dict:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from llavatune.data.formats import DataError, _iter_json_array, iter_rows, read_records
+from llavatune.data.formats import DataError, TableImage, _iter_json_array, iter_rows, read_records
 
 
 def png_bytes(colour=(255, 0, 0)) -> bytes:
@@ -67,7 +67,9 @@ def test_parquet_with_image_bytes(tmp_path):
                       "conversations": [[{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]] * 2})
     pq.write_table(table, tmp_path / "train.parquet")
     records = list(read_records(tmp_path))  # a dataset folder
-    assert len(records) == 2 and records[0].images == [png_bytes()]
+    assert len(records) == 2 and [im.read() for im in records[0].images] == [png_bytes()]
+    assert isinstance(records[0].images[0], TableImage)  # the record holds its place, not the bytes
+    assert "image" not in records[0].raw and records[0].raw["id"] == "0"
 
 
 def test_json_array_is_streamed_across_chunk_boundaries(tmp_path):

@@ -95,12 +95,14 @@ def test_parquet_packs_the_image_files_with_the_rows(shapes_data, tmp_path):
     assert tools.write_parquet(out, read_records(shapes_data / "qa.json"), shapes_data, chunk=16) == 40
     packed, plain = list(read_records(out)), list(read_records(shapes_data / "qa.json"))
     assert [(r.id, r.turns) for r in packed] == [(r.id, r.turns) for r in plain]
-    assert [r.images for r in packed] == [[(shapes_data / ref).read_bytes() for ref in r.images] for r in plain]
+    assert [[im.read() for im in r.images] for r in packed] == \
+        [[(shapes_data / ref).read_bytes() for ref in r.images] for r in plain]
     assert pq.ParquetFile(out).num_row_groups == 3
     features = json.loads(pq.read_schema(out).metadata[b"huggingface"])["info"]["features"]
     assert features["images"] == [{"_type": "Image"}]
     assert tools.convert_file(str(out), "llava", str(tmp_path / "again.parquet")) == 40  # bytes stay bytes
-    assert [r.images for r in read_records(tmp_path / "again.parquet")] == [r.images for r in packed]
+    assert [[im.read() for im in r.images] for r in read_records(tmp_path / "again.parquet")] == \
+        [[im.read() for im in r.images] for r in packed]
 
     rows = json.loads((shapes_data / "qa.json").read_text())[:3]
     rows[2]["image"] = "images/gone.png"
@@ -108,6 +110,11 @@ def test_parquet_packs_the_image_files_with_the_rows(shapes_data, tmp_path):
     with pytest.raises(LlavatuneError, match=r"gone.json:3: image 'images/gone.png' not found"):
         tools.convert_file(str(tmp_path / "gone.json"), "llava", str(tmp_path / "gone.parquet"), shapes_data)
     assert not list(tmp_path.glob("*gone.parquet*"))  # nothing half-written left behind
+    rows = json.loads((shapes_data / "qa.json").read_text())[:3]
+    rows[2]["category"] = "colour"  # a field the first rows (2 here) did not have: no column for it
+    (tmp_path / "late.json").write_text(json.dumps(rows))
+    with pytest.raises(LlavatuneError, match=r"late.json:3: field\(s\) category not in the first 2 rows"):
+        tools.write_parquet(tmp_path / "late.parquet", read_records(tmp_path / "late.json"), shapes_data, chunk=2)
     with pytest.raises(LlavatuneError, match="a parquet file holds LLaVA rows; use --to llava"):
         tools.convert_file(str(shapes_data / "qa.json"), "messages", str(tmp_path / "m.parquet"), shapes_data)
 

@@ -118,6 +118,19 @@ def test_data_workers_give_the_same_run_and_resume(tiny_model_dir, shapes_data, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_parquet_file_with_the_images_inside_trains_as_rows_and_folder(tiny_model_dir, shapes_data, tmp_path):
+    """`data convert --out qa.parquet`: the run on the one file is the run on the JSON rows and their folder."""
+    from llavatune.data.formats import read_records
+    from llavatune.data.tools import write_parquet
+
+    packed = tmp_path / "qa.parquet"
+    write_parquet(packed, read_records(shapes_data / "qa.json"), shapes_data, chunk=7)
+    common = ["steps=3", "save_every=0", "data_workers=0"]
+    train(train_config(tiny_model_dir, shapes_data, tmp_path / "rows", *common))
+    train(train_config(tiny_model_dir, shapes_data, tmp_path / "packed", *common, f"data={packed}", "images=null"))
+    assert losses(tmp_path / "packed") == losses(tmp_path / "rows") and len(losses(tmp_path / "rows")) == 3
+
+
 def test_resume_auto_skips_a_truncated_checkpoint(tiny_model_dir, shapes_data, tmp_path):
     run = tmp_path / "run"
     train(train_config(tiny_model_dir, shapes_data, run, "steps=4", "save_every=2", "keep_last=0"))

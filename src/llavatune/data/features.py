@@ -22,16 +22,18 @@ from safetensors.torch import load_file, save_file
 
 from llavatune import progress
 from llavatune.data import images as imagelib
-from llavatune.data.formats import DataError
+from llavatune.data.formats import DataError, TableImage
 from llavatune.errors import LlavatuneError
 from llavatune.model.trainable import unwrap
 
 META = "meta.json"
 
 
-def key(ref: str | bytes) -> str:
-    """File stem of an image's features: a hash of its reference (path text, or the bytes of an embedded one)."""
-    return hashlib.sha1(ref if isinstance(ref, bytes) else ref.encode()).hexdigest()
+def key(ref: str | bytes | TableImage) -> str:
+    """File stem of an image's features: a hash of its reference (path text, the bytes of an embedded one, or the
+    place of one in a parquet / arrow file, which is not read for it)."""
+    text = ref.identity() if isinstance(ref, TableImage) else ref
+    return hashlib.sha1(text if isinstance(text, bytes) else text.encode()).hexdigest()
 
 
 def fingerprint(model) -> dict:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
+import itertools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,33 +36,62 @@ class DataError(LlavatuneError):
     """Bad input data; the message names the file and row."""
 
 
+@dataclasses.dataclass(frozen=True)
+class TableImage:
+    """An image inside a parquet / arrow file, read when it is opened. Records hold these instead of the bytes: a
+    dataset of many GB of images stays on disk, where every rank and data worker would otherwise hold all of it."""
+    file: str
+    group: int    # the parquet row group, or arrow record batch
+    row: int      # the row within it
+    column: str   # "image" or "images"
+    k: int        # which image of the row
+
+    def read(self) -> bytes:
+        cell = _table_column(self.file, self.group, self.column)[self.row].as_py()
+        return _images_field({self.column: cell}, f"{self.file}: row group {self.group}, row {self.row}")[self.k]
+
+    def identity(self) -> str:
+        """Stable while the file is unchanged: its path, size and time of change, and the image's place."""
+        stat = os.stat(self.file)
+        return f"{self.file}|{stat.st_size}|{stat.st_mtime_ns}|{self.group}|{self.row}|{self.k}"
+
+
 @dataclasses.dataclass
 class Record:
     """One sample: turns are (role, text) with role in user/assistant/system; `images` are paths relative to the
-    image folder, or `bytes` for embedded images (data URIs, HF datasets)."""
+    image folder, `bytes` of embedded images (data URIs), or images in the parquet / arrow file read."""
     id: str
     turns: list[tuple[str, str]]
-    images: list[str | bytes] = dataclasses.field(default_factory=list)
+    images: list[str | bytes | TableImage] = dataclasses.field(default_factory=list)
     source: str = ""   # file:row, for error messages
-    raw: dict | None = None  # the original row, kept for tools that rewrite files (filter, sample, ...)
+    raw: dict | None = None  # the original row (less a table's image column), for tools that rewrite files
 
 
 def read_records(path: Path | str, strict: bool = True) -> Iterator[Record]:
-    """Yield records from a file; a malformed row raises DataError naming `file:row` (strict) or is skipped."""
+    """Yield records from a file; a malformed row raises DataError naming `file:row` (strict) or is skipped.
+    Images of a parquet / arrow file stay there (TableImage), to be read when opened."""
     name = hub.data_name(path)
-    for row_number, row in iter_rows(Path(path)):
+    for row_number, row, at in _rows_at(Path(path)):
         try:
-            yield to_record(row, f"{name}:{row_number}")
+            record = to_record(row, f"{name}:{row_number}")
         except DataError:
             if strict:
                 raise
+            continue
+        yield record if at is None else _images_in_table(record, at)
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(row number from 1, row dict) for .json / .jsonl / .parquet / .arrow files, dataset folders, such files and
     folders in a hub dataset (hf://datasets/ORG/NAME/PATH), and JSON lines on standard input when the path is '-'."""
+    for row_number, row, _ in _rows_at(path):
+        yield row_number, row
+
+
+def _rows_at(path: Path) -> Iterator[tuple[int, dict, tuple[str, int, int] | None]]:
+    """iter_rows, with each table row's place (file, group, row in the group); None for JSON rows."""
     if str(path) == "-":
-        yield from _iter_lines(sys.stdin, "<stdin>")
+        yield from ((n, row, None) for n, row in _iter_lines(sys.stdin, "<stdin>"))
         return
     path = hub.data_path(path)
     if not path.exists():
@@ -68,9 +100,21 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
     if path.is_dir() or suffix in (".parquet", ".arrow"):
         yield from _iter_table(path)
     elif suffix == ".jsonl":
-        yield from _iter_jsonl(path)
+        yield from ((n, row, None) for n, row in _iter_jsonl(path))
     else:
-        yield from _iter_json_array(path)
+        yield from ((n, row, None) for n, row in _iter_json_array(path))
+
+
+def _images_in_table(record: Record, at: tuple[str, int, int]) -> Record:
+    """The record with its image column's bytes replaced by their place in the table (data URIs in messages
+    stay bytes), and that column left out of `raw`."""
+    row = record.raw or {}
+    if "messages" in row:
+        return record
+    column = "image" if row.get("image") is not None else "images"
+    images = [TableImage(*at, column, k) if isinstance(im, bytes) else im for k, im in enumerate(record.images)]
+    raw = {key: value for key, value in row.items() if key != column}
+    return dataclasses.replace(record, images=images, raw=raw)
 
 
 def beside(path: Path, suffix: str) -> Path:
@@ -140,7 +184,8 @@ def _skip_ws(buf: str, pos: int) -> int:
     return pos
 
 
-def _iter_table(path: Path) -> Iterator[tuple[int, dict]]:
+def _iter_table(path: Path) -> Iterator[tuple[int, dict, tuple[str, int, int]]]:
+    """Rows of a parquet / arrow file or folder of them, 256 at a time whatever the size of the row groups."""
     try:
         import pyarrow.parquet as pq
         import pyarrow as pa
@@ -150,13 +195,30 @@ def _iter_table(path: Path) -> Iterator[tuple[int, dict]]:
     n = 0
     for file in files:
         if file.suffix == ".parquet":
-            batches = pq.ParquetFile(file).iter_batches(batch_size=256)
+            table = pq.ParquetFile(file)
+            groups = ((g, table.iter_batches(batch_size=256, row_groups=[g])) for g in range(table.num_row_groups))
         else:
-            batches = _arrow_batches(pa, file)
-        for batch in batches:
-            for row in batch.to_pylist():
-                n += 1
-                yield n, row
+            groups = ((g, [batch]) for g, batch in enumerate(_arrow_batches(pa, file)))
+        for g, batches in groups:
+            i = 0
+            for batch in batches:
+                for row in batch.to_pylist():
+                    n += 1
+                    yield n, row, (str(file), g, i)
+                    i += 1
+
+
+@functools.lru_cache(maxsize=2)
+def _table_column(file: str, group: int, column: str):
+    """One row group's (record batch's) image column, as Arrow data; the last two are kept, for the rows of a
+    group drawn close together (in order, as evaluation does)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if file.endswith(".parquet"):
+        return pq.ParquetFile(file).read_row_group(group, columns=[column]).column(0)
+    batch = next(itertools.islice(_arrow_batches(pa, Path(file)), group, None))  # memory-mapped: no copy
+    return batch.column(column)
 
 
 def _arrow_batches(pa, file: Path):
@@ -268,7 +330,7 @@ def _decode_data_uri(uri: str, where: str) -> bytes:
 def llava_row(record: Record) -> dict:
     """A record as a LLaVA JSON row (image bytes cannot be written this way and raise)."""
     row: dict[str, Any] = {"id": record.id}
-    if any(isinstance(im, bytes) for im in record.images):
+    if any(not isinstance(im, str) for im in record.images):
         raise DataError(f"{record.source}: embedded image bytes cannot be written as LLaVA JSON; extract them to "
                         "files first, or write a .parquet file, which holds them.")
     if len(record.images) == 1:

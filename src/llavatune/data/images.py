@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from llavatune.data.formats import DataError
+from llavatune.data.formats import DataError, TableImage
 
 
 def resolve(ref: str, image_dir: Path | None, where: str) -> Path:
@@ -26,10 +26,10 @@ def resolve(ref: str, image_dir: Path | None, where: str) -> Path:
     return Path(path)
 
 
-def load(ref: str | bytes, image_dir: Path | None, where: str) -> Image.Image:
+def load(ref: str | bytes | TableImage, image_dir: Path | None, where: str) -> Image.Image:
     """An RGB image, EXIF-rotated. Missing or undecodable files raise DataError naming the sample."""
-    if isinstance(ref, bytes):
-        source, name = io.BytesIO(ref), "embedded image"
+    if not isinstance(ref, str):
+        source, name = io.BytesIO(embedded(ref, where)), "embedded image"
     else:
         source = resolve(ref, image_dir, where)
         name = str(ref)
@@ -43,6 +43,16 @@ def load(ref: str | bytes, image_dir: Path | None, where: str) -> Image.Image:
         raise DataError(f"{where}: image '{name}' cannot be decoded ({err}).") from None
 
 
+def embedded(ref: bytes | TableImage, where: str) -> bytes:
+    """The bytes of an image held in the data: given, or read from its parquet / arrow file."""
+    if isinstance(ref, bytes):
+        return ref
+    try:
+        return ref.read()
+    except (OSError, ValueError, IndexError) as err:  # the file changed or went away since it was read
+        raise DataError(f"{where}: its image in {ref.file} cannot be read ({err}).") from None
+
+
 def open_file(path: str | Path) -> Image.Image:
     """An image named by its own path, not relative to a data folder (chat, the Python API), read as load() reads
     training images."""
@@ -52,9 +62,9 @@ def open_file(path: str | Path) -> Image.Image:
     return load(path.name, path.parent, str(path))
 
 
-def check(ref: str | bytes, image_dir: Path | None, where: str) -> None:
+def check(ref: str | bytes | TableImage, image_dir: Path | None, where: str) -> None:
     """Cheaper than load(): the file exists, stays in the folder, and its header and data verify."""
-    if isinstance(ref, bytes):
+    if not isinstance(ref, str):
         load(ref, image_dir, where)
         return
     path = resolve(ref, image_dir, where)

@@ -60,37 +60,53 @@ def _atomic(path: Path) -> Iterator[Path]:
 
 def write_parquet(path: Path | str, records: Iterable[Record], image_dir: Path | None, chunk: int = 256) -> int:
     """LLaVA rows with their image files inside, as HF datasets keeps images ({"bytes", "path"}, declared as its
-    Image feature): one file that trains anywhere, from a hub dataset too. Written in row groups of `chunk` rows
+    Image feature): one file that trains anywhere, from a hub dataset too. A row's other fields (question_id,
+    category, answers, ...) become columns, typed by the first `chunk` rows. Written in row groups of `chunk` rows
     (bounded memory), atomically. The files' bytes go in as they are: no re-encoding."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    records = iter(records)
+    group = [_embedded(r, image_dir) for r in itertools.islice(records, chunk)]
     text = {"dtype": "string", "_type": "Value"}
     features = {"id": text, "images": [{"_type": "Image"}], "conversations": [{"from": text, "value": text}]}
     schema = pa.schema([("id", pa.string()),
                         ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
-                        ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])))],
-                       metadata={"huggingface": json.dumps({"info": {"features": features}})})
-    n, records = 0, iter(records)
+                        ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])))])
+    extra = pa.Table.from_pylist([{k: v for k, v in row.items() if k not in schema.names} for _, row in group]).schema
+    schema = pa.schema([*schema, *extra], metadata={"huggingface": json.dumps({"info": {"features": features}})})
+    n = 0
     with _atomic(Path(path)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        while group := list(itertools.islice(records, chunk)):
-            writer.write_table(pa.Table.from_pylist([_embedded(r, image_dir) for r in group], schema=schema))
+        while group:
+            for where, row in group:
+                if set(row) - set(schema.names):
+                    raise DataError(f"{where}: field(s) {', '.join(sorted(set(row) - set(schema.names)))} not in "
+                                    f"the first {chunk} rows, which set the parquet file's columns.")
+            try:
+                writer.write_table(pa.Table.from_pylist([row for _, row in group], schema=schema))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+                raise DataError(f"{group[0][0]} or one of the {len(group) - 1} rows after it: a field's type differs "
+                                f"from the first {chunk} rows' ({err}).") from None
             n += len(group)
+            group = [_embedded(r, image_dir) for r in itertools.islice(records, chunk)]
     return n
 
 
-def _embedded(record: Record, image_dir: Path | None) -> dict:
+def _embedded(record: Record, image_dir: Path | None) -> tuple[str, dict]:
+    """(file:row, the parquet row: the LLaVA row with the bytes of its images, and its other fields)."""
     images = []
     for ref in record.images:
-        if isinstance(ref, bytes):
-            images.append({"bytes": ref, "path": None})
+        if not isinstance(ref, str):
+            images.append({"bytes": imagelib.embedded(ref, record.source), "path": None})
             continue
         file = imagelib.resolve(ref, image_dir, record.source)
         if not file.is_file():
             raise DataError(f"{record.source}: image '{ref}' not found under {image_dir}.")
         images.append({"bytes": file.read_bytes(), "path": ref})
     row = llava_row(dataclasses.replace(record, images=[]))
-    return {"id": row["id"], "images": images, "conversations": row["conversations"]}
+    other = {k: v for k, v in (record.raw or {}).items() if k not in ("id", "image", "images", "conversations",
+                                                                      "messages")}
+    return record.source, {**other, "id": row["id"], "images": images, "conversations": row["conversations"]}
 
 
 def rows_of(path: Path | str) -> Iterator[dict]:
@@ -229,7 +245,7 @@ def messages_row(record: Record) -> dict:
         for k, piece in enumerate(text.split("<image>")):
             if k > 0:
                 ref = next(images)
-                if isinstance(ref, bytes):
+                if not isinstance(ref, str):
                     raise DataError(f"{record.source}: embedded image bytes cannot be converted; extract them first.")
                 parts.append({"type": "image_url", "image_url": {"url": ref}})
             piece = piece.removeprefix("\n") if k > 0 else piece
