@@ -132,7 +132,8 @@ def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_mo
                                                               monkeypatch):
     """data=hf://datasets/ORG/NAME[@REVISION]/PATH, the way huggingface_hub names files: training (on a folder of
     parquet shards) and evaluation read PATH from the hub cache, the run records the reference and the commit (not
-    a cache path of this machine), and `data validate` writes its report here, not into the cache."""
+    a cache path of this machine), images= may be an archive there, and `data validate` writes its report here,
+    not into the cache."""
     import hashlib
     import json
 
@@ -143,6 +144,8 @@ def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_mo
     from llavatune.evaluate import EvalConfig
     from llavatune.evaluate import main as evaluate
     from llavatune.train import main as train
+
+    import zipfile
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -156,6 +159,9 @@ def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_mo
         pq.write_table(pa.table({"id": [r["id"] for r in half], "conversations": [r["conversations"] for r in half],
                                  "image": [{"bytes": (shapes_data / r["image"]).read_bytes(), "path": None}
                                            for r in half]}), repo / "shards" / f"train-{i}.parquet")
+    with zipfile.ZipFile(repo / "images.zip", "w") as z:  # LLaVA-Pretrain's layout: the images in one archive
+        for file in sorted((shapes_data / "images").iterdir()):
+            z.write(file, f"images/{file.name}")
     hub_cache("someone/shapes", repo, kind="datasets")
     ref = "hf://datasets/someone/shapes/shards"
     final = train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", f"data={ref}", "steps=1",
@@ -173,6 +179,9 @@ def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_mo
 
     from llavatune.data import tools
     assert len(tools.mix([ref, f"{ref}:0.5"], seed=0)) == 60  # `data mix` weights: not the ':' of 'hf:'
+
+    report = validate(ValidateConfig(data=ref, images="hf://datasets/someone/shapes/images.zip"))
+    assert report.rows == 40 and not report.problems
 
     monkeypatch.chdir(tmp_path)  # no images= and the images are not here: every row has a problem
     with pytest.raises(LlavatuneError, match=r"rows have problems; see qa.json.errors.txt"):

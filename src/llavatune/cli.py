@@ -182,7 +182,7 @@ def eval_(
     model: Path = typer.Argument(..., help="model folder or hub id, run or checkpoint (the base when comparing)"),
     data: Path = typer.Option(..., help="evaluation set; the last assistant turn of each sample is the reference"),
     out: Path = typer.Option(..., "--out", help="folder for predictions.jsonl and metrics.json"),
-    images: Optional[Path] = typer.Option(None, help="folder the image paths are relative to"),
+    images: Optional[Path] = typer.Option(None, help="folder (or .zip archive) the image paths are relative to"),
     compare: Optional[Path] = typer.Option(None, help="a second (fine-tuned) model: labels base / finetuned"),
     adapter: Optional[Path] = typer.Option(None, help="or: MODEL with this LoRA run as the second model"),
     metrics: Optional[str] = typer.Option(None, help="comma list of em (default), vqa, yesno, choice, mme"),
@@ -333,7 +333,7 @@ def _ok(n: int, out) -> None:
 def data_validate(
     data: Path = typer.Argument(..., help="data file (.json, .jsonl, .parquet, .arrow), dataset folder, or "
                                           "hf://datasets/ORG/NAME/PATH"),
-    images: Optional[Path] = typer.Option(None, help="folder that image paths are relative to"),
+    images: Optional[Path] = typer.Option(None, help="folder (or .zip archive) that image paths are relative to"),
     model: Optional[Path] = typer.Option(None, help="llava-hf folder or run: also check tokens and lengths"),
     template: Optional[str] = typer.Option(None, help="template (default: the model's)"),
     max_length: Optional[int] = typer.Option(None, help="token budget per sample, image tokens included"),

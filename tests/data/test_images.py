@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from llavatune.data.formats import DataError
-from llavatune.data.images import check, load, resolve
+from llavatune.data.images import check, check_root, exists, load, resolve
 
 
 def test_paths_cannot_leave_the_folder(tmp_path):
@@ -34,6 +34,28 @@ def test_grey_and_rgba_become_rgb_and_bad_files_name_the_row(tmp_path):
     for read in (load, check):
         with pytest.raises(DataError, match=r"f:9: image 'huge.png' cannot be decoded \(Image size"):
             read("huge.png", tmp_path, "f:9")
+
+
+def test_images_are_read_from_a_zip_archive_as_from_a_folder(tmp_path):
+    """images=images.zip (LLaVA-Pretrain ships its 558K images so): members read in place, never outside."""
+    import zipfile
+
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "red.png")
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(tmp_path / "red.png", "00453/red.png")
+    assert load("00453/red.png", archive, "f:1").getpixel((0, 0)) == (255, 0, 0)
+    check("00453/./red.png", archive, "f:1")
+    assert exists("00453/red.png", archive, "f:1") and not exists("00453/blue.png", archive, "f:1")
+    with pytest.raises(DataError, match=r"f:2: image 'red.png' not found in \S*images.zip \(its names look like "
+                                        r"'00453/red.png'\)"):
+        load("red.png", archive, "f:2")
+    for ref in ("../red.png", "/00453/red.png", "00453/../../red.png"):
+        with pytest.raises(DataError, match=f"f:3: image path '{ref}' leaves the image folder"):
+            exists(ref, archive, "f:3")
+    check_root(archive)
+    with pytest.raises(DataError, match="images=.*none.zip: no such folder or .zip archive"):
+        check_root(tmp_path / "none.zip")
 
 
 def test_processor_pads_with_the_mean_colour_like_llava(tiny_model_dir):

@@ -131,6 +131,20 @@ def test_a_parquet_file_with_the_images_inside_trains_as_rows_and_folder(tiny_mo
     assert losses(tmp_path / "packed") == losses(tmp_path / "rows") and len(losses(tmp_path / "rows")) == 3
 
 
+def test_images_in_a_zip_archive_train_as_the_folder(tiny_model_dir, shapes_data, tmp_path):
+    """images=images.zip, read by two forked data workers (a handle each): the run of the image folder."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as z:
+        for file in sorted((shapes_data / "images").iterdir()):
+            z.write(file, f"images/{file.name}")
+    common = ["steps=3", "save_every=0"]
+    train(train_config(tiny_model_dir, shapes_data, tmp_path / "folder", *common, "data_workers=0"))
+    train(train_config(tiny_model_dir, shapes_data, tmp_path / "zip", *common, "data_workers=2",
+                       f"images={tmp_path / 'images.zip'}"))
+    assert losses(tmp_path / "zip") == losses(tmp_path / "folder") and len(losses(tmp_path / "folder")) == 3
+
+
 def test_resume_auto_skips_a_truncated_checkpoint(tiny_model_dir, shapes_data, tmp_path):
     run = tmp_path / "run"
     train(train_config(tiny_model_dir, shapes_data, run, "steps=4", "save_every=2", "keep_last=0"))

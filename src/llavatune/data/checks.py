@@ -30,7 +30,7 @@ NEAR_TAG = re.compile(r"<\s*image\s*>", re.IGNORECASE)  # <Image>, < image >: me
 @dataclasses.dataclass
 class ValidateConfig:
     data: Path
-    images: Path | None = None       # folder the image paths are relative to
+    images: Path | None = None       # folder (or .zip archive) the image paths are relative to
     model: Path | None = None        # a llava-hf folder: adds token checks (supervised tokens, max length)
     template: str | None = None      # overrides the model's template
     max_length: int = 2048
@@ -125,7 +125,7 @@ def _check_image(ref, where: str, cfg: ValidateConfig, report: Report) -> None:
     try:
         if cfg.decode or isinstance(ref, bytes):
             imagelib.check(ref, cfg.images, where)
-        elif not imagelib.resolve(ref, cfg.images, where).is_file():
+        elif not imagelib.exists(ref, cfg.images, where):
             raise DataError(f"{where}: image '{ref}' not found under {cfg.images}.")
     except DataError as err:
         message = str(err).split(": ", 1)[-1]

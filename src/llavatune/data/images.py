@@ -1,46 +1,122 @@
-"""Image files: resolve a row's path inside the image folder (never outside), open as RGB with EXIF
+"""Image files: find a row's image inside the image folder or zip archive (never outside), open as RGB with EXIF
 orientation applied. Pad-to-square and resizing are the processor's job (see model/compose.py); `pixels` does
 those two steps in PIL first, with the same result, because the processor is slow at them on large photos."""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import posixpath
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from llavatune import hub
 from llavatune.data.formats import DataError, TableImage
+
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def resolve(ref: str, image_dir: Path | None, where: str) -> Path:
-    """The file `ref` names, inside `image_dir`; a path that escapes the folder is an error."""
+    """The file `ref` names, inside the folder `image_dir`; a path that escapes the folder is an error."""
     if image_dir is None:
         raise DataError(f"{where}: the sample names image '{ref}' but no image folder was given (--images DIR).")
     root = os.path.abspath(image_dir)
     path = os.path.normpath(os.path.join(root, ref))  # lexical: fast on 665K rows, catches ../ and /abs paths
     if not path.startswith(root + os.sep):
-        raise DataError(f"{where}: image path '{ref}' leaves the image folder {root}; image paths must be "
-                        "relative to --images and stay inside it.")
+        raise _escapes(ref, root, where)
     return Path(path)
+
+
+def source(ref: str | bytes | TableImage, image_dir: Path | None, where: str) -> Path | io.BytesIO:
+    """What Image.open reads for `ref`: its file in the image folder, its member of the image zip archive (LLaVA-
+    Pretrain's images.zip, read as it is), or the bytes the data holds. The folder or archive may be on the hub
+    (hf://datasets/...). Missing, or outside the folder: a DataError naming the sample."""
+    if not isinstance(ref, str):
+        return io.BytesIO(embedded(ref, where))
+    root = _local(image_dir)
+    if _is_archive(root):
+        member, archive = _member(ref, root, where), _open_archive(str(root), os.getpid())
+        try:
+            return io.BytesIO(archive.read(member))
+        except KeyError:
+            example = next((n for n in archive.namelist() if not n.endswith("/")), "nothing")
+            raise DataError(f"{where}: image '{ref}' not found in {root} (its names look like '{example}').") from None
+    path = resolve(ref, root, where)
+    if not path.is_file():
+        raise DataError(f"{where}: image '{ref}' not found under {image_dir}.")
+    return path
+
+
+def exists(ref: str, image_dir: Path | None, where: str) -> bool:
+    """Whether `ref` names a file in the folder or archive (an error when it leaves it), without reading it."""
+    root = _local(image_dir)
+    if _is_archive(root):
+        return _member(ref, root, where) in _names(str(root), os.getpid())
+    return resolve(ref, root, where).is_file()
+
+
+def check_root(image_dir: Path | None, key: str = "images") -> None:
+    """The image folder or zip archive exists: a typo found before a model is loaded, not as every sample dropped."""
+    if image_dir is not None and not (_local(image_dir).is_dir() or _is_archive(_local(image_dir))):
+        raise DataError(f"{key}={image_dir}: no such folder or .zip archive; give the folder (or archive) that the "
+                        "data's image paths are relative to.")
+
+
+@functools.lru_cache(maxsize=8)
+def _local(image_dir: Path | None) -> Path | None:
+    return None if image_dir is None else hub.data_path(image_dir)
+
+
+def _is_archive(root: Path | None) -> bool:
+    return root is not None and root.suffix.lower() == ".zip" and root.is_file()
+
+
+def _member(ref: str, archive: Path, where: str) -> str:
+    member = posixpath.normpath(ref)
+    if member == ".." or member.startswith(("../", "/")):
+        raise _escapes(ref, archive, where)
+    return member
+
+
+@functools.lru_cache(maxsize=4)
+def _open_archive(path: str, pid: int) -> zipfile.ZipFile:
+    """One handle per archive and process: forked data workers must not share a file position."""
+    try:
+        return zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable zip archive ({err}).") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _names(path: str, pid: int) -> frozenset[str]:
+    return frozenset(_open_archive(path, pid).namelist())
+
+
+def _escapes(ref: str, root, where: str) -> DataError:
+    return DataError(f"{where}: image path '{ref}' leaves the image folder {root}; image paths must be relative to "
+                     "--images and stay inside it.")
 
 
 def load(ref: str | bytes | TableImage, image_dir: Path | None, where: str) -> Image.Image:
     """An RGB image, EXIF-rotated. Missing or undecodable files raise DataError naming the sample."""
-    if not isinstance(ref, str):
-        source, name = io.BytesIO(embedded(ref, where)), "embedded image"
-    else:
-        source = resolve(ref, image_dir, where)
-        name = str(ref)
-        if not source.is_file():
-            raise DataError(f"{where}: image '{ref}' not found under {image_dir}.")
+    file = source(ref, image_dir, where)
     try:
-        with Image.open(source) as img:
+        with Image.open(file) as img:
             img = ImageOps.exif_transpose(img)
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+    except DECODE_ERRORS as err:
+        name = ref if isinstance(ref, str) else "embedded image"
         raise DataError(f"{where}: image '{name}' cannot be decoded ({err}).") from None
+
+
+def read_bytes(ref: str | bytes | TableImage, image_dir: Path | None, where: str) -> bytes:
+    """The image file's bytes, as they are (for packing them into a parquet file)."""
+    file = source(ref, image_dir, where)
+    return file.read_bytes() if isinstance(file, Path) else file.getvalue()
 
 
 def embedded(ref: bytes | TableImage, where: str) -> bytes:
@@ -64,17 +140,13 @@ def open_file(path: str | Path) -> Image.Image:
 
 def check(ref: str | bytes | TableImage, image_dir: Path | None, where: str) -> None:
     """Cheaper than load(): the file exists, stays in the folder, and its header and data verify."""
-    if not isinstance(ref, str):
-        load(ref, image_dir, where)
-        return
-    path = resolve(ref, image_dir, where)
-    if not path.is_file():
-        raise DataError(f"{where}: image '{ref}' not found under {image_dir}.")
+    file = source(ref, image_dir, where)
     try:
-        with Image.open(path) as img:
+        with Image.open(file) as img:
             img.verify()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"{where}: image '{ref}' cannot be decoded ({err}).") from None
+    except DECODE_ERRORS as err:
+        name = ref if isinstance(ref, str) else "embedded image"
+        raise DataError(f"{where}: image '{name}' cannot be decoded ({err}).") from None
 
 
 # The PIL-backend processors whose steps are: [pad to square (LLaVA only)], resize, the rest on the small image.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 from pathlib import Path
 
 from rich.console import Console
@@ -80,14 +79,13 @@ def _image_sizes(refs: list[tuple[str | bytes, str]], image_dir: Path, sample: i
     each costs to decode and resize every time a sample is drawn. Unreadable ones are for `data validate`."""
     from PIL import Image
 
-    from llavatune.data.images import resolve
+    from llavatune.data.images import source
 
     step = max(1, len(refs) // max(1, sample))
     pixels = []
     for ref, where in refs[::step][:sample]:
         try:
-            source = io.BytesIO(ref) if isinstance(ref, bytes) else resolve(ref, image_dir, where)
-            with Image.open(source) as img:
+            with Image.open(source(ref, image_dir, where)) as img:
                 pixels.append(img.width * img.height / 1e6)
         except (DataError, OSError, ValueError):
             continue

@@ -96,13 +96,8 @@ def _embedded(record: Record, image_dir: Path | None) -> tuple[str, dict]:
     """(file:row, the parquet row: the LLaVA row with the bytes of its images, and its other fields)."""
     images = []
     for ref in record.images:
-        if not isinstance(ref, str):
-            images.append({"bytes": imagelib.embedded(ref, record.source), "path": None})
-            continue
-        file = imagelib.resolve(ref, image_dir, record.source)
-        if not file.is_file():
-            raise DataError(f"{record.source}: image '{ref}' not found under {image_dir}.")
-        images.append({"bytes": file.read_bytes(), "path": ref})
+        images.append({"bytes": imagelib.read_bytes(ref, image_dir, record.source),
+                       "path": ref if isinstance(ref, str) else None})
     row = llava_row(dataclasses.replace(record, images=[]))
     other = {k: v for k, v in (record.raw or {}).items() if k not in ("id", "image", "images", "conversations",
                                                                       "messages")}

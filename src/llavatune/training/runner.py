@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from llavatune import hub
 from llavatune.config import read_run_config, save_run_config, to_dict
+from llavatune.data import images as imagelib
 from llavatune.data.dataset import SupervisedDataset, batch_order, collate, n_tokens
 from llavatune.data.loader import auto_workers
 from llavatune.data.templates import get_template, to_jinja
@@ -329,9 +330,7 @@ def _check_paths(cfg: TrainConfig) -> Path:
         path = getattr(cfg, key)
         if path is not None and not hub.data_path(path).exists():  # hub data is downloaded here
             raise LlavatuneError(f"{key}={path}: no such file or folder.")
-    if cfg.images is not None and not Path(cfg.images).is_dir():
-        raise LlavatuneError(f"images={cfg.images}: no such folder; give the folder that the data's image paths "
-                             "are relative to.")
+    imagelib.check_root(cfg.images)
     return loadlib.resolve(cfg.model)  # "no such model, run or checkpoint folder"
 
 
