@@ -21,6 +21,7 @@ def hub_cache(tmp_path, monkeypatch):
     """put(repo_id, folder, kind="models"|"datasets"): `folder` as that repo's main revision in a fresh cache."""
     cache = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    hub.data_path.cache_clear()  # hub data found in another test's cache is not in this one
 
     def put(repo_id: str, folder, kind: str = "models"):
         repo = cache / f"{kind}--{repo_id.replace('/', '--')}"

@@ -8,6 +8,7 @@ LLaVA releases). Data is named as huggingface_hub's file system names it, `hf://
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -36,9 +37,11 @@ def local_copy(repo_id: str, revision: str | None = None, download: bool = True,
     return folder
 
 
+@functools.lru_cache(maxsize=16)
 def data_path(ref: str | Path) -> Path:
-    """`hf://datasets/ORG/NAME[@REVISION]/PATH` as the local path of PATH in the hub cache (downloaded once);
-    any other path as it is. A typed config holds the reference as a Path, which reads `hf:/datasets/...`."""
+    """`hf://datasets/ORG/NAME[@REVISION]/PATH` as the local path of PATH in the hub cache (downloaded once, and
+    looked up once per process: a run names its data several times); any other path as it is. A typed config holds
+    the reference as a Path, which reads `hf:/datasets/...`."""
     match = HUB_DATA.fullmatch(str(ref))
     if not match:
         return Path(ref)

@@ -66,7 +66,6 @@ def check_root(image_dir: Path | None, key: str = "images") -> None:
                         "data's image paths are relative to.")
 
 
-@functools.lru_cache(maxsize=8)
 def _local(image_dir: Path | None) -> Path | None:
     return None if image_dir is None else hub.data_path(image_dir)
 
