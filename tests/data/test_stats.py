@@ -24,3 +24,6 @@ def test_counts_lengths_and_image_sizes(tmp_path):
     assert result["images_measured"] == 3 and result["images_over_4mp"] == 1
     assert result["megapixels_max"] == 5.0 and result["megapixels_p50"] == 640 * 480 / 1e6
     assert "images_measured" not in stats(StatsConfig(data=tmp_path / "data.json", plot=tmp_path / "p.png"))
+    Image.new("1", (15000, 15000)).save(tmp_path / "c.png")  # past PIL's pixel limit: passed over, not a crash
+    result = stats(StatsConfig(data=tmp_path / "data.json", images=tmp_path, plot=tmp_path / "lengths.png"))
+    assert result["images_measured"] == 2

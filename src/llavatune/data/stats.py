@@ -79,7 +79,7 @@ def _image_sizes(refs: list[tuple[str | bytes, str]], image_dir: Path, sample: i
     each costs to decode and resize every time a sample is drawn. Unreadable ones are for `data validate`."""
     from PIL import Image
 
-    from llavatune.data.images import source
+    from llavatune.data.images import DECODE_ERRORS, source
 
     step = max(1, len(refs) // max(1, sample))
     pixels = []
@@ -87,7 +87,7 @@ def _image_sizes(refs: list[tuple[str | bytes, str]], image_dir: Path, sample: i
         try:
             with Image.open(source(ref, image_dir, where)) as img:
                 pixels.append(img.width * img.height / 1e6)
-        except (DataError, OSError, ValueError):
+        except (DataError, *DECODE_ERRORS):  # past PIL's pixel limit too: data validate names those
             continue
     if not pixels:
         return {"images_measured": 0}
