@@ -323,6 +323,9 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare, check and inspect tr
 app.add_typer(data_app, name="data")
 
 
+OUT_HELP = ".json / .jsonl, .parquet (keeps the images of parquet data inside), or - for JSON lines on stdout"
+
+
 def _ok(n: int, out) -> None:
     if str(out) != "-":
         print(f"wrote {n:,} rows to {out}", file=sys.stderr)
@@ -393,7 +396,7 @@ def data_sample(
     data: str = typer.Argument(..., help="data file, or - for JSON lines on stdin"),
     n: int = typer.Option(..., help="rows to keep"),
     seed: int = typer.Option(0, help="random seed"),
-    out: str = typer.Option(..., help="output .json / .jsonl, or - for JSON lines on stdout"),
+    out: str = typer.Option(..., help=OUT_HELP),
 ):
     """Keep N rows chosen uniformly with a seed (input order preserved)."""
     from llavatune.data import tools
@@ -408,7 +411,7 @@ def data_filter(
     text_only: Optional[bool] = typer.Option(None, "--text-only/--with-images", help="keep only text-only rows, "
                                              "or only rows with images"),
     contains: Optional[str] = typer.Option(None, help="keep rows whose JSON contains this text"),
-    out: str = typer.Option(..., help="output .json / .jsonl, or - for stdout"),
+    out: str = typer.Option(..., help=OUT_HELP),
 ):
     """Keep the rows that match every given condition."""
     from llavatune.data import tools
@@ -417,7 +420,7 @@ def data_filter(
 
 @data_app.command("repeat", epilog="Example:\n\n  llavatune data repeat data/qa.json --times 3 --out data/qa-x3.json")
 def data_repeat(data: str = typer.Argument(...), times: int = typer.Option(..., help="copies of the data"),
-                out: str = typer.Option(...)):
+                out: str = typer.Option(..., help=OUT_HELP)):
     """Write the data N times over (for tiny datasets, as in xtuner's repeat)."""
     from llavatune.data import tools
     _ok(tools.write_rows(out, tools.repeat(data, times)), out)
@@ -425,28 +428,32 @@ def data_repeat(data: str = typer.Argument(...), times: int = typer.Option(..., 
 
 @data_app.command("split", epilog="Example:\n\n  llavatune data split data/qa.json --val 0.1 --seed 0 --out data/split")
 def data_split(data: str = typer.Argument(...), val: float = typer.Option(0.1, help="validation share (0.1) or rows (200)"),
-               seed: int = typer.Option(0), out: Path = typer.Option(..., help="folder for train.json and val.json")):
+               seed: int = typer.Option(0),
+               out: Path = typer.Option(..., help="folder for train.json and val.json (.parquet for parquet data)")):
     """Seeded train/validation split with an exact validation size."""
     from llavatune.data import tools
-    train, val_rows = tools.split(data, val, seed)
-    _ok(tools.write_rows(out / "train.json", train), out / "train.json")
-    _ok(tools.write_rows(out / "val.json", val_rows), out / "val.json")
+    for file, n in tools.write_split(data, val, seed, out):
+        _ok(n, file)
 
 
 @data_app.command("mix", epilog="Example:\n\n  llavatune data mix data/qa.json:1 data/captions.json:0.5 --out data/mix.json")
 def data_mix(sources: list[str] = typer.Argument(..., help="FILE or FILE:WEIGHT (0.5 = half, 2 = twice)"),
-             seed: int = typer.Option(0), out: str = typer.Option(...)):
+             seed: int = typer.Option(0), out: str = typer.Option(..., help=OUT_HELP)):
     """Mix datasets with weights, shuffled with a seed."""
     from llavatune.data import tools
     _ok(tools.write_rows(out, tools.mix(sources, seed)), out)
 
 
 @data_app.command("convert", epilog="Examples:\n\n  llavatune data convert data/qa.json --to messages --out data/qa.jsonl"
-                  "\n\n  llavatune data convert data/qa.json --to llava --images data --out data/qa.parquet")
+                  "\n\n  llavatune data convert data/qa.json --to llava --images data --out data/qa.parquet"
+                  "\n\n  llavatune data convert data/qa.parquet --to llava --images data/unpacked --out data/qa.json")
 def data_convert(data: str = typer.Argument(...), to: str = typer.Option(..., help="llava | sharegpt | messages"),
                  out: str = typer.Option(..., help=".json, .jsonl, or .parquet: LLaVA rows with the images inside"),
-                 images: Optional[Path] = typer.Option(None, help="image folder, for a .parquet --out")):
-    """Convert between LLaVA JSON, ShareGPT and OpenAI messages, or pack rows and images into one parquet file."""
+                 images: Optional[Path] = typer.Option(None, help="for a .parquet --out: the folder the image files "
+                                                       "are read from; for JSON: the folder the images inside the "
+                                                       "data (parquet bytes, data URIs) are unpacked to")):
+    """Convert between LLaVA JSON, ShareGPT and OpenAI messages; pack rows and images into one parquet file, or
+    unpack a parquet dataset into JSON and an image folder."""
     from llavatune.data import tools
     _ok(tools.convert_file(data, to, out, images), out)
 

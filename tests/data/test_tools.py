@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -58,11 +59,11 @@ def test_filter_text_only_and_repeat_and_split(tmp_path):
     text_only = list(tools.filter_rows(tools.rows_of(data), text_only=True))
     assert len(text_only) == 40 and all("image" not in r for r in text_only)
     assert sum(1 for _ in tools.repeat(data, 3)) == 600
-    train, val = tools.split(data, 0.1, seed=0)
+    train, val = map(list, tools.split(data, 0.1, seed=0))
     assert len(val) == 20 and len(train) == 180
     assert {r["id"] for r in train}.isdisjoint({r["id"] for r in val})
-    assert tools.split(data, 0.1, seed=0) == (train, val)
-    assert [len(part) for part in tools.split(data, 37, seed=0)] == [163, 37]  # a number of rows
+    assert tuple(map(list, tools.split(data, 0.1, seed=0))) == (train, val)
+    assert [len(list(part)) for part in tools.split(data, 37, seed=0)] == [163, 37]  # a number of rows
     for bad in (1.5, 200, 0):
         with pytest.raises(LlavatuneError, match="--val"):
             tools.split(data, bad, seed=0)
@@ -117,6 +118,90 @@ def test_parquet_packs_the_image_files_with_the_rows(shapes_data, tmp_path):
         tools.write_parquet(tmp_path / "late.parquet", read_records(tmp_path / "late.json"), shapes_data, chunk=2)
     with pytest.raises(LlavatuneError, match="a parquet file holds LLaVA rows; use --to llava"):
         tools.convert_file(str(shapes_data / "qa.json"), "messages", str(tmp_path / "m.parquet"), shapes_data)
+
+
+def packed(shapes_data, tmp_path, n=10) -> Path:
+    """The first n shape rows, with a category column, packed with their images into one parquet file."""
+    rows = json.loads((shapes_data / "qa.json").read_text())[:n]
+    for row in rows:
+        row["category"] = "shapes"
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    out = tmp_path / "packed.parquet"
+    tools.write_parquet(out, read_records(tmp_path / "rows.json"), shapes_data)
+    return out
+
+
+def image_bytes(path) -> dict[str, list[bytes]]:
+    return {r.id: [im.read() if hasattr(im, "read") else im for im in r.images] for r in read_records(path)}
+
+
+def test_the_row_tools_keep_the_images_of_parquet_data(shapes_data, tmp_path):
+    """sample / filter / repeat / split / mix on a parquet dataset write parquet with the images still inside;
+    JSON, which cannot hold them, is refused with the way out."""
+    data = packed(shapes_data, tmp_path)
+    originals = image_bytes(data)
+    tools.write_rows(tmp_path / "s.parquet", tools.sample(tools.rows_of(data), 4, seed=0))
+    tools.write_rows(tmp_path / "f.parquet", tools.filter_rows(tools.rows_of(data), image_prefix="images/shape_0000"))
+    tools.write_rows(tmp_path / "r.parquet", tools.repeat(data, 2))
+    tools.write_rows(tmp_path / "m.parquet", tools.mix([f"{data}:0.5"], seed=0))
+    written = tools.write_split(data, 0.2, 0, tmp_path / "split")
+    assert [(file.name, n) for file, n in written] == [("train.parquet", 8), ("val.parquet", 2)]
+    for name, n in [("s", 4), ("f", 10), ("r", 20), ("m", 5), ("split/train", 8), ("split/val", 2)]:
+        out = tmp_path / f"{name}.parquet"
+        assert len(list(read_records(out))) == n
+        assert all(originals[i] == images for i, images in image_bytes(out).items())
+        assert {r.raw["category"] for r in read_records(out)} == {"shapes"}
+    assert set(image_bytes(tmp_path / "split/train.parquet")).isdisjoint(image_bytes(tmp_path / "split/val.parquet"))
+    with pytest.raises(LlavatuneError, match=r"s.json: row 1 holds image bytes .* write a \.parquet file"):
+        tools.write_rows(tmp_path / "s.json", tools.rows_of(data))
+    assert not list(tmp_path.glob("*.s.json*")) and not (tmp_path / "s.json").exists()
+    with pytest.raises(LlavatuneError, match=r"image 'images/shape_00000.png' is a file; packing .* --images DIR"):
+        tools.write_rows(tmp_path / "x.parquet", tools.rows_of(shapes_data / "qa.json"))
+
+
+def test_convert_unpacks_the_images_a_dataset_holds_into_a_folder(shapes_data, tmp_path):
+    """parquet -> LLaVA JSON + image folder: files named as stored beside the bytes, the same bytes, other fields
+    kept; rerunning reuses the files, and a different file already there is never overwritten."""
+    data = packed(shapes_data, tmp_path, n=3)
+    out, folder = tmp_path / "out.json", tmp_path / "unpacked"
+    assert tools.convert_file(str(data), "llava", str(out), folder) == 3
+    rows = json.loads(out.read_text())
+    source = json.loads((shapes_data / "qa.json").read_text())[:3]
+    assert [r["image"] for r in rows] == [r["image"] for r in source]
+    assert all((folder / r["image"]).read_bytes() == (shapes_data / r["image"]).read_bytes() for r in rows)
+    assert [r["category"] for r in rows] == ["shapes"] * 3
+    assert tools.convert_file(str(data), "llava", str(out), folder) == 3 and json.loads(out.read_text()) == rows
+
+    (folder / rows[0]["image"]).write_bytes(b"someone else's file")
+    tools.convert_file(str(data), "llava", str(out), folder)
+    first = json.loads(out.read_text())[0]
+    assert first["image"] == f"{first['id']}_0.png" and (folder / rows[0]["image"]).read_bytes() == b"someone else's file"
+
+    # names that would leave the folder, or one generic name for every image, give ID_K.EXT names
+    table = [{"id": f"r/{i}", "images": [{"bytes": (shapes_data / s["image"]).read_bytes(), "path": path}],
+              "conversations": s["conversations"]} for i, (s, path) in enumerate(zip(source, ["../x.png", "/x.png",
+                                                                                             None]))]
+    for i in (3, 4, 5):  # one generic name for different images; the last is the first image again
+        image = (shapes_data / f"images/shape_0001{i}.png").read_bytes() if i < 5 else table[0]["images"][0]["bytes"]
+        table.append({**table[0], "id": f"r/{i}", "images": [{"bytes": image, "path": "image.png"}]})
+    tools.write_rows(tmp_path / "odd.parquet", table)
+    tools.convert_file(str(tmp_path / "odd.parquet"), "sharegpt", str(tmp_path / "odd.json"), tmp_path / "odd")
+    assert [r["images"] for r in json.loads((tmp_path / "odd.json").read_text())] == \
+        [["r_0_0.png"], ["r_1_0.png"], ["r_2_0.png"], ["image.png"], ["r_4_0.png"], ["r_0_0.png"]]
+    assert len(list((tmp_path / "odd").iterdir())) == 5
+    uri = "data:image/png;base64," + base64.b64encode(table[1]["images"][0]["bytes"]).decode()
+    messages = {"id": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}]},
+                                        {"role": "assistant", "content": "A circle."}]}
+    (tmp_path / "m.jsonl").write_text(json.dumps(messages) + "\n")
+    tools.convert_file(str(tmp_path / "m.jsonl"), "llava", str(tmp_path / "m.json"), tmp_path / "odd")
+    assert json.loads((tmp_path / "m.json").read_text())[0]["image"] == "m_0.png"  # data URIs unpack too
+    assert (tmp_path / "odd/m_0.png").read_bytes() == table[1]["images"][0]["bytes"]
+    table[0]["images"][0]["bytes"] = b"not an image"
+    tools.write_rows(tmp_path / "bad.parquet", table[:1])
+    with pytest.raises(LlavatuneError, match=r"bad.parquet:1: its image 1 cannot be decoded"):
+        tools.convert_file(str(tmp_path / "bad.parquet"), "llava", str(tmp_path / "bad.json"), tmp_path / "bad")
+    with pytest.raises(LlavatuneError, match=r"unpack them into a folder with `llavatune data convert"):
+        tools.convert_file(str(data), "llava", str(tmp_path / "no.json"))
 
 
 def test_convert_round_trip(tmp_path):

@@ -45,6 +45,7 @@ class TableImage:
     row: int      # the row within it
     column: str   # "image" or "images"
     k: int        # which image of the row
+    path: str | None = None  # the file name HF datasets stores beside the bytes, if any
 
     def read(self) -> bytes:
         cell = _table_column(self.file, self.group, self.column)[self.row].as_py()
@@ -96,13 +97,25 @@ def _rows_at(path: Path) -> Iterator[tuple[int, dict, tuple[str, int, int] | Non
     path = hub.data_path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found.")
-    suffix = path.suffix.lower()
-    if path.is_dir() or suffix in (".parquet", ".arrow"):
+    if is_table(path):
         yield from _iter_table(path)
-    elif suffix == ".jsonl":
+    elif path.suffix.lower() == ".jsonl":
         yield from ((n, row, None) for n, row in _iter_jsonl(path))
     else:
         yield from ((n, row, None) for n, row in _iter_json_array(path))
+
+
+def stored_path(cell) -> str | None:
+    """The file name beside an image's bytes in HF datasets' {"bytes", "path"} layout; None elsewhere."""
+    return cell.get("path") if isinstance(cell, dict) else None
+
+
+def is_table(path: Path | str) -> bool:
+    """A parquet / arrow file or a folder of them (HF datasets' layouts): rows whose images are inside."""
+    if str(path) == "-":
+        return False
+    path = hub.data_path(path)
+    return path.is_dir() or path.suffix.lower() in (".parquet", ".arrow")
 
 
 def _images_in_table(record: Record, at: tuple[str, int, int]) -> Record:
@@ -112,7 +125,9 @@ def _images_in_table(record: Record, at: tuple[str, int, int]) -> Record:
     if "messages" in row:
         return record
     column = "image" if row.get("image") is not None else "images"
-    images = [TableImage(*at, column, k) if isinstance(im, bytes) else im for k, im in enumerate(record.images)]
+    cells = row[column] if isinstance(row[column], list) else [row[column]]
+    images = [TableImage(*at, column, k, stored_path(cells[k])) if isinstance(im, bytes) else im
+              for k, im in enumerate(record.images)]
     raw = {key: value for key, value in row.items() if key != column}
     return dataclasses.replace(record, images=images, raw=raw)
 
@@ -327,16 +342,25 @@ def _decode_data_uri(uri: str, where: str) -> bytes:
         raise DataError(f"{where}: image data URI is not valid base64.") from None
 
 
+def extra_fields(record: Record) -> dict:
+    """The row's fields besides its id, images and turns (question_id, answers, category, ...): kept by the tools
+    that rewrite rows, which evaluation and LLaVA's scoring scripts need."""
+    raw = record.raw or {}
+    turns = {"conversations", "messages"} if ("conversations" in raw or "messages" in raw) else {"text"}
+    return {k: v for k, v in raw.items() if k not in {"id", "image", "images", *turns}}
+
+
 def llava_row(record: Record) -> dict:
-    """A record as a LLaVA JSON row (image bytes cannot be written this way and raise)."""
+    """A record as a LLaVA JSON row, its other fields kept (image bytes cannot be written this way and raise)."""
     row: dict[str, Any] = {"id": record.id}
     if any(not isinstance(im, str) for im in record.images):
-        raise DataError(f"{record.source}: embedded image bytes cannot be written as LLaVA JSON; extract them to "
-                        "files first, or write a .parquet file, which holds them.")
+        raise DataError(f"{record.source}: its images are inside the data (bytes), which LLaVA JSON cannot hold: "
+                        "unpack them into a folder with `llavatune data convert DATA --to llava --images DIR --out "
+                        "FILE.json`, or write a .parquet file, which holds them.")
     if len(record.images) == 1:
         row["image"] = record.images[0]
     elif record.images:
         row["image"] = list(record.images)
     names = {"user": "human", "assistant": "gpt", "system": "system"}
     row["conversations"] = [{"from": names[r], "value": t} for r, t in record.turns]
-    return row
+    return {**row, **extra_fields(record)}

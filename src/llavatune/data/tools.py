@@ -1,8 +1,10 @@
 """Row-level data tools: sample, filter, repeat, split, mix, convert, from-folders.
 
-They read any supported format (streamed) and write LLaVA JSON (`.json`), JSON lines (`.jsonl`), or JSON lines on
+They read any supported format (streamed) and write LLaVA JSON (`.json`), JSON lines (`.jsonl`), JSON lines on
 standard output for `-`, so they chain: `data filter mix.json --image-prefix textvqa/ --out - | data sample - --n
-1000 --seed 0 --out subset.json`. Seeded tools give the same rows for the same input and seed.
+1000 --seed 0 --out subset.json`, or parquet (`.parquet`), which holds the images of rows read from parquet /
+arrow data. Rows keep their other fields (question_id, answers, ...). Seeded tools give the same rows for the
+same input and seed.
 """
 
 from __future__ import annotations
@@ -10,38 +12,56 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import hashlib
+import io
 import itertools
 import json
+import posixpath
 import random
 import re
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from PIL import Image
+
 from llavatune.data import images as imagelib
-from llavatune.data.formats import DataError, Record, iter_rows, llava_row, read_records, to_record
+from llavatune.data.formats import (DataError, Record, TableImage, extra_fields, is_table, iter_rows, llava_row,
+                                    read_records, stored_path, to_record)
 from llavatune.errors import LlavatuneError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def write_rows(path: Path | str, rows: Iterable[dict]) -> int:
-    """Write rows as a JSON list (.json) or JSON lines (.jsonl, or stdout for '-'); atomic for files."""
+    """Write rows as a JSON list (.json), JSON lines (.jsonl, or stdout for '-'), or a .parquet file (which keeps
+    the images of rows read from parquet / arrow data inside); atomic for files."""
+    if str(path).endswith(".parquet"):
+        return write_parquet(path, (to_record(row, f"row {n}") for n, row in enumerate(rows, 1)), None)
     if str(path) == "-":
         n = 0
-        for row in rows:
-            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
+        for n, row in enumerate(rows, 1):
+            sys.stdout.write(_json(row, n, path) + "\n")
         sys.stdout.flush()
         return n
     n, lines = 0, Path(path).suffix == ".jsonl"
     with _atomic(Path(path)) as tmp, tmp.open("w", encoding="utf-8") as f:
         f.write("" if lines else "[\n")
         for row in rows:
-            f.write(("" if lines or n == 0 else ",\n") + json.dumps(row, ensure_ascii=False) + ("\n" if lines else ""))
+            f.write(("" if lines or n == 0 else ",\n") + _json(row, n + 1, path) + ("\n" if lines else ""))
             n += 1
         f.write("" if lines else "\n]\n")
     return n
+
+
+def _json(row: dict, n: int, out: Path | str) -> str:
+    def no_bytes(value):
+        if isinstance(value, (bytes, bytearray)):
+            raise DataError(f"--out {out}: row {n} holds image bytes (it comes from a parquet / arrow dataset), which "
+                            "JSON cannot hold: write a .parquet file (--out NAME.parquet), or unpack the images into a "
+                            "folder first (llavatune data convert DATA --to llava --images DIR --out NAME.json).")
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return json.dumps(row, ensure_ascii=False, default=no_bytes)
 
 
 @contextlib.contextmanager
@@ -95,13 +115,24 @@ def write_parquet(path: Path | str, records: Iterable[Record], image_dir: Path |
 def _embedded(record: Record, image_dir: Path | None) -> tuple[str, dict]:
     """(file:row, the parquet row: the LLaVA row with the bytes of its images, and its other fields)."""
     images = []
-    for ref in record.images:
+    for k, ref in enumerate(record.images):
+        if isinstance(ref, str) and image_dir is None:
+            raise DataError(f"{record.source}: image '{ref}' is a file; packing files into a parquet file needs their "
+                            "folder: llavatune data convert DATA --to llava --images DIR --out NAME.parquet")
         images.append({"bytes": imagelib.read_bytes(ref, image_dir, record.source),
-                       "path": ref if isinstance(ref, str) else None})
-    row = llava_row(dataclasses.replace(record, images=[]))
-    other = {k: v for k, v in (record.raw or {}).items() if k not in ("id", "image", "images", "conversations",
-                                                                      "messages")}
-    return record.source, {**other, "id": row["id"], "images": images, "conversations": row["conversations"]}
+                       "path": ref if isinstance(ref, str) else _stored_path(record, k)})
+    return record.source, {**llava_row(dataclasses.replace(record, images=[])), "images": images}
+
+
+def _stored_path(record: Record, k: int) -> str | None:
+    """The file name stored beside the k-th image's bytes, when the row has one."""
+    ref = record.images[k]
+    if isinstance(ref, TableImage):
+        return ref.path
+    raw = record.raw or {}
+    value = raw.get("image", raw.get("images"))
+    items = value if isinstance(value, list) else [value]
+    return stored_path(items[k]) if k < len(items) else None
 
 
 def rows_of(path: Path | str) -> Iterator[dict]:
@@ -127,10 +158,12 @@ def sample(rows: Iterable[dict], n: int, seed: int) -> list[dict]:
 
 
 def image_list(row: dict) -> list[str]:
+    """The row's image file names; for images inside a parquet row, the names stored beside their bytes."""
     value = row.get("image", row.get("images"))
     if value is None:
         return []
-    return [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+    names = (v.get("path") if isinstance(v, dict) else v for v in (value if isinstance(value, list) else [value]))
+    return [name for name in names if isinstance(name, str)]
 
 
 def has_image(row: dict) -> bool:
@@ -147,7 +180,7 @@ def keep(row: dict, image_prefix: str | None, text_only: bool | None, contains: 
         return False
     if text_only is not None and text_only == has_image(row):
         return False
-    if contains is not None and contains not in json.dumps(row, ensure_ascii=False):
+    if contains is not None and contains not in json.dumps(row, ensure_ascii=False, default=lambda _: ""):
         return False
     return True
 
@@ -174,17 +207,31 @@ def repeat(path: Path | str, times: int) -> Iterator[dict]:
         yield from rows_of(path)
 
 
-def split(path: Path | str, val: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split(path: Path | str, val: float, seed: int) -> tuple[Iterator[dict], Iterator[dict]]:
     """An exact split: round(N * val) rows (val a fraction below 1), or `val` rows (a whole number from 1),
-    chosen with the seed, go to validation."""
+    chosen with the seed, go to validation. (train rows, validation rows), each read again from the file as it is
+    written (a dataset with its images inside is not held in memory); standard input is read once and kept."""
     if not (0 < val < 1 or (val >= 1 and val == int(val))):
         raise LlavatuneError(f"--val is a fraction between 0 and 1 (0.1) or a number of rows (200), got {val}.")
-    rows = list(rows_of(path))
-    n_val = max(1, round(len(rows) * val)) if val < 1 else int(val)
-    if n_val >= len(rows):
-        raise LlavatuneError(f"--val {val:g}: {path} has {len(rows)} rows; leave some to train on.")
-    chosen = set(random.Random(seed).sample(range(len(rows)), n_val))
-    return ([r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen])
+    kept = list(rows_of(path)) if str(path) == "-" else None
+    n_rows = len(kept) if kept is not None else sum(1 for _ in rows_of(path))
+    n_val = max(1, round(n_rows * val)) if val < 1 else int(val)
+    if n_val >= n_rows:
+        raise LlavatuneError(f"--val {val:g}: {path} has {n_rows} rows; leave some to train on.")
+    chosen = set(random.Random(seed).sample(range(n_rows), n_val))
+
+    def part(held_out: bool) -> Iterator[dict]:
+        rows = kept if kept is not None else rows_of(path)
+        return (row for i, row in enumerate(rows) if (i in chosen) == held_out)
+    return part(False), part(True)
+
+
+def write_split(path: Path | str, val: float, seed: int, out: Path) -> list[tuple[Path, int]]:
+    """`data split`: out/train.json and out/val.json, or .parquet files for parquet / arrow data (whose images are
+    inside). Returns (file, rows written) for each."""
+    suffix = ".parquet" if is_table(path) else ".json"
+    files = [out / f"train{suffix}", out / f"val{suffix}"]
+    return [(file, write_rows(file, rows)) for file, rows in zip(files, split(path, val, seed))]
 
 
 def mix(sources: list[str], seed: int) -> list[dict]:
@@ -204,20 +251,75 @@ def mix(sources: list[str], seed: int) -> list[dict]:
 
 def convert_file(data: str, to: str, out: str, image_dir: Path | None = None) -> int:
     """`data convert`: the rows in the `to` layout as .json / .jsonl (or '-'), or LLaVA rows with their images
-    inside as .parquet. Returns the number of rows written."""
-    if to not in ("llava", "sharegpt", "messages"):
+    inside as .parquet. For .parquet, `image_dir` is where the rows' image files are read; for JSON, where the
+    images held in the data (parquet / arrow bytes, data URIs) are unpacked to. Returns the rows written."""
+    if to not in ROW_LAYOUTS:
         raise LlavatuneError(f"--to must be llava, sharegpt or messages, got '{to}'.")
     if str(out).endswith(".parquet"):
         if to != "llava":
             raise LlavatuneError(f"--out {out}: a parquet file holds LLaVA rows; use --to llava.")
         return write_parquet(out, read_records(data), image_dir)
-    return write_rows(out, convert(rows_of(data), to))
+    records = read_records(data) if image_dir is None else unpack(read_records(data), image_dir)
+    return write_rows(out, (ROW_LAYOUTS[to](record) for record in records))
 
 
 def convert(rows: Iterable[dict], to: str) -> Iterator[dict]:
     for n, row in enumerate(rows, 1):
-        record = to_record(row, f"row {n}")
-        yield {"llava": llava_row, "sharegpt": sharegpt_row, "messages": messages_row}[to](record)
+        yield ROW_LAYOUTS[to](to_record(row, f"row {n}"))
+
+
+def unpack(records: Iterable[Record], image_dir: Path) -> Iterator[Record]:
+    """The records with the images they hold (bytes) written as files into `image_dir` and named by those files:
+    the name stored beside the bytes where it is a safe relative path, else ID_K.EXT. An image met again (the same
+    bytes) reuses its file; a file already there with other content is never overwritten: the image takes the
+    next free name. The count goes to stderr at the end."""
+    root = Path(image_dir)
+    if root.suffix.lower() == ".zip" or str(image_dir).startswith("hf://"):
+        raise LlavatuneError(f"--images {image_dir}: images are unpacked into a folder here; name a local folder.")
+    files: dict[str, str] = {}  # sha256 of an image's bytes -> its file, for the images met in this run
+    taken: set[str] = set()     # names known to hold other bytes
+    for record in records:
+        refs = [ref if isinstance(ref, str) else _unpacked(record, k, ref, root, files, taken)
+                for k, ref in enumerate(record.images)]
+        yield dataclasses.replace(record, images=refs)
+    if files:
+        print(f"unpacked {len(files):,} images into {root}", file=sys.stderr)
+
+
+def _unpacked(record: Record, k: int, ref, root: Path, files: dict[str, str], taken: set[str]) -> str:
+    data = imagelib.embedded(ref, record.source)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in files:
+        return files[digest]
+    for name in _file_names(record, k, data):
+        file = root / name
+        if name in taken or (file.exists() and hashlib.sha256(file.read_bytes()).hexdigest() != digest):
+            taken.add(name)
+            continue
+        if not file.exists():
+            with _atomic(file) as tmp:
+                tmp.write_bytes(data)
+        files[digest] = name
+        taken.add(name)
+        return name
+
+
+def _file_names(record: Record, k: int, data: bytes) -> Iterator[str]:
+    """Names to try for the record's k-th image: the stored one (if it stays inside the folder), then ID_K.EXT,
+    then ID_K-1.EXT, ID_K-2.EXT, ..."""
+    stored = _stored_path(record, k)
+    if stored and not stored.startswith(("/", "\\")) and ":" not in stored:
+        name = posixpath.normpath(stored.replace("\\", "/"))
+        if name != ".." and not name.startswith(("../", ".")):
+            yield name
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            ext = {"JPEG": ".jpg", "TIFF": ".tif"}.get(img.format, f".{(img.format or 'img').lower()}")
+    except imagelib.DECODE_ERRORS as err:
+        raise DataError(f"{record.source}: its image {k + 1} cannot be decoded ({err}).") from None
+    stem = re.sub(r"[^\w.-]", "_", record.id).lstrip(".") or "row"
+    yield f"{stem}_{k}{ext}"
+    yield from (f"{stem}_{k}-{n}{ext}" for n in itertools.count(1))
 
 
 def sharegpt_row(record: Record) -> dict:
@@ -241,13 +343,17 @@ def messages_row(record: Record) -> dict:
             if k > 0:
                 ref = next(images)
                 if not isinstance(ref, str):
-                    raise DataError(f"{record.source}: embedded image bytes cannot be converted; extract them first.")
+                    raise DataError(f"{record.source}: its images are inside the data (bytes); unpack them into a "
+                                    "folder with --images DIR.")
                 parts.append({"type": "image_url", "image_url": {"url": ref}})
             piece = piece.removeprefix("\n") if k > 0 else piece
             if piece:
                 parts.append({"type": "text", "text": piece})
         messages.append({"role": role, "content": parts})
-    return {"id": record.id, "messages": messages}
+    return {"id": record.id, "messages": messages, **extra_fields(record)}
+
+
+ROW_LAYOUTS = {"llava": llava_row, "sharegpt": sharegpt_row, "messages": messages_row}
 
 
 def from_folders(root: Path, question: str, answers: dict[str, str]) -> list[dict]:
