@@ -235,14 +235,13 @@ def serve(
     images: Optional[Path] = typer.Option(None, help="its image folder"),
     load_4bit: bool = typer.Option(False, "--load-4bit"),
     template: Optional[str] = typer.Option(None, help="conversation template (default: each model's own)"),
-    engine: Optional[str] = typer.Option(None, help="transformers (default) | vllm"),
 ):
     """OpenAI-compatible API and a web page comparing two models, in one process."""
     from llavatune import serve as verb
     verb.main(cfglib.load(verb.ServeConfig, None, None, dict(
         model=model, compare=compare, adapter=adapter, host=host, port=port, api_key=api_key,
         max_image_mb=max_image_mb, allow_remote_images=allow_remote_images or None, data=data, images=images,
-        load_4bit=load_4bit or None, template=template, engine=engine)))
+        load_4bit=load_4bit or None, template=template)))
 
 
 @app.command(epilog="Examples:\n\n  llavatune bench train --shape tiny --baseline hf --steps 3\n\n"

@@ -51,7 +51,6 @@ class ServeConfig:
     images: Path | None = None       # its image folder; the only folder the server reads images from
     load_4bit: bool = False
     template: str | None = None      # conversation template (default: each model's own)
-    engine: str = "transformers"     # transformers | vllm (GPU, merged checkpoints)
 
 
 class ApiError(Exception):
@@ -73,8 +72,6 @@ class Slot:
 
 
 def load_slots(cfg: ServeConfig) -> dict[str, Slot]:
-    if cfg.engine != "transformers":
-        raise LlavatuneError("--engine vllm is not available in this build yet; use --engine transformers.")
     from llavatune.inference.api import load
 
     name = "base" if (cfg.compare or cfg.adapter) else Path(cfg.model).name
