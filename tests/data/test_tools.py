@@ -111,11 +111,21 @@ def test_parquet_packs_the_image_files_with_the_rows(shapes_data, tmp_path):
     with pytest.raises(LlavatuneError, match=r"gone.json:3: image 'images/gone.png' not found"):
         tools.convert_file(str(tmp_path / "gone.json"), "llava", str(tmp_path / "gone.parquet"), shapes_data)
     assert not list(tmp_path.glob("*gone.parquet*"))  # nothing half-written left behind
-    rows = json.loads((shapes_data / "qa.json").read_text())[:3]
-    rows[2]["category"] = "colour"  # a field the first rows (2 here) did not have: no column for it
+    rows = [{**row, "id": str(i)} for i, row in enumerate(json.loads((shapes_data / "qa.json").read_text()) * 8)][:300]
+    rows[1]["answers"], rows[299]["category"] = ["red", "red"], "colour"  # fields that only some rows have
     (tmp_path / "late.json").write_text(json.dumps(rows))
+    tools.convert_file(str(tmp_path / "late.json"), "llava", str(tmp_path / "late.parquet"), shapes_data)
+    late = list(read_records(tmp_path / "late.parquet"))
+    assert [(r.raw["answers"], r.raw["category"]) for r in late[:2]] == [(None, None), (["red", "red"], None)]
+    assert late[299].raw["category"] == "colour"
     with pytest.raises(LlavatuneError, match=r"late.json:3: field\(s\) category not in the first 2 rows"):
+        rows[2]["category"] = "colour"  # streamed rows (from stdin): the first chunk of rows sets the columns
+        (tmp_path / "late.json").write_text(json.dumps(rows[:3]))
         tools.write_parquet(tmp_path / "late.parquet", read_records(tmp_path / "late.json"), shapes_data, chunk=2)
+    rows[1]["answers"], rows[2]["answers"] = "red", ["red"]
+    (tmp_path / "mixed.json").write_text(json.dumps(rows[:3]))
+    with pytest.raises(LlavatuneError, match=r"field 'answers' holds values of different types"):
+        tools.convert_file(str(tmp_path / "mixed.json"), "llava", str(tmp_path / "mixed.parquet"), shapes_data)
     with pytest.raises(LlavatuneError, match="a parquet file holds LLaVA rows; use --to llava"):
         tools.convert_file(str(shapes_data / "qa.json"), "messages", str(tmp_path / "m.parquet"), shapes_data)
 

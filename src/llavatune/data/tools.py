@@ -78,11 +78,12 @@ def _atomic(path: Path) -> Iterator[Path]:
     tmp.replace(path)
 
 
-def write_parquet(path: Path | str, records: Iterable[Record], image_dir: Path | None, chunk: int = 256) -> int:
+def write_parquet(path: Path | str, records: Iterable[Record], image_dir: Path | None, chunk: int = 256,
+                  columns=None) -> int:
     """LLaVA rows with their image files inside, as HF datasets keeps images ({"bytes", "path"}, declared as its
     Image feature): one file that trains anywhere, from a hub dataset too. A row's other fields (question_id,
-    category, answers, ...) become columns, typed by the first `chunk` rows. Written in row groups of `chunk` rows
-    (bounded memory), atomically. The files' bytes go in as they are: no re-encoding."""
+    category, answers, ...) become columns: `columns` (see column_types), or those of the first `chunk` rows.
+    Written in row groups of `chunk` rows (bounded memory), atomically. The files' bytes go in as they are."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -93,8 +94,9 @@ def write_parquet(path: Path | str, records: Iterable[Record], image_dir: Path |
     schema = pa.schema([("id", pa.string()),
                         ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
                         ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])))])
-    extra = pa.Table.from_pylist([{k: v for k, v in row.items() if k not in schema.names} for _, row in group]).schema
-    schema = pa.schema([*schema, *extra], metadata={"huggingface": json.dumps({"info": {"features": features}})})
+    if columns is None:
+        columns = column_types({k: v for k, v in row.items() if k not in schema.names} for _, row in group)
+    schema = pa.schema([*schema, *columns], metadata={"huggingface": json.dumps({"info": {"features": features}})})
     n = 0
     with _atomic(Path(path)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         while group:
@@ -110,6 +112,22 @@ def write_parquet(path: Path | str, records: Iterable[Record], image_dir: Path |
             n += len(group)
             group = [_embedded(r, image_dir) for r in itertools.islice(records, chunk)]
     return n
+
+
+def column_types(fields: Iterable[dict]):
+    """The parquet columns for rows' other fields: every field that any row has, typed over all of its values (a
+    row without it holds null there). A field whose values have no common type is an error naming it."""
+    import pyarrow as pa
+
+    fields = list(fields)
+    columns = []
+    for name in dict.fromkeys(k for row in fields for k in row):
+        try:
+            columns.append(pa.field(name, pa.array([row.get(name) for row in fields]).type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise DataError(f"field '{name}' holds values of different types ({err}); give it one type in every row "
+                            "to write it as a parquet column.") from None
+    return pa.schema(columns)
 
 
 def _embedded(record: Record, image_dir: Path | None) -> tuple[str, dict]:
@@ -258,7 +276,9 @@ def convert_file(data: str, to: str, out: str, image_dir: Path | None = None) ->
     if str(out).endswith(".parquet"):
         if to != "llava":
             raise LlavatuneError(f"--out {out}: a parquet file holds LLaVA rows; use --to llava.")
-        return write_parquet(out, read_records(data), image_dir)
+        # JSON rows may gain fields anywhere (a first pass finds them all); a table's columns are its own
+        columns = None if is_table(data) or data == "-" else column_types(map(extra_fields, read_records(data)))
+        return write_parquet(out, read_records(data), image_dir, columns=columns)
     records = read_records(data) if image_dir is None else unpack(read_records(data), image_dir)
     return write_rows(out, (ROW_LAYOUTS[to](record) for record in records))
 
