@@ -181,7 +181,8 @@ def _print(plan: dict, cfg: TrainConfig) -> None:
                       + (f", {cfg.eval_answers} answers" if cfg.eval_answers else ""))
     mem = plan["memory_gib"]
     table.add_row("memory (rough)", f"{mem['total']:.1f} GiB per device = " + ", ".join(
-        f"{k} {v:.1f}" for k, v in mem.items() if k != "total"))
+        f"{k} {v:.1f}" for k, v in mem.items() if k != "total")
+        + f"; an upper bound: every batch padded to max_length {cfg.max_length}")
     if "vision_cache_gib" in plan:
         gib = plan["vision_cache_gib"]
         size = f"{gib:.1f} GiB" if gib >= 1 else f"{gib * 1024:.0f} MiB"  # a few photos: MiB, not "0.0 GiB"
