@@ -304,3 +304,16 @@ def test_a_taken_port_is_said_before_the_models_load(tiny_model_dir, monkeypatch
         port = taken.getsockname()[1]
         with pytest.raises(LlavatuneError, match=f"cannot serve on 127.0.0.1:{port} .*give another --port"):
             serve.main(ServeConfig(model=tiny_model_dir, port=port))
+
+
+def test_a_dataset_whose_images_cannot_be_found_is_said_before_the_models_load(tiny_model_dir, shapes_data,
+                                                                               monkeypatch):
+    from llavatune import serve
+    from llavatune.errors import LlavatuneError
+
+    monkeypatch.setattr(serve, "load_slots", lambda cfg: pytest.fail("loaded the models first"))
+    data = shapes_data / "qa.json"
+    with pytest.raises(LlavatuneError, match=r"qa.json:1: the sample names image .* set --images to the folder"):
+        serve.main(ServeConfig(model=tiny_model_dir, port=0, data=data))
+    with pytest.raises(LlavatuneError, match=r"--images=\S*nowhere: no such folder"):
+        serve.main(ServeConfig(model=tiny_model_dir, port=0, data=data, images=shapes_data / "nowhere"))

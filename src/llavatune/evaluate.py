@@ -73,6 +73,8 @@ def samples(cfg: EvalConfig) -> list[Sample]:
                    Sample(record, record.turns, None))
         if cfg.limit is not None and len(out) >= cfg.limit:
             break
+    imagelib.check_root(cfg.images, "--images")
+    imagelib.check_folder_given((s.record for s in out), cfg.images, "--images")
     return out
 
 

@@ -10,12 +10,13 @@ import os
 import posixpath
 import zipfile
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from llavatune import hub
-from llavatune.data.formats import DataError, TableImage
+from llavatune.data.formats import DataError, Record, TableImage
 
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -23,7 +24,8 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image
 def resolve(ref: str, image_dir: Path | None, where: str) -> Path:
     """The file `ref` names, inside the folder `image_dir`; a path that escapes the folder is an error."""
     if image_dir is None:
-        raise DataError(f"{where}: the sample names image '{ref}' but no image folder was given (--images DIR).")
+        raise DataError(f"{where}: the sample names image '{ref}' but no image folder was given (--images DIR, or "
+                        "images= in a run).")
     root = os.path.abspath(image_dir)
     path = os.path.normpath(os.path.join(root, ref))  # lexical: fast on 665K rows, catches ../ and /abs paths
     if not path.startswith(root + os.sep):
@@ -64,6 +66,18 @@ def check_root(image_dir: Path | None, key: str = "images") -> None:
     if image_dir is not None and not (_local(image_dir).is_dir() or _is_archive(_local(image_dir))):
         raise DataError(f"{key}={image_dir}: no such folder or .zip archive; give the folder (or archive) that the "
                         "data's image paths are relative to.")
+
+
+def check_folder_given(records: Iterable[Record], image_dir: Path | None, key: str = "images=") -> None:
+    """Data that names image files needs the folder they are in: said before a model loads, not as every sample
+    dropped. `records`: the rows to look at (a run looks at its first 1,000)."""
+    if image_dir is not None:
+        return
+    for record in records:
+        named = next((ref for ref in record.images if isinstance(ref, str)), None)
+        if named is not None:
+            raise DataError(f"{record.source}: the sample names image '{named}', but no image folder was given: set "
+                            f"{key} to the folder (or .zip archive) that the data's image paths are relative to.")
 
 
 def _local(image_dir: Path | None) -> Path | None:

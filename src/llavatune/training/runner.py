@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from llavatune import hub
 from llavatune.config import read_run_config, save_run_config, to_dict
 from llavatune.data import images as imagelib
 from llavatune.data.dataset import SupervisedDataset, batch_order, collate, n_tokens
+from llavatune.data.formats import read_records
 from llavatune.data.loader import auto_workers
 from llavatune.data.templates import get_template, to_jinja
 from llavatune.errors import LlavatuneError
@@ -331,6 +333,9 @@ def _check_paths(cfg: TrainConfig) -> Path:
         if path is not None and not hub.data_path(path).exists():  # hub data is downloaded here
             raise LlavatuneError(f"{key}={path}: no such file or folder.")
     imagelib.check_root(cfg.images)
+    for path in (cfg.data, cfg.eval_data):
+        if path is not None:
+            imagelib.check_folder_given(itertools.islice(read_records(path, strict=False), 1000), cfg.images)
     return loadlib.resolve(cfg.model)  # "no such model, run or checkpoint folder"
 
 
