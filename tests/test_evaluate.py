@@ -88,6 +88,43 @@ def test_mme_on_a_parquet_file_pairs_the_questions_by_image_content(tmp_path):
         score(["yes", "no", "yes", "yes"], items, ["mme"])
 
 
+def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path):
+    """lmms-lab/MME's layout (question, answer, category, question_id = the image's name, image bytes): scored as
+    MME with LLaVA-1.5's short-answer instruction added; the answers file keeps each question_id and the question
+    as asked."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from llavatune.evaluate import samples, score
+
+    def png(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    rows = [{"question_id": f"{category}/{colour}.png", "question": f"Is it {colour}? Please answer yes or no.",
+             "answer": answer, "category": category, "image": png(colour)}
+            for category, colour, answer in [("color", "red", "Yes"), ("color", "red", "No"),
+                                             ("code_reasoning", "blue", "Yes"), ("code_reasoning", "blue", "No")]]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test-00000-of-00001.parquet")
+    cfg = EvalConfig(model=tiny_model_dir, data=tmp_path / "test-00000-of-00001.parquet", out=tmp_path / "out",
+                     metrics=["mme", "yesno"], prompt_suffix="short", max_new_tokens=2)
+    items = samples(cfg)
+    assert items[0].question_turns == [("user", "<image>\nIs it red? Please answer yes or no.\nAnswer the question "
+                                                "using a single word or phrase.")]
+    assert [s.answer for s in items] == ["Yes", "No", "Yes", "No"]
+    assert score(["yes", "no", "no", "no"], items, ["mme"]) == {
+        "mme_perception": 200.0, "mme_cognition": 50.0, "mme_color": 200.0, "mme_code_reasoning": 50.0}
+    result = main(cfg)
+    assert set(result["models"]["model"]) >= {"mme_perception", "yesno_accuracy"}
+    answers = [json.loads(line) for line in (tmp_path / "out" / "answers-model.jsonl").read_text().splitlines()]
+    assert [a["question_id"] for a in answers] == [r["question_id"] for r in rows]
+    assert answers[0]["prompt"] == "Is it red? Please answer yes or no.\nAnswer the question using a single word or phrase."
+
+
 def test_worker_processes_give_the_same_answers_and_name_a_bad_image(tiny_model_dir, shapes_data, tmp_path):
     """Batches encoded in 2 worker processes (what `auto` does on a GPU): the answers of the main process."""
     common = dict(model=tiny_model_dir, data=shapes_data / "qa.json", images=shapes_data, limit=9, batch_size=2,

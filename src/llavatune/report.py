@@ -42,8 +42,7 @@ def write_all(out: Path, items, predictions: dict[str, list[str]], result: dict,
     for label, preds in predictions.items():
         with (out / f"answers-{label}.jsonl").open("w") as f:
             for s, text in zip(items, preds):
-                qid = (s.record.raw or {}).get("question_id", s.record.id)  # its type too: eval_pope.py keys by it
-                f.write(json.dumps({"question_id": qid, "prompt": _question(s), "text": text,
+                f.write(json.dumps({"question_id": _question_id(s.record), "prompt": _question(s), "text": text,
                                     "answer_id": f"{label}-{s.record.id}", "model_id": label, "metadata": {}}) + "\n")
 
 
@@ -96,6 +95,13 @@ def _mark(prediction: str, reference: str | None, right: str, wrong: str) -> str
 
 def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _question_id(record) -> object:
+    """The row's own id with its type (LLaVA's eval_pope.py keys by the int question_id, its MMBench converter
+    matches the int index), else the record's."""
+    raw = record.raw or {}
+    return next((raw[key] for key in ("question_id", "id", "index") if key in raw), record.id)
 
 
 def _question(sample) -> str:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from llavatune.data.formats import DataError, TableImage, _iter_json_array, iter_rows, read_records
+from llavatune.data.formats import DataError, TableImage, _iter_json_array, extra_fields, iter_rows, read_records
 
 
 def png_bytes(colour=(255, 0, 0)) -> bytes:
@@ -95,6 +95,39 @@ def test_llava_benchmark_question_files(tmp_path):
     path.write_text(json.dumps({"question_id": 1, "text": ["not", "a", "string"]}) + "\n")
     with pytest.raises(DataError, match=r"questions.jsonl:1: 'text' must be the question"):
         list(read_records(path))
+
+
+def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
+    """The layout of lmms-lab's evaluation sets (parquet, image bytes inside): MME / POPE (question, answer,
+    category), VQAv2 (answers with their confidence, multiple_choice_answer), TextVQA (answers as strings),
+    MMBench (index, hint, options A-D, a letter), and a test split without answers. MMBench questions are built as
+    LLaVA's model_vqa_mmbench builds them: the hint on its own line first (none when 'nan'), then one line per
+    option up to the first missing one."""
+    image = {"bytes": png_bytes(), "path": None}
+    rows = [
+        {"question_id": "code_reasoning/0020.png", "question": "Is it 5? Please answer yes or no.", "answer": "Yes",
+         "category": "code_reasoning", "image": image},
+        {"question_id": 262148000, "question": "What is it?", "image": image, "multiple_choice_answer": "dog",
+         "answers": [{"answer": "dog", "answer_confidence": "yes", "answer_id": 1}]},
+        {"question_id": 7, "question": "what brand?", "image": image, "answers": ["nokia", "Nokia", "nokia", "lg"]},
+        {"index": 241, "question": "Which colour?", "hint": "A shape on white.", "A": "red", "B": "blue", "C": "nan",
+         "D": "green", "answer": "B", "image": image},
+        {"index": 242, "question": "Which?", "hint": "nan", "A": "up", "B": "down", "C": None, "D": None,
+         "answer": "A", "image": image},
+        {"question_id": 9, "question": "Is the sky blue?", "image": image},
+    ]
+    for name, part in [("a_mme", rows[:1]), ("b_vqav2", rows[1:2]), ("c_textvqa", rows[2:3]), ("d_mmbench", rows[3:5]),
+                       ("e_test", rows[5:])]:  # a set of shards
+        pq.write_table(pa.Table.from_pylist(part), tmp_path / f"{name}.parquet")
+    mme, vqa, textvqa, mmb, mmb2, unanswered = read_records(tmp_path)
+    assert mme.id == "code_reasoning/0020.png" and [im.read() for im in mme.images] == [png_bytes()]
+    assert mme.turns == [("user", "<image>\nIs it 5? Please answer yes or no."), ("assistant", "Yes")]
+    assert extra_fields(mme) == {"question_id": "code_reasoning/0020.png", "category": "code_reasoning"}
+    assert vqa.turns[1] == ("assistant", "dog") and textvqa.turns[1] == ("assistant", "nokia")
+    assert mmb.id == "241" and mmb.turns == [
+        ("user", "<image>\nA shape on white.\nWhich colour?\nA. red\nB. blue"), ("assistant", "B")]
+    assert mmb2.turns[0] == ("user", "<image>\nWhich?\nA. up\nB. down")
+    assert unanswered.turns == [("user", "<image>\nIs the sky blue?")]
 
 
 def test_bad_rows_name_file_and_row(tmp_path):

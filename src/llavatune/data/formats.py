@@ -8,6 +8,9 @@ Formats (detected per row, so mixed files work):
   data URIs or file paths; `<image>` tags are inserted where the image parts were;
 - LLaVA benchmark questions (llava/eval's question files): {"question_id", "image" (optional), "text"}, one
   question, no answer; the question is asked as LLaVA's model_vqa_loader asks it, "<image>\n" + text;
+- question/answer rows, the layout of the evaluation sets on the hub (lmms-lab's MME, POPE, VQAv2, TextVQA,
+  MMBench, ...): {"question", "image", "answer" | "multiple_choice_answer" | "answers" (optional), "hint" and
+  options "A".."D" (optional)}; asked as LLaVA's model_vqa_mmbench asks (hint, question, "A. ..." lines);
 - files: .json (a list, streamed object by object), .jsonl, and HF datasets on disk (.parquet / .arrow, or a
   `save_to_disk` folder) whose image column holds bytes; any of these in a hub dataset, hf://datasets/ORG/NAME/PATH.
 """
@@ -15,10 +18,12 @@ Formats (detected per row, so mixed files work):
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -260,11 +265,42 @@ def to_record(row: Any, where: str) -> Record:
         if not isinstance(row["text"], str):
             raise DataError(f"{where}: 'text' must be the question, a string.")
         turns = [("user", IMAGE_TAG + "\n" + row["text"] if images else row["text"])]
+    elif isinstance(row.get("question"), str):
+        images = _images_field(row, where)
+        question, answer = _question_row(row)
+        turns = [("user", IMAGE_TAG + "\n" + question if images else question)]
+        turns += [("assistant", answer)] if answer is not None else []
     else:
-        raise DataError(f"{where}: no 'conversations' (LLaVA/ShareGPT), 'messages' (OpenAI) or 'question_id' + "
-                        f"'text' (LLaVA benchmark questions) keys; found keys {', '.join(map(str, row)) or 'none'}.")
-    ident = row.get("id", row.get("question_id", where.rsplit(":", 1)[-1]))
+        raise DataError(f"{where}: no 'conversations' (LLaVA/ShareGPT), 'messages' (OpenAI), 'question_id' + 'text' "
+                        f"(LLaVA benchmark questions) or 'question' (question/answer rows) keys; found keys "
+                        f"{', '.join(map(str, row)) or 'none'}.")
+    ident = row.get("id", row.get("question_id", row.get("index", where.rsplit(":", 1)[-1])))  # index: MMBench's
     return Record(id=str(ident), turns=turns, images=images, source=where, raw=row)
+
+
+def _question_row(row: dict) -> tuple[str, str | None]:
+    """(the question as LLaVA's model_vqa_mmbench builds it: hint, question, then "A. ..." for options A to D up to
+    the first missing one; the reference answer: "answer", VQAv2's "multiple_choice_answer", or the most common of
+    "answers"; None when the row has none)."""
+    question = row["question"]
+    if not _missing(row.get("hint")):
+        question = f"{row['hint']}\n{question}"
+    for letter in "ABCD":
+        if _missing(row.get(letter)):
+            break
+        question += f"\n{letter}. {row[letter]}"
+    for key in ("answer", "multiple_choice_answer"):
+        if isinstance(row.get(key), (str, int, float)) and not _missing(row[key]):
+            return question, str(row[key])
+    answers = [a.get("answer") if isinstance(a, dict) else a for a in row.get("answers") or []]
+    answers = [str(a) for a in answers if a is not None]
+    return question, collections.Counter(answers).most_common(1)[0][0] if answers else None
+
+
+def _missing(value) -> bool:
+    """None, NaN, or the strings 'nan' / 'none' (pandas-written tables), as LLaVA's MMBench script reads them."""
+    return (value is None or (isinstance(value, float) and math.isnan(value))
+            or (isinstance(value, str) and value.lower() in ("nan", "none")))
 
 
 def llava_turns(conversations: Any, where: str) -> list[tuple[str, str]]:
@@ -346,7 +382,10 @@ def extra_fields(record: Record) -> dict:
     """The row's fields besides its id, images and turns (question_id, answers, category, ...): kept by the tools
     that rewrite rows, which evaluation and LLaVA's scoring scripts need."""
     raw = record.raw or {}
-    turns = {"conversations", "messages"} if ("conversations" in raw or "messages" in raw) else {"text"}
+    if "conversations" in raw or "messages" in raw:
+        turns = {"conversations", "messages"}
+    else:  # the question (and answer) of a LLaVA question file or a question/answer row
+        turns = {"text"} if "text" in raw and "question_id" in raw else {"question", "answer"}
     return {k: v for k, v in raw.items() if k not in {"id", "image", "images", *turns}}
 
 
