@@ -128,6 +128,9 @@ def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
         ("user", "<image>\nA shape on white.\nWhich colour?\nA. red\nB. blue"), ("assistant", "B")]
     assert mmb2.turns[0] == ("user", "<image>\nWhich?\nA. up\nB. down")
     assert unanswered.turns == [("user", "<image>\nIs the sky blue?")]
+    pq.write_table(pa.Table.from_pylist([{"question": "What?", "answer": "x", "img": image}]), tmp_path / "f.parquet")
+    with pytest.raises(DataError, match=r"f.parquet:1: column 'img' holds images, .* ds.rename_column\('img', 'image'\)"):
+        list(read_records(tmp_path / "f.parquet"))
 
 
 def test_bad_rows_name_file_and_row(tmp_path):

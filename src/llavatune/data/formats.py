@@ -274,8 +274,22 @@ def to_record(row: Any, where: str) -> Record:
         raise DataError(f"{where}: no 'conversations' (LLaVA/ShareGPT), 'messages' (OpenAI), 'question_id' + 'text' "
                         f"(LLaVA benchmark questions) or 'question' (question/answer rows) keys; found keys "
                         f"{', '.join(map(str, row)) or 'none'}.")
+    if not images:
+        _no_other_image_column(row, where)
     ident = row.get("id", row.get("question_id", row.get("index", where.rsplit(":", 1)[-1])))  # index: MMBench's
     return Record(id=str(ident), turns=turns, images=images, source=where, raw=row)
+
+
+def _no_other_image_column(row: dict, where: str) -> None:
+    """A dataset whose image column has another name ("img", "image_1") would otherwise be read as text only."""
+    def is_image(cell) -> bool:
+        return isinstance(cell, dict) and isinstance(cell.get("bytes"), (bytes, bytearray))
+
+    for key, value in row.items():
+        if key not in ("image", "images") and (is_image(value) or (isinstance(value, list) and value
+                                                                  and all(map(is_image, value)))):
+            raise DataError(f"{where}: column '{key}' holds images, which are read from 'image' (or 'images'); rename "
+                            f"it (in datasets: ds.rename_column('{key}', 'image')).")
 
 
 def _question_row(row: dict) -> tuple[str, str | None]:
