@@ -66,7 +66,7 @@ def test_mme_on_a_parquet_file_pairs_the_questions_by_image_content(tmp_path):
     from PIL import Image
 
     from llavatune.data.formats import read_records
-    from llavatune.data.tools import write_parquet
+    from llavatune.data.pack import write_parquet
     from llavatune.evaluate import samples, score
 
     for colour, name in (("red", "1.png"), ("blue", "2.png")):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -16,6 +15,8 @@ from llavatune.data.formats import read_records
 from llavatune.data.synth import SynthConfig
 from llavatune.data.synth import main as synth
 from llavatune.errors import LlavatuneError
+
+from test_pack import image_bytes, packed
 
 SOURCES = ["coco/1.jpg", "textvqa/train_images/2.jpg", None, "textvqa/train_images/3.jpg", "gqa/4.jpg"]
 
@@ -87,64 +88,6 @@ def test_mix_weights(tmp_path):
         tools.mix([f"{data}:x"], seed=0)
 
 
-def test_parquet_packs_the_image_files_with_the_rows(shapes_data, tmp_path):
-    """`data convert --out X.parquet --images DIR`: the same rows, each with its image file's bytes inside (as HF
-    datasets keeps images), in row groups; a missing image names its row."""
-    import pyarrow.parquet as pq
-
-    out = tmp_path / "qa.parquet"
-    assert tools.write_parquet(out, read_records(shapes_data / "qa.json"), shapes_data, chunk=16) == 40
-    packed, plain = list(read_records(out)), list(read_records(shapes_data / "qa.json"))
-    assert [(r.id, r.turns) for r in packed] == [(r.id, r.turns) for r in plain]
-    assert [[im.read() for im in r.images] for r in packed] == \
-        [[(shapes_data / ref).read_bytes() for ref in r.images] for r in plain]
-    assert pq.ParquetFile(out).num_row_groups == 3
-    features = json.loads(pq.read_schema(out).metadata[b"huggingface"])["info"]["features"]
-    assert features["images"] == [{"_type": "Image"}]
-    assert tools.convert_file(str(out), "llava", str(tmp_path / "again.parquet")) == 40  # bytes stay bytes
-    assert [[im.read() for im in r.images] for r in read_records(tmp_path / "again.parquet")] == \
-        [[im.read() for im in r.images] for r in packed]
-
-    rows = json.loads((shapes_data / "qa.json").read_text())[:3]
-    rows[2]["image"] = "images/gone.png"
-    (tmp_path / "gone.json").write_text(json.dumps(rows))
-    with pytest.raises(LlavatuneError, match=r"gone.json:3: image 'images/gone.png' not found"):
-        tools.convert_file(str(tmp_path / "gone.json"), "llava", str(tmp_path / "gone.parquet"), shapes_data)
-    assert not list(tmp_path.glob("*gone.parquet*"))  # nothing half-written left behind
-    rows = [{**row, "id": str(i)} for i, row in enumerate(json.loads((shapes_data / "qa.json").read_text()) * 8)][:300]
-    rows[1]["answers"], rows[299]["category"] = ["red", "red"], "colour"  # fields that only some rows have
-    (tmp_path / "late.json").write_text(json.dumps(rows))
-    tools.convert_file(str(tmp_path / "late.json"), "llava", str(tmp_path / "late.parquet"), shapes_data)
-    late = list(read_records(tmp_path / "late.parquet"))
-    assert [(r.raw["answers"], r.raw["category"]) for r in late[:2]] == [(None, None), (["red", "red"], None)]
-    assert late[299].raw["category"] == "colour"
-    with pytest.raises(LlavatuneError, match=r"late.json:3: field\(s\) category not in the first 2 rows"):
-        rows[2]["category"] = "colour"  # streamed rows (from stdin): the first chunk of rows sets the columns
-        (tmp_path / "late.json").write_text(json.dumps(rows[:3]))
-        tools.write_parquet(tmp_path / "late.parquet", read_records(tmp_path / "late.json"), shapes_data, chunk=2)
-    rows[1]["answers"], rows[2]["answers"] = "red", ["red"]
-    (tmp_path / "mixed.json").write_text(json.dumps(rows[:3]))
-    with pytest.raises(LlavatuneError, match=r"field 'answers' holds values of different types"):
-        tools.convert_file(str(tmp_path / "mixed.json"), "llava", str(tmp_path / "mixed.parquet"), shapes_data)
-    with pytest.raises(LlavatuneError, match="a parquet file holds LLaVA rows; use --to llava"):
-        tools.convert_file(str(shapes_data / "qa.json"), "messages", str(tmp_path / "m.parquet"), shapes_data)
-
-
-def packed(shapes_data, tmp_path, n=10) -> Path:
-    """The first n shape rows, with a category column, packed with their images into one parquet file."""
-    rows = json.loads((shapes_data / "qa.json").read_text())[:n]
-    for row in rows:
-        row["category"] = "shapes"
-    (tmp_path / "rows.json").write_text(json.dumps(rows))
-    out = tmp_path / "packed.parquet"
-    tools.write_parquet(out, read_records(tmp_path / "rows.json"), shapes_data)
-    return out
-
-
-def image_bytes(path) -> dict[str, list[bytes]]:
-    return {r.id: [im.read() if hasattr(im, "read") else im for im in r.images] for r in read_records(path)}
-
-
 def test_the_row_tools_keep_the_images_of_parquet_data(shapes_data, tmp_path):
     """sample / filter / repeat / split / mix on a parquet dataset write parquet with the images still inside;
     JSON, which cannot hold them, is refused with the way out."""
@@ -167,51 +110,6 @@ def test_the_row_tools_keep_the_images_of_parquet_data(shapes_data, tmp_path):
     assert not list(tmp_path.glob("*.s.json*")) and not (tmp_path / "s.json").exists()
     with pytest.raises(LlavatuneError, match=r"image 'images/shape_00000.png' is a file; packing .* --images DIR"):
         tools.write_rows(tmp_path / "x.parquet", tools.rows_of(shapes_data / "qa.json"))
-
-
-def test_convert_unpacks_the_images_a_dataset_holds_into_a_folder(shapes_data, tmp_path):
-    """parquet -> LLaVA JSON + image folder: files named as stored beside the bytes, the same bytes, other fields
-    kept; rerunning reuses the files, and a different file already there is never overwritten."""
-    data = packed(shapes_data, tmp_path, n=3)
-    out, folder = tmp_path / "out.json", tmp_path / "unpacked"
-    assert tools.convert_file(str(data), "llava", str(out), folder) == 3
-    rows = json.loads(out.read_text())
-    source = json.loads((shapes_data / "qa.json").read_text())[:3]
-    assert [r["image"] for r in rows] == [r["image"] for r in source]
-    assert all((folder / r["image"]).read_bytes() == (shapes_data / r["image"]).read_bytes() for r in rows)
-    assert [r["category"] for r in rows] == ["shapes"] * 3
-    assert tools.convert_file(str(data), "llava", str(out), folder) == 3 and json.loads(out.read_text()) == rows
-
-    (folder / rows[0]["image"]).write_bytes(b"someone else's file")
-    tools.convert_file(str(data), "llava", str(out), folder)
-    first = json.loads(out.read_text())[0]
-    assert first["image"] == f"{first['id']}_0.png" and (folder / rows[0]["image"]).read_bytes() == b"someone else's file"
-
-    # names that would leave the folder, or one generic name for every image, give ID_K.EXT names
-    table = [{"id": f"r/{i}", "images": [{"bytes": (shapes_data / s["image"]).read_bytes(), "path": path}],
-              "conversations": s["conversations"]} for i, (s, path) in enumerate(zip(source, ["../x.png", "/x.png",
-                                                                                             None]))]
-    for i in (3, 4, 5):  # one generic name for different images; the last is the first image again
-        image = (shapes_data / f"images/shape_0001{i}.png").read_bytes() if i < 5 else table[0]["images"][0]["bytes"]
-        table.append({**table[0], "id": f"r/{i}", "images": [{"bytes": image, "path": "image.png"}]})
-    tools.write_rows(tmp_path / "odd.parquet", table)
-    tools.convert_file(str(tmp_path / "odd.parquet"), "sharegpt", str(tmp_path / "odd.json"), tmp_path / "odd")
-    assert [r["images"] for r in json.loads((tmp_path / "odd.json").read_text())] == \
-        [["r_0_0.png"], ["r_1_0.png"], ["r_2_0.png"], ["image.png"], ["r_4_0.png"], ["r_0_0.png"]]
-    assert len(list((tmp_path / "odd").iterdir())) == 5
-    uri = "data:image/png;base64," + base64.b64encode(table[1]["images"][0]["bytes"]).decode()
-    messages = {"id": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}]},
-                                        {"role": "assistant", "content": "A circle."}]}
-    (tmp_path / "m.jsonl").write_text(json.dumps(messages) + "\n")
-    tools.convert_file(str(tmp_path / "m.jsonl"), "llava", str(tmp_path / "m.json"), tmp_path / "odd")
-    assert json.loads((tmp_path / "m.json").read_text())[0]["image"] == "m_0.png"  # data URIs unpack too
-    assert (tmp_path / "odd/m_0.png").read_bytes() == table[1]["images"][0]["bytes"]
-    table[0]["images"][0]["bytes"] = b"not an image"
-    tools.write_rows(tmp_path / "bad.parquet", table[:1])
-    with pytest.raises(LlavatuneError, match=r"bad.parquet:1: its image 1 cannot be decoded"):
-        tools.convert_file(str(tmp_path / "bad.parquet"), "llava", str(tmp_path / "bad.json"), tmp_path / "bad")
-    with pytest.raises(LlavatuneError, match=r"unpack them into a folder with `llavatune data convert"):
-        tools.convert_file(str(data), "llava", str(tmp_path / "no.json"))
 
 
 def test_convert_round_trip(tmp_path):

@@ -121,7 +121,7 @@ def test_data_workers_give_the_same_run_and_resume(tiny_model_dir, shapes_data, 
 def test_a_parquet_file_with_the_images_inside_trains_as_rows_and_folder(tiny_model_dir, shapes_data, tmp_path):
     """`data convert --out qa.parquet`: the run on the one file is the run on the JSON rows and their folder."""
     from llavatune.data.formats import read_records
-    from llavatune.data.tools import write_parquet
+    from llavatune.data.pack import write_parquet
 
     packed = tmp_path / "qa.parquet"
     write_parquet(packed, read_records(shapes_data / "qa.json"), shapes_data, chunk=7)
