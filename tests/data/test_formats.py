@@ -133,6 +133,23 @@ def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
         list(read_records(tmp_path / "f.parquet"))
 
 
+def test_mmbench_tables(tmp_path):
+    """LLaVA's MMBench eval reads a .tsv (mmbench_dev_20230712.tsv): images as base64 text, empty cells for the
+    options a question does not have; "index" stays a number, which its submission script matches answers by."""
+    header = "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\tsource\tl2-category\tsplit"
+    image = base64.b64encode(png_bytes()).decode()
+    lines = [header, f"241\tWhich colour?\tA shape on white.\tred\tblue\t\t\tB\tattribute\t{image}\tx\ty\tdev",
+             f"242\t\"Which one, \"\"this\"\"?\"\tnan\tup\tdown\tleft\t\tC\tspatial\t{image}\tx\ty\tdev"]
+    (tmp_path / "mmbench_dev.tsv").write_text("\n".join(lines) + "\n")
+    first, second = read_records(tmp_path / "mmbench_dev.tsv")
+    assert first.id == "241" and first.raw["index"] == 241 and first.images == [png_bytes()]
+    assert first.turns == [("user", "<image>\nA shape on white.\nWhich colour?\nA. red\nB. blue"), ("assistant", "B")]
+    assert second.turns[0] == ("user", '<image>\nWhich one, "this"?\nA. up\nB. down\nC. left')
+    (tmp_path / "bad.tsv").write_text(header + "\n1\tq\t\ta\tb\t\t\tA\tc\tnot base64!\tx\ty\tdev\n")
+    with pytest.raises(DataError, match=r"bad.tsv:1: 'image' is not base64 text"):
+        list(read_records(tmp_path / "bad.tsv"))
+
+
 def test_bad_rows_name_file_and_row(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},

@@ -11,14 +11,16 @@ Formats (detected per row, so mixed files work):
 - question/answer rows, the layout of the evaluation sets on the hub (lmms-lab's MME, POPE, VQAv2, TextVQA,
   MMBench, ...): {"question", "image", "answer" | "multiple_choice_answer" | "answers" (optional), "hint" and
   options "A".."D" (optional)}; asked as LLaVA's model_vqa_mmbench asks (hint, question, "A. ..." lines);
-- files: .json (a list, streamed object by object), .jsonl, and HF datasets on disk (.parquet / .arrow, or a
-  `save_to_disk` folder) whose image column holds bytes; any of these in a hub dataset, hf://datasets/ORG/NAME/PATH.
+- files: .json (a list, streamed object by object), .jsonl, .tsv (MMBench's tables, images as base64), and HF
+  datasets on disk (.parquet / .arrow, or a `save_to_disk` folder) whose image column holds bytes; any of these in
+  a hub dataset, hf://datasets/ORG/NAME/PATH.
 """
 
 from __future__ import annotations
 
 import base64
 import collections
+import csv
 import dataclasses
 import functools
 import itertools
@@ -106,6 +108,8 @@ def _rows_at(path: Path) -> Iterator[tuple[int, dict, tuple[str, int, int] | Non
         yield from _iter_table(path)
     elif path.suffix.lower() == ".jsonl":
         yield from ((n, row, None) for n, row in _iter_jsonl(path))
+    elif path.suffix.lower() == ".tsv":
+        yield from ((n, row, None) for n, row in _iter_tsv(path))
     else:
         yield from ((n, row, None) for n, row in _iter_json_array(path))
 
@@ -156,6 +160,25 @@ def _iter_lines(lines, name: str) -> Iterator[tuple[int, dict]]:
             yield n, json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{name}:{n}: not valid JSON ({err.msg} at column {err.colno}).") from None
+
+
+def _iter_tsv(path: Path) -> Iterator[tuple[int, dict]]:
+    """MMBench's tables (mmbench_dev_20230712.tsv, as LLaVA's eval reads them): a header line, then a row per
+    question with its image as base64 text in "image". The image is decoded; "index" and "question_id" are kept as
+    numbers, as pandas reads them (LLaVA's convert_mmbench_for_submission.py matches answers by the number)."""
+    csv.field_size_limit(1 << 30)  # an image is one field of several hundred KB
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        for n, row in enumerate(csv.DictReader(f, delimiter="\t"), 1):
+            for key in ("index", "question_id"):
+                if str(row.get(key, "")).isdigit():
+                    row[key] = int(row[key])
+            if row.get("image"):
+                try:
+                    row["image"] = base64.b64decode(row["image"], validate=True)
+                except ValueError:
+                    raise DataError(f"{path}:{n}: 'image' is not base64 text (an MMBench table holds the image "
+                                    "itself there).") from None
+            yield n, row
 
 
 def _iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[tuple[int, dict]]:
@@ -312,9 +335,10 @@ def _question_row(row: dict) -> tuple[str, str | None]:
 
 
 def _missing(value) -> bool:
-    """None, NaN, or the strings 'nan' / 'none' (pandas-written tables), as LLaVA's MMBench script reads them."""
+    """None, NaN, or the strings 'nan' / 'none' (pandas-written tables), as LLaVA's MMBench script reads them, or
+    an empty cell of a .tsv table (which pandas reads as NaN)."""
     return (value is None or (isinstance(value, float) and math.isnan(value))
-            or (isinstance(value, str) and value.lower() in ("nan", "none")))
+            or (isinstance(value, str) and value.strip().lower() in ("", "nan", "none")))
 
 
 def llava_turns(conversations: Any, where: str) -> list[tuple[str, str]]:
