@@ -163,6 +163,7 @@ def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_mo
     with zipfile.ZipFile(repo / "images.zip", "w") as z:  # LLaVA-Pretrain's layout: the images in one archive
         for file in sorted((shapes_data / "images").iterdir()):
             z.write(file, f"images/{file.name}")
+    shutil.copytree(shapes_data / "images", repo / "pics" / "images")  # or a folder of image files
     hub_cache("someone/shapes", repo, kind="datasets")
     ref = "hf://datasets/someone/shapes/shards"
     final = train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", f"data={ref}", "steps=1",
@@ -181,8 +182,9 @@ def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_mo
     from llavatune.data import tools
     assert len(tools.mix([ref, f"{ref}:0.5"], seed=0)) == 60  # `data mix` weights: not the ':' of 'hf:'
 
-    report = validate(ValidateConfig(data=ref, images="hf://datasets/someone/shapes/images.zip"))
-    assert report.rows == 40 and not report.problems
+    for images in ("hf://datasets/someone/shapes/images.zip", "hf://datasets/someone/shapes/pics"):
+        report = validate(ValidateConfig(data=ref, images=images))
+        assert report.rows == 40 and not report.problems
 
     monkeypatch.chdir(tmp_path)  # no images= and the images are not here: every row has a problem
     with pytest.raises(LlavatuneError, match=r"rows have problems; see qa.json.errors.txt"):
