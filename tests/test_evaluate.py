@@ -137,7 +137,7 @@ def test_worker_processes_give_the_same_answers_and_name_a_bad_image(tiny_model_
     (tmp_path / "bad.json").write_text(json.dumps(rows))
     with pytest.raises(LlavatuneError, match="missing.png' not found"):
         main(EvalConfig(out=tmp_path / "bad", **{**common, "data": tmp_path / "bad.json"}, data_workers=2))
-    with pytest.raises(LlavatuneError, match=r"bad.json:1: the sample names image .* set --images to the folder"):
+    with pytest.raises(LlavatuneError, match=r"bad.json:1: the sample names image .* --images=DIR names the folder"):
         main(EvalConfig(out=tmp_path / "bad", **{**common, "data": tmp_path / "bad.json", "model": tmp_path / "none",
                                                  "images": None}))
 

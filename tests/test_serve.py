@@ -313,7 +313,7 @@ def test_a_dataset_whose_images_cannot_be_found_is_said_before_the_models_load(t
 
     monkeypatch.setattr(serve, "load_slots", lambda cfg: pytest.fail("loaded the models first"))
     data = shapes_data / "qa.json"
-    with pytest.raises(LlavatuneError, match=r"qa.json:1: the sample names image .* set --images to the folder"):
+    with pytest.raises(LlavatuneError, match=r"qa.json:1: the sample names image .* --images=DIR names the folder"):
         serve.main(ServeConfig(model=tiny_model_dir, port=0, data=data))
     with pytest.raises(LlavatuneError, match=r"--images=\S*nowhere: no such folder"):
         serve.main(ServeConfig(model=tiny_model_dir, port=0, data=data, images=shapes_data / "nowhere"))

@@ -308,5 +308,5 @@ def test_data_with_no_usable_sample_stops_with_a_reason(tiny_model_dir, shapes_d
     with pytest.raises(LlavatuneError, match="images=.*nowhere: no such folder"):  # before the model loads
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "run2", "steps=2", f"images={tmp_path / 'nowhere'}"))
     # images= left out: said at once, before the model (none here) is looked for
-    with pytest.raises(LlavatuneError, match=r"qa.json:1: the sample names image .* set images= to the folder"):
+    with pytest.raises(LlavatuneError, match=r"qa.json:1: the sample names image .* images=DIR names the folder"):
         train(train_config(tmp_path / "no-model", shapes_data, tmp_path / "run4", "steps=2", "images=null"))

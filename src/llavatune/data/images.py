@@ -68,7 +68,7 @@ def check_root(image_dir: Path | None, key: str = "images") -> None:
                         "data's image paths are relative to.")
 
 
-def check_folder_given(records: Iterable[Record], image_dir: Path | None, key: str = "images=") -> None:
+def check_folder_given(records: Iterable[Record], image_dir: Path | None, key: str = "images") -> None:
     """Data that names image files needs the folder they are in: said before a model loads, not as every sample
     dropped. `records`: the rows to look at (a run looks at its first 1,000)."""
     if image_dir is not None:
@@ -76,8 +76,8 @@ def check_folder_given(records: Iterable[Record], image_dir: Path | None, key: s
     for record in records:
         named = next((ref for ref in record.images if isinstance(ref, str)), None)
         if named is not None:
-            raise DataError(f"{record.source}: the sample names image '{named}', but no image folder was given: set "
-                            f"{key} to the folder (or .zip archive) that the data's image paths are relative to.")
+            raise DataError(f"{record.source}: the sample names image '{named}', but no image folder was given: "
+                            f"{key}=DIR names the folder (or .zip archive) that the data's image paths are relative to.")
 
 
 def _local(image_dir: Path | None) -> Path | None:
