@@ -88,7 +88,7 @@ def test_mme_on_a_parquet_file_pairs_the_questions_by_image_content(tmp_path):
         score(["yes", "no", "yes", "yes"], items, ["mme"])
 
 
-def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path):
+def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys):
     """lmms-lab/MME's layout (question, answer, category, question_id = the image's name, image bytes): scored as
     MME with LLaVA-1.5's short-answer instruction added; the answers file keeps each question_id and the question
     as asked."""
@@ -123,6 +123,12 @@ def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path):
     answers = [json.loads(line) for line in (tmp_path / "out" / "answers-model.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [r["question_id"] for r in rows]
     assert answers[0]["prompt"] == "Is it red? Please answer yes or no.\nAnswer the question using a single word or phrase."
+
+    # GQA's questions on the hub name their image (imageId) and keep the images in another config: said, not hidden
+    gqa = [{"id": "201307251", "imageId": "n161313", "question": "Is it red?", "answer": "yes"}]
+    pq.write_table(pa.Table.from_pylist(gqa), tmp_path / "testdev_balanced_instructions.parquet")
+    samples(EvalConfig(model=tiny_model_dir, data=tmp_path / "testdev_balanced_instructions.parquet", out=tmp_path))
+    assert "warning: none of the 1 questions in" in capsys.readouterr().err
 
 
 def test_worker_processes_give_the_same_answers_and_name_a_bad_image(tiny_model_dir, shapes_data, tmp_path):

@@ -83,6 +83,9 @@ def samples(cfg: EvalConfig) -> list[Sample]:
             break
     imagelib.check_root(cfg.images, "--images")
     imagelib.check_folder_given((s.record for s in out), cfg.images, "--images")
+    if out and not any(s.record.images for s in out):  # a split that keeps its images elsewhere (GQA's on the hub)
+        console.print(f"warning: none of the {len(out)} questions in {cfg.data} has an image: they are asked as text "
+                      "only")
     return out
 
 

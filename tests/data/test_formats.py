@@ -63,11 +63,12 @@ def test_openai_messages_with_data_uri_and_path(tmp_path):
 
 
 def test_parquet_with_image_bytes(tmp_path):
-    table = pa.table({"id": ["0", "1"], "image": [{"bytes": png_bytes(), "path": None}] * 2,
-                      "conversations": [[{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]] * 2})
+    table = pa.table({"id": ["0", "1", "2"], "image": [{"bytes": png_bytes(), "path": None}] * 2 + [None],
+                      "conversations": [[{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]] * 2
+                      + [[{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]]})  # the last: text only
     pq.write_table(table, tmp_path / "train.parquet")
     records = list(read_records(tmp_path))  # a dataset folder
-    assert len(records) == 2 and [im.read() for im in records[0].images] == [png_bytes()]
+    assert len(records) == 3 and [im.read() for im in records[0].images] == [png_bytes()] and not records[2].images
     assert isinstance(records[0].images[0], TableImage)  # the record holds its place, not the bytes
     assert "image" not in records[0].raw and records[0].raw["id"] == "0"
 

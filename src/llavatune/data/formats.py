@@ -131,7 +131,7 @@ def _images_in_table(record: Record, at: tuple[str, int, int]) -> Record:
     """The record with its image column's bytes replaced by their place in the table (data URIs in messages
     stay bytes), and that column left out of `raw`."""
     row = record.raw or {}
-    if "messages" in row:
+    if "messages" in row or not record.images:  # data URIs stay bytes; a text-only row has no image column
         return record
     column = "image" if row.get("image") is not None else "images"
     cells = row[column] if isinstance(row[column], list) else [row[column]]
