@@ -146,6 +146,8 @@ def test_mmbench_tables(tmp_path):
     assert first.id == "241" and first.raw["index"] == 241 and first.images == [png_bytes()]
     assert first.turns == [("user", "<image>\nA shape on white.\nWhich colour?\nA. red\nB. blue"), ("assistant", "B")]
     assert second.turns[0] == ("user", '<image>\nWhich one, "this"?\nA. up\nB. down\nC. left')
+    (tmp_path / "text.tsv").write_text(header + "\n1\tq\t\ta\tb\t\t\tA\tc\t\tx\ty\tdev\n")
+    assert next(read_records(tmp_path / "text.tsv")).turns == [("user", "q\nA. a\nB. b"), ("assistant", "A")]
     (tmp_path / "bad.tsv").write_text(header + "\n1\tq\t\ta\tb\t\t\tA\tc\tnot base64!\tx\ty\tdev\n")
     with pytest.raises(DataError, match=r"bad.tsv:1: 'image' is not base64 text"):
         list(read_records(tmp_path / "bad.tsv"))

@@ -172,7 +172,9 @@ def _iter_tsv(path: Path) -> Iterator[tuple[int, dict]]:
             for key in ("index", "question_id"):
                 if str(row.get(key, "")).isdigit():
                     row[key] = int(row[key])
-            if row.get("image"):
+            if not row.get("image"):  # an empty cell: a question without an image
+                row.pop("image", None)
+            else:
                 try:
                     row["image"] = base64.b64decode(row["image"], validate=True)
                 except ValueError:
