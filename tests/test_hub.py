@@ -165,7 +165,7 @@ def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_mo
             z.write(file, f"images/{file.name}")
     shutil.copytree(shapes_data / "images", repo / "pics" / "images")  # or a folder of image files
     hub_cache("someone/shapes", repo, kind="datasets")
-    ref = "hf://datasets/someone/shapes/shards"
+    ref = "hf://datasets/someone/shapes/shards/train-*.parquet"  # a split's shards, as the hub names them
     final = train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", f"data={ref}", "steps=1",
                                "save_every=0"))
     recorded = yaml.safe_load((final / "run_config.yaml").read_text())["data"]
@@ -185,6 +185,8 @@ def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_mo
     for images in ("hf://datasets/someone/shapes/images.zip", "hf://datasets/someone/shapes/pics"):
         report = validate(ValidateConfig(data=ref, images=images))
         assert report.rows == 40 and not report.problems
+    report = validate(ValidateConfig(data="hf://datasets/someone/shapes/shards/train-1*.parquet"))  # one split's
+    assert report.rows == 20 and not report.problems                                                  # shards
 
     monkeypatch.chdir(tmp_path)  # no images= and the images are not here: every row has a problem
     with pytest.raises(LlavatuneError, match=r"rows have problems; see qa.json.errors.txt"):

@@ -47,11 +47,17 @@ def data_path(ref: str | Path) -> Path:
         return Path(ref)
     repo_id, revision, inner = match.group(1), match.group(2), match.group(3).rstrip("/")
     folder = _snapshot(repo_id, f"{data_name(ref)}: the Hugging Face hub did not provide it", repo_type="dataset",
-                       revision=revision, allow_patterns=[inner, f"{inner}/*"])
-    if not (folder / inner).exists():
+                       revision=revision, allow_patterns=[inner] if is_pattern(inner) else [inner, f"{inner}/*"])
+    if not (any(folder.glob(inner)) if is_pattern(inner) else (folder / inner).exists()):
         raise LlavatuneError(f"{data_name(ref)}: the hub dataset {repo_id} has no file or folder {inner!r} (at "
                              f"revision {revision_of(folder)}); the path after the dataset name is the file's path in it.")
     return folder / inner
+
+
+def is_pattern(path: str | Path) -> bool:
+    """A path whose last part is a glob pattern (data/validation-*.parquet): the shards of one split of a dataset
+    whose splits share a folder, as the hub's datasets keep them."""
+    return any(c in Path(path).name for c in "*?[")
 
 
 def is_hub_data(ref: str | Path) -> bool:

@@ -121,9 +121,11 @@ def data_manifest(path: Path) -> dict:
     """Where the data came from and its sha256 (over a folder's files in name order): what a run trained on. Hub
     data is recorded as its hf:// reference with the commit it came from."""
     from llavatune import hub
+    from llavatune.data.formats import table_files
 
     local, digest = hub.data_path(path), hashlib.sha256()
-    for file in sorted(local.rglob("*")) if local.is_dir() else [local]:
+    files = table_files(local) if hub.is_pattern(local) else sorted(local.rglob("*")) if local.is_dir() else [local]
+    for file in files:
         if file.is_file():
             with file.open("rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -121,6 +121,9 @@ def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
                        ("e_test", rows[5:])]:  # a set of shards
         pq.write_table(pa.Table.from_pylist(part), tmp_path / f"{name}.parquet")
     mme, vqa, textvqa, mmb, mmb2, unanswered = read_records(tmp_path)
+    assert [r.id for r in read_records(tmp_path / "[bd]_*.parquet")] == [vqa.id, mmb.id, mmb2.id]  # some shards
+    with pytest.raises(DataError, match=r"validation-\*.parquet: no file matches"):
+        list(read_records(tmp_path / "validation-*.parquet"))
     assert mme.id == "code_reasoning/0020.png" and [im.read() for im in mme.images] == [png_bytes()]
     assert mme.turns == [("user", "<image>\nIs it 5? Please answer yes or no."), ("assistant", "Yes")]
     assert extra_fields(mme) == {"question_id": "code_reasoning/0020.png", "category": "code_reasoning"}

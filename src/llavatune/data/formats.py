@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -102,8 +103,8 @@ def _rows_at(path: Path) -> Iterator[tuple[int, dict, tuple[str, int, int] | Non
         yield from ((n, row, None) for n, row in _iter_lines(sys.stdin, "<stdin>"))
         return
     path = hub.data_path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found.")
+    if not exists(path):
+        raise DataError(f"{path}: " + ("no file matches." if hub.is_pattern(path) else "file not found."))
     if is_table(path):
         yield from _iter_table(path)
     elif path.suffix.lower() == ".jsonl":
@@ -120,11 +121,29 @@ def stored_path(cell) -> str | None:
 
 
 def is_table(path: Path | str) -> bool:
-    """A parquet / arrow file or a folder of them (HF datasets' layouts): rows whose images are inside."""
+    """A parquet / arrow file, a folder of them, or a pattern naming some (HF datasets' layouts): rows whose images
+    are inside."""
     if str(path) == "-":
         return False
     path = hub.data_path(path)
-    return path.is_dir() or path.suffix.lower() in (".parquet", ".arrow")
+    return path.is_dir() or hub.is_pattern(path) or path.suffix.lower() in (".parquet", ".arrow")
+
+
+def table_files(path: Path) -> list[Path]:
+    """The parquet / arrow files of a table: the file, those in the folder (at any depth), or those the pattern's
+    last part matches (data/validation-*.parquet)."""
+    if hub.is_pattern(path):
+        return sorted(f for f in path.parent.glob(path.name) if f.suffix.lower() in (".parquet", ".arrow"))
+    if path.is_dir():
+        return sorted(path.glob("**/*.parquet")) + sorted(path.glob("**/*.arrow"))
+    return [path]
+
+
+def exists(path: Path | str) -> bool:
+    """The data is there: a file, a folder, or a pattern that matches a parquet / arrow file (hub data is
+    downloaded here)."""
+    path = hub.data_path(path)
+    return bool(table_files(path)) if hub.is_pattern(path) else path.exists()
 
 
 def _images_in_table(record: Record, at: tuple[str, int, int]) -> Record:
@@ -144,7 +163,8 @@ def _images_in_table(record: Record, at: tuple[str, int, int]) -> Record:
 def beside(path: Path, suffix: str) -> Path:
     """A file named after the data (errors, plots), written beside it; for hub data in the working folder: the hub
     cache is not ours to write."""
-    return Path(Path(path).name + suffix) if hub.is_hub_data(path) else Path(str(path) + suffix)
+    name = re.sub(r"[*?\[\]]", "_", Path(path).name) + suffix  # a pattern's file: no glob characters in its name
+    return Path(name) if hub.is_hub_data(path) else Path(path).parent / name
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -230,15 +250,14 @@ def _skip_ws(buf: str, pos: int) -> int:
 
 
 def _iter_table(path: Path) -> Iterator[tuple[int, dict, tuple[str, int, int]]]:
-    """Rows of a parquet / arrow file or folder of them, 256 at a time whatever the size of the row groups."""
+    """Rows of a parquet / arrow table (see table_files), 256 at a time whatever the size of the row groups."""
     try:
         import pyarrow.parquet as pq
         import pyarrow as pa
     except ImportError:
         raise DataError(f"{path}: reading parquet/arrow needs pyarrow: pip install pyarrow") from None
-    files = sorted(path.glob("**/*.parquet")) + sorted(path.glob("**/*.arrow")) if path.is_dir() else [path]
     n = 0
-    for file in files:
+    for file in table_files(path):
         if file.suffix == ".parquet":
             table = pq.ParquetFile(file)
             groups = ((g, table.iter_batches(batch_size=256, row_groups=[g])) for g in range(table.num_row_groups))

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llavatune import hub
+from llavatune.data import formats
 from llavatune.data.formats import iter_rows
 from llavatune.errors import LlavatuneError
 from llavatune.model import shapes, trainable
@@ -48,7 +49,7 @@ def meta_model(cfg: TrainConfig):
 
 
 def count_rows(path: Path) -> int | None:
-    if not hub.is_hub_data(path) and not Path(path).exists():
+    if not hub.is_hub_data(path) and not formats.exists(path):
         return None
     return sum(1 for _ in iter_rows(Path(path)))
 

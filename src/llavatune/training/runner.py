@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 
 from llavatune import hub
 from llavatune.config import read_run_config, save_run_config, to_dict
+from llavatune.data import formats
 from llavatune.data import images as imagelib
 from llavatune.data.dataset import SupervisedDataset, batch_order, collate, n_tokens
-from llavatune.data.formats import read_records
 from llavatune.data.loader import auto_workers
 from llavatune.data.templates import get_template, to_jinja
 from llavatune.errors import LlavatuneError
@@ -330,12 +330,13 @@ def _check_paths(cfg: TrainConfig) -> Path:
     returns its folder."""
     for key in ("data", "eval_data"):
         path = getattr(cfg, key)
-        if path is not None and not hub.data_path(path).exists():  # hub data is downloaded here
-            raise LlavatuneError(f"{key}={path}: no such file or folder.")
+        if path is not None and not formats.exists(path):  # hub data is downloaded here
+            raise LlavatuneError(f"{key}={path}: no such file or folder" + (", or no file matches" if
+                                                                          hub.is_pattern(path) else "") + ".")
     imagelib.check_root(cfg.images)
     for path in (cfg.data, cfg.eval_data):
         if path is not None:
-            imagelib.check_folder_given(itertools.islice(read_records(path, strict=False), 1000), cfg.images)
+            imagelib.check_folder_given(itertools.islice(formats.read_records(path, strict=False), 1000), cfg.images)
     return loadlib.resolve(cfg.model)  # "no such model, run or checkpoint folder"
 
 
