@@ -105,6 +105,10 @@ def test_the_row_tools_keep_the_images_of_parquet_data(shapes_data, tmp_path):
         assert all(originals[i] == images for i, images in image_bytes(out).items())
         assert {r.raw["category"] for r in read_records(out)} == {"shapes"}
     assert set(image_bytes(tmp_path / "split/train.parquet")).isdisjoint(image_bytes(tmp_path / "split/val.parquet"))
+    rows = list(tools.rows_of(data))
+    mixed = [*rows[:9] * 30, {**rows[9], "source": "other"}]  # a field that only the 271st row has
+    assert tools.write_rows(tmp_path / "mixed.parquet", mixed) == 271
+    assert [r.raw["source"] for r in read_records(tmp_path / "mixed.parquet")][-2:] == [None, "other"]
     with pytest.raises(LlavatuneError, match=r"s.json: row 1 holds image bytes .* write a \.parquet file"):
         tools.write_rows(tmp_path / "s.json", tools.rows_of(data))
     assert not list(tmp_path.glob("*.s.json*")) and not (tmp_path / "s.json").exists()

@@ -29,7 +29,11 @@ def write_rows(path: Path | str, rows: Iterable[dict]) -> int:
     """Write rows as a JSON list (.json), JSON lines (.jsonl, or stdout for '-'), or a .parquet file (which keeps
     the images of rows read from parquet / arrow data inside); atomic for files."""
     if str(path).endswith(".parquet"):
-        return write_parquet(path, (to_record(row, f"row {n}") for n, row in enumerate(rows, 1)), None)
+        records = (to_record(row, f"row {n}") for n, row in enumerate(rows, 1))
+        if isinstance(rows, list):  # held already (mix, sample): columns for every field of every row
+            records = list(records)
+            return write_parquet(path, records, None, columns=column_types(map(extra_fields, records)))
+        return write_parquet(path, records, None)
     if str(path) == "-":
         n = 0
         for n, row in enumerate(rows, 1):
