@@ -118,6 +118,9 @@ def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys
     assert [s.answer for s in items] == ["Yes", "No", "Yes", "No"]
     assert score(["yes", "no", "no", "no"], items, ["mme"]) == {
         "mme_perception": 200.0, "mme_cognition": 50.0, "mme_color": 200.0, "mme_code_reasoning": 50.0}
+    assert score(["yes", "no", "no", "no"], items, ["pope"]) == {  # POPE's rule, per category (here MME's)
+        "pope_f1": 0.5, "pope_code_reasoning_accuracy": 0.5, "pope_code_reasoning_f1": 0.0,
+        "pope_color_accuracy": 1.0, "pope_color_f1": 1.0}
     result = main(cfg)
     assert set(result["models"]["model"]) >= {"mme_perception", "yesno_accuracy"}
     answers = [json.loads(line) for line in (tmp_path / "out" / "answers-model.jsonl").read_text().splitlines()]
@@ -127,8 +130,11 @@ def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys
     # GQA's questions on the hub name their image (imageId) and keep the images in another config: said, not hidden
     gqa = [{"id": "201307251", "imageId": "n161313", "question": "Is it red?", "answer": "yes"}]
     pq.write_table(pa.Table.from_pylist(gqa), tmp_path / "testdev_balanced_instructions.parquet")
-    samples(EvalConfig(model=tiny_model_dir, data=tmp_path / "testdev_balanced_instructions.parquet", out=tmp_path))
+    items = samples(EvalConfig(model=tiny_model_dir, data=tmp_path / "testdev_balanced_instructions.parquet",
+                               out=tmp_path))
     assert "warning: none of the 1 questions in" in capsys.readouterr().err
+    with pytest.raises(LlavatuneError, match=r"--metrics pope: .*:1 has no \"category\""):
+        score(["yes"], items, ["pope"])
 
 
 def test_worker_processes_give_the_same_answers_and_name_a_bad_image(tiny_model_dir, shapes_data, tmp_path):

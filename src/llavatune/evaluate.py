@@ -26,11 +26,11 @@ from llavatune.data.formats import DataError, Record, read_records
 from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
-from llavatune.metrics import choice_accuracy, exact_match, mme_scores, vqa_accuracy, yesno_scores
+from llavatune.metrics import choice_accuracy, exact_match, mme_scores, pope_scores, vqa_accuracy, yesno_scores
 from llavatune.report import metric_table, trained_count, write_all
 
 console = Console(stderr=True)
-METRICS = ("em", "vqa", "yesno", "choice", "mme")
+METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme")
 SUFFIXES = {  # the instructions LLaVA-1.5's evaluation adds to a benchmark's questions (its question files hold them)
     "short": "\nAnswer the question using a single word or phrase.",
     "letter": "\nAnswer with the option's letter from the given choices directly.",
@@ -46,7 +46,7 @@ class EvalConfig:
     images: Path | None = None
     compare: Path | None = None      # a second model (the fine-tuned one): labels base / finetuned
     adapter: Path | None = None      # or: the same model with this adapter as the second model
-    metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])  # em, vqa, yesno, choice, mme
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])  # em, vqa, yesno, pope, choice, mme
     limit: int | None = None
     batch_size: int = 1              # batch 1 by default for comparability; batched answers are identical
     max_new_tokens: int = 32
@@ -157,6 +157,8 @@ def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str
         out["vqa_accuracy"] = sum(vqa_accuracy(p, gt_answers(s)) for p, s in zip(preds, items)) / n
     if "yesno" in metrics:
         out.update(yesno_scores(preds, refs))
+    if "pope" in metrics:
+        out.update(pope_scores(preds, refs, [pope_category(s) for s in items]))
     if "choice" in metrics:
         out["choice_accuracy"] = choice_accuracy(preds, refs)
     if "mme" in metrics:
@@ -165,6 +167,15 @@ def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str
         except ValueError as err:
             raise LlavatuneError(f"--metrics mme: {err}") from None
     return out
+
+
+def pope_category(sample: Sample) -> str:
+    """adversarial / popular / random: the row's "category" (LLaVA's llava_pope_test.jsonl, lmms-lab/POPE)."""
+    category = (sample.record.raw or {}).get("category")
+    if not category:
+        raise LlavatuneError(f"--metrics pope: {sample.record.source} has no \"category\" (adversarial, popular or "
+                             "random), which POPE scores apart; use --metrics yesno for one score over all rows.")
+    return str(category)
 
 
 def mme_image_and_category(sample: Sample) -> tuple[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llavatune.metrics import (choice_accuracy, exact_match, extract_choice, mme_label, mme_scores,
-                               normalize_vqa_answer, vqa_accuracy, yes_or_no, yesno_scores)
+                               normalize_vqa_answer, pope_scores, vqa_accuracy, yes_or_no, yesno_scores)
 
 
 @pytest.mark.parametrize("raw,expected", [
@@ -94,3 +94,17 @@ def test_mme_scores_pair_questions_per_image():
                       "mme_code_reasoning": 0.0, "mme_count": 200.0}
     with pytest.raises(ValueError, match="two questions per image"):
         mme_scores(preds[:3], refs[:3], images[:3], cats[:3])
+
+
+def test_pope_scores_each_category_apart_and_reports_their_mean_f1():
+    """As LLaVA's eval_pope.py: one score per category file; LLaVA-1.5's POPE number is the mean of the F1s."""
+    preds = ["yes", "no", "yes", "yes"] + ["yes", "no", "no", "no"]
+    refs = ["yes", "no", "no", "yes"] + ["yes", "yes", "no", "no"]
+    categories = ["adversarial"] * 4 + ["random"] * 4
+    scores = pope_scores(preds, refs, categories)
+    adversarial, random = yesno_scores(preds[:4], refs[:4]), yesno_scores(preds[4:], refs[4:])
+    assert scores["pope_adversarial_f1"] == adversarial["yesno_f1"] == 0.8
+    assert scores["pope_random_f1"] == random["yesno_f1"] == pytest.approx(2 / 3)
+    assert scores["pope_random_accuracy"] == 0.75
+    assert scores["pope_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert scores["pope_f1"] != yesno_scores(preds, refs)["yesno_f1"]  # not one score over the pooled rows

@@ -1,10 +1,10 @@
-"""Scores as pure functions: exact match, VQA accuracy (official normalisation), yes/no (POPE), choice, MME."""
+"""Scores as pure functions: exact match, VQA accuracy (official normalisation), yes/no, POPE, choice, MME."""
 
 from llavatune.metrics.choice import choice_accuracy, extract_choice
 from llavatune.metrics.exact import exact_match, normalize_answer
 from llavatune.metrics.mme import mme_label, mme_scores
 from llavatune.metrics.vqa import normalize_vqa_answer, vqa_accuracy
-from llavatune.metrics.yesno import yes_or_no, yesno_scores
+from llavatune.metrics.yesno import pope_scores, yes_or_no, yesno_scores
 
 __all__ = ["exact_match", "normalize_answer", "normalize_vqa_answer", "vqa_accuracy", "yes_or_no", "yesno_scores",
-           "extract_choice", "choice_accuracy", "mme_label", "mme_scores"]
+           "pope_scores", "extract_choice", "choice_accuracy", "mme_label", "mme_scores"]

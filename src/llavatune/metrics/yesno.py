@@ -23,3 +23,15 @@ def yesno_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"yesno_accuracy": (tp + tn) / max(1, len(p)), "yesno_precision": precision, "yesno_recall": recall,
             "yesno_f1": f1, "yes_ratio": sum(p) / max(1, len(p))}
+
+
+def pope_scores(preds: list[str], refs: list[str], categories: list[str]) -> dict[str, float]:
+    """POPE as LLaVA-1.5 reports it: yes/no accuracy and F1 within each category (adversarial, popular, random:
+    eval_pope.py scores each category's file apart), and `pope_f1`, their F1s' mean (85.9 for LLaVA-1.5-7B)."""
+    out: dict[str, float] = {}
+    for category in sorted(set(categories)):
+        mine = [i for i, c in enumerate(categories) if c == category]
+        scores = yesno_scores([preds[i] for i in mine], [refs[i] for i in mine])
+        out[f"pope_{category}_accuracy"], out[f"pope_{category}_f1"] = scores["yesno_accuracy"], scores["yesno_f1"]
+    f1s = [v for k, v in out.items() if k.endswith("_f1")]
+    return {"pope_f1": sum(f1s) / max(1, len(f1s)), **out}
