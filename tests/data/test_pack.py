@@ -115,3 +115,6 @@ def test_convert_unpacks_the_images_a_dataset_holds_into_a_folder(shapes_data, t
         tools.convert_file(str(tmp_path / "bad.parquet"), "llava", str(tmp_path / "bad.json"), tmp_path / "bad")
     with pytest.raises(LlavatuneError, match=r"unpack them into a folder with `llavatune data convert"):
         tools.convert_file(str(data), "llava", str(tmp_path / "no.json"))
+    for folder in (tmp_path / "images.zip", Path("hf://datasets/someone/shapes/images")):  # a Path, as the CLI gives it
+        with pytest.raises(LlavatuneError, match=r"images are unpacked into a folder here; name a local folder"):
+            tools.convert_file(str(data), "llava", str(tmp_path / "no.json"), folder)

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 
 from PIL import Image
 
+from llavatune import hub
 from llavatune.data import images as imagelib
 from llavatune.data.formats import DataError, Record, TableImage, llava_row, stored_path
 from llavatune.errors import LlavatuneError
@@ -118,7 +119,7 @@ def unpack(records: Iterable[Record], image_dir: Path) -> Iterator[Record]:
     bytes) reuses its file; a file already there with other content is never overwritten: the image takes the
     next free name. The count goes to stderr at the end."""
     root = Path(image_dir)
-    if root.suffix.lower() == ".zip" or str(image_dir).startswith("hf://"):
+    if root.suffix.lower() == ".zip" or hub.is_hub_data(image_dir):
         raise LlavatuneError(f"--images {image_dir}: images are unpacked into a folder here; name a local folder.")
     files: dict[str, str] = {}  # sha256 of an image's bytes -> its file, for the images met in this run
     taken: set[str] = set()     # names known to hold other bytes
