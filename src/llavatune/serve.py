@@ -337,17 +337,6 @@ class Samples:
                 "question": user[0].replace("<image>", "").strip() if user else "", "reference": reference}
 
 
-def _check_data(data: Path, images: Path | None) -> None:
-    """--data is there and its images can be found: a sample tab that could show nothing is said at start."""
-    import itertools
-
-    from llavatune.data import images as imagelib
-    from llavatune.data.formats import read_records
-
-    imagelib.check_root(images, "--images")
-    imagelib.check_folder_given(itertools.islice(read_records(data, strict=False), 1000), images, "--images")
-
-
 def _check_port(host: str, port: int) -> None:
     import socket
 
@@ -367,8 +356,10 @@ def main(cfg: ServeConfig) -> None:
         print(f"warning: serving on {cfg.host} without an API key: anyone who reaches this machine can use the "
               "models. Set LLAVATUNE_API_KEY (or --api-key).", file=sys.stderr)
     _check_port(cfg.host, cfg.port)  # before the models load, which may take minutes
-    if cfg.data is not None:
-        _check_data(cfg.data, cfg.images)
+    if cfg.data is not None:  # a sample tab that could show nothing is said at start
+        from llavatune.data import images as imagelib
+
+        imagelib.check_findable(cfg.data, cfg.images, "--images")
     slots = load_slots(cfg)
     print(f"serving {', '.join(slots)} on http://{cfg.host}:{cfg.port}  (OpenAI API at /v1, page at /)")
     uvicorn.run(create_app(cfg, slots), host=cfg.host, port=cfg.port, log_level="warning")

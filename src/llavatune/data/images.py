@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import os
 import posixpath
 import zipfile
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from llavatune import hub
-from llavatune.data.formats import DataError, Record, TableImage
+from llavatune.data.formats import DataError, Record, TableImage, read_records
 
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -66,6 +67,12 @@ def check_root(image_dir: Path | None, key: str = "images") -> None:
     if image_dir is not None and not (_local(image_dir).is_dir() or _is_archive(_local(image_dir))):
         raise DataError(f"{key}={image_dir}: no such folder or .zip archive; give the folder (or archive) that the "
                         "data's image paths are relative to.")
+
+
+def check_findable(data: Path | str, image_dir: Path | None, key: str = "images") -> None:
+    """The image folder (or archive) exists, and is given if the data's first 1,000 rows name image files."""
+    check_root(image_dir, key)
+    check_folder_given(itertools.islice(read_records(data, strict=False), 1000), image_dir, key)
 
 
 def check_folder_given(records: Iterable[Record], image_dir: Path | None, key: str = "images") -> None:

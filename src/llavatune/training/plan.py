@@ -49,7 +49,7 @@ def meta_model(cfg: TrainConfig):
 
 
 def count_rows(path: Path) -> int | None:
-    if not hub.is_hub_data(path) and not formats.exists(path):
+    if not formats.exists(path):  # hub data: downloaded here
         return None
     return sum(1 for _ in iter_rows(Path(path)))
 

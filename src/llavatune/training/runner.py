@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import random
 from pathlib import Path
 
@@ -331,12 +330,11 @@ def _check_paths(cfg: TrainConfig) -> Path:
     for key in ("data", "eval_data"):
         path = getattr(cfg, key)
         if path is not None and not formats.exists(path):  # hub data is downloaded here
-            raise LlavatuneError(f"{key}={path}: no such file or folder" + (", or no file matches" if
-                                                                          hub.is_pattern(path) else "") + ".")
-    imagelib.check_root(cfg.images)
+            raise LlavatuneError(f"{key}={path}: " + ("no file matches." if hub.is_pattern(path) else
+                                                      "no such file or folder."))
     for path in (cfg.data, cfg.eval_data):
         if path is not None:
-            imagelib.check_folder_given(itertools.islice(formats.read_records(path, strict=False), 1000), cfg.images)
+            imagelib.check_findable(path, cfg.images)
     return loadlib.resolve(cfg.model)  # "no such model, run or checkpoint folder"
 
 
