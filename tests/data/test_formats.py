@@ -116,11 +116,13 @@ def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
         {"index": 242, "question": "Which?", "hint": "nan", "A": "up", "B": "down", "C": None, "D": None,
          "answer": "A", "image": image},
         {"question_id": 9, "question": "Is the sky blue?", "image": image},
+        {"question_id": "101669", "question": "How many?", "choice_a": "1", "choice_b": "2", "choice_c": "3",
+         "choice_d": "4", "answer": "B", "image": image},  # SEED-Bench's columns
     ]
     for name, part in [("a_mme", rows[:1]), ("b_vqav2", rows[1:2]), ("c_textvqa", rows[2:3]), ("d_mmbench", rows[3:5]),
-                       ("e_test", rows[5:])]:  # a set of shards
+                       ("e_test", rows[5:6]), ("f_seed", rows[6:])]:  # a set of shards
         pq.write_table(pa.Table.from_pylist(part), tmp_path / f"{name}.parquet")
-    mme, vqa, textvqa, mmb, mmb2, unanswered = read_records(tmp_path)
+    mme, vqa, textvqa, mmb, mmb2, unanswered, seed = read_records(tmp_path)
     assert [r.id for r in read_records(tmp_path / "[bd]_*.parquet")] == [vqa.id, mmb.id, mmb2.id]  # some shards
     with pytest.raises(DataError, match=r"validation-\*.parquet: no file matches"):
         list(read_records(tmp_path / "validation-*.parquet"))
@@ -132,6 +134,7 @@ def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
         ("user", "<image>\nA shape on white.\nWhich colour?\nA. red\nB. blue"), ("assistant", "B")]
     assert mmb2.turns[0] == ("user", "<image>\nWhich?\nA. up\nB. down")
     assert unanswered.turns == [("user", "<image>\nIs the sky blue?")]
+    assert seed.turns == [("user", "<image>\nHow many?\nA. 1\nB. 2\nC. 3\nD. 4"), ("assistant", "B")]
     pq.write_table(pa.Table.from_pylist([{"question": "What?", "answer": "x", "img": image}]), tmp_path / "f.parquet")
     with pytest.raises(DataError, match=r"f.parquet:1: column 'img' holds images, .* ds.rename_column\('img', 'image'\)"):
         list(read_records(tmp_path / "f.parquet"))

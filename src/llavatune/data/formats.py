@@ -9,8 +9,9 @@ Formats (detected per row, so mixed files work):
 - LLaVA benchmark questions (llava/eval's question files): {"question_id", "image" (optional), "text"}, one
   question, no answer; the question is asked as LLaVA's model_vqa_loader asks it, "<image>\n" + text;
 - question/answer rows, the layout of the evaluation sets on the hub (lmms-lab's MME, POPE, VQAv2, TextVQA,
-  MMBench, ...): {"question", "image", "answer" | "multiple_choice_answer" | "answers" (optional), "hint" and
-  options "A".."D" (optional)}; asked as LLaVA's model_vqa_mmbench asks (hint, question, "A. ..." lines);
+  MMBench, SEED-Bench, ...): {"question", "image", "answer" | "multiple_choice_answer" | "answers" (optional),
+  "hint" and options "A".."D" or "choice_a".."choice_d" (optional)}; asked as LLaVA's model_vqa_mmbench asks
+  (hint, question, "A. ..." lines);
 - files: .json (a list, streamed object by object), .jsonl, .tsv (MMBench's tables, images as base64), and HF
   datasets on disk (.parquet / .arrow, or a `save_to_disk` folder) whose image column holds bytes; any of these in
   a hub dataset, hf://datasets/ORG/NAME/PATH.
@@ -337,16 +338,17 @@ def _no_other_image_column(row: dict, where: str) -> None:
 
 
 def _question_row(row: dict) -> tuple[str, str | None]:
-    """(the question as LLaVA's model_vqa_mmbench builds it: hint, question, then "A. ..." for options A to D up to
-    the first missing one; the reference answer: "answer", VQAv2's "multiple_choice_answer", or the most common of
+    """(the question as LLaVA's model_vqa_mmbench builds it: hint, question, then "A. ..." for options A to D
+    ("A".."D" or "choice_a".."choice_d") up to the first missing one; the reference answer: "answer", VQAv2's "multiple_choice_answer", or the most common of
     "answers"; None when the row has none)."""
     question = row["question"]
     if not _missing(row.get("hint")):
         question = f"{row['hint']}\n{question}"
     for letter in "ABCD":
-        if _missing(row.get(letter)):
+        option = row.get(letter, row.get(f"choice_{letter.lower()}"))  # MMBench's columns, or SEED-Bench's
+        if _missing(option):
             break
-        question += f"\n{letter}. {row[letter]}"
+        question += f"\n{letter}. {option}"
     for key in ("answer", "multiple_choice_answer"):
         if isinstance(row.get(key), (str, int, float)) and not _missing(row[key]):
             return question, str(row[key])
