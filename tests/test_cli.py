@@ -103,6 +103,7 @@ def test_debug_reaches_the_launched_processes(tmp_path):
     # both processes fail the same way: torchrun names the one that stopped first
     assert "no such file or folder" in plain.stderr and "OMP_NUM_THREADS" not in plain.stderr  # no torchrun banner
     assert re.search(r"error: process [01] of the run stopped \(exit code 2\); its message is above", plain.stderr)
+    assert "failed (exitcode" not in plain.stderr and "failed (exitcode" in debug.stderr  # torchrun's log line
     assert debug.returncode != 0 and "in main" in debug.stderr and "llavatune/train" in debug.stderr
 
 

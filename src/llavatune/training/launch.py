@@ -2,12 +2,14 @@
 
 `python -m llavatune.training.launch` is torchrun (torch.distributed.run) with one change: when a process
 fails, it has already printed its own one-line error (its traceback with --debug), and torchrun's
-ChildFailedError traceback on top of that is 30 lines that hide it. That one becomes a line too, and the exit
-code is the failed process's.
+ChildFailedError traceback on top of that is 30 lines that hide it. That one becomes a line too, the exit
+code is the failed process's, and torchrun's log lines about stopping the other processes are left out
+(they come back with --debug).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -49,6 +51,8 @@ def main(argv: list[str]) -> int:
     from torch.distributed.run import parse_args, run
 
     args = parse_args(argv)
+    if "--debug" not in argv:  # "Sending process N closing signal SIGTERM", "failed (exitcode: 2) ...": said below
+        logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     try:
         run(args)
     except DistNetworkError as err:
