@@ -56,8 +56,9 @@ def data_path(ref: str | Path) -> Path:
 
 def is_pattern(path: str | Path) -> bool:
     """A path whose last part is a glob pattern (data/validation-*.parquet): the shards of one split of a dataset
-    whose splits share a folder, as the hub's datasets keep them."""
-    return any(c in Path(path).name for c in "*?[")
+    whose splits share a folder, as the hub's datasets keep them. A file that exists under that very name
+    ("qa [copy].json") is that file."""
+    return any(c in Path(path).name for c in "*?[") and not Path(path).exists()
 
 
 def is_hub_data(ref: str | Path) -> bool:

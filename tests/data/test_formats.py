@@ -126,6 +126,8 @@ def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
     assert [r.id for r in read_records(tmp_path / "[bd]_*.parquet")] == [vqa.id, mmb.id, mmb2.id]  # some shards
     with pytest.raises(DataError, match=r"validation-\*.parquet: no file matches"):
         list(read_records(tmp_path / "validation-*.parquet"))
+    (tmp_path / "qa [copy].jsonl").write_text(json.dumps({"question": "Is it?", "answer": "yes"}) + "\n")
+    assert [r.turns for r in read_records(tmp_path / "qa [copy].jsonl")] == [[("user", "Is it?"), ("assistant", "yes")]]
     assert mme.id == "code_reasoning/0020.png" and [im.read() for im in mme.images] == [png_bytes()]
     assert mme.turns == [("user", "<image>\nIs it 5? Please answer yes or no."), ("assistant", "Yes")]
     assert extra_fields(mme) == {"question_id": "code_reasoning/0020.png", "category": "code_reasoning"}
