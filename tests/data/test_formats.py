@@ -70,7 +70,55 @@ def test_parquet_with_image_bytes(tmp_path):
     records = list(read_records(tmp_path))  # a dataset folder
     assert len(records) == 3 and [im.read() for im in records[0].images] == [png_bytes()] and not records[2].images
     assert isinstance(records[0].images[0], TableImage)  # the record holds its place, not the bytes
-    assert "image" not in records[0].raw and records[0].raw["id"] == "0"
+    assert records[0].raw["image"] is records[0].images[0] and records[0].raw["id"] == "0"  # no bytes kept
+
+
+@pytest.mark.parametrize("layout", ["struct", "list", "binary"])
+def test_a_table_scan_leaves_the_image_bytes_in_the_file(tmp_path, monkeypatch, layout):
+    """Reading a parquet dataset's rows reads the names beside its images, not the images (a 100 GB dataset is
+    scanned at every start, by every rank), wherever the bytes' null count shows no image is a bare file name;
+    the images read later are the same bytes. A row group holding a path-only image is read whole, so that image
+    stays a file name. Arrow files (memory-mapped) give the same records."""
+    import pyarrow.parquet as pqmod
+
+    images = [png_bytes((i * 40, 0, 0)) for i in range(6)]
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    if layout == "struct":
+        cells = [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)]
+        cells[2] = None  # a text-only row
+        kind = struct
+    elif layout == "list":
+        cells = [[{"bytes": b, "path": None}] for b in images]
+        cells[2], cells[4] = [], None
+        kind = pa.list_(struct)
+    else:
+        cells, kind = list(images), pa.binary()
+        cells[2] = None
+    turns = [[{"from": "human", "value": ("<image>\n" if cells[i] else "") + f"Q{i}"}, {"from": "gpt", "value": "A"}]
+             for i in range(6)]
+    table = pa.table({"id": [str(i) for i in range(6)], "image": pa.array(cells, type=kind), "conversations": turns})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=4)
+    read = []
+    real = pqmod.ParquetFile.iter_batches
+    monkeypatch.setattr(pqmod.ParquetFile, "iter_batches",
+                        lambda self, *a, **k: read.append(k.get("columns")) or real(self, *a, **k))
+    records = list(read_records(tmp_path / "t.parquet"))
+    expected = [[b] if cells[i] else [] for i, b in enumerate(images)]
+    assert [[im.read() for im in r.images] for r in records] == expected
+    lazy = layout != "binary"  # a plain binary column has no names to read instead
+    assert all((c is not None and not any(name == "image" for name in c)) == lazy for c in read)
+    if layout == "struct":
+        assert [im.path for r in records for im in r.images] == ["0.png", "1.png", "3.png", "4.png", "5.png"]
+        with pa.ipc.new_file(str(tmp_path / "t.arrow"), table.schema) as writer:
+            writer.write_table(table)
+        assert [[im.read() for im in r.images] for r in read_records(tmp_path / "t.arrow")] == expected
+        cells[5] = {"bytes": None, "path": "images/5.png"}  # an image kept as a file name only
+        pq.write_table(pa.table({"id": [str(i) for i in range(6)], "image": pa.array(cells, type=kind),
+                                 "conversations": turns}), tmp_path / "u.parquet", row_group_size=4)
+        read.clear()
+        records = list(read_records(tmp_path / "u.parquet"))
+        assert records[5].images == ["images/5.png"] and records[4].images[0].read() == images[4]
+        assert read[1] is None  # that row group read whole; the first one without its bytes
 
 
 def test_json_array_is_streamed_across_chunk_boundaries(tmp_path):

@@ -74,34 +74,27 @@ class Record:
     turns: list[tuple[str, str]]
     images: list[str | bytes | TableImage] = dataclasses.field(default_factory=list)
     source: str = ""   # file:row, for error messages
-    raw: dict | None = None  # the original row (less a table's image column), for tools that rewrite files
+    raw: dict | None = None  # the original row (a table's images as TableImage), for tools that rewrite files
 
 
 def read_records(path: Path | str, strict: bool = True) -> Iterator[Record]:
     """Yield records from a file; a malformed row raises DataError naming `file:row` (strict) or is skipped.
     Images of a parquet / arrow file stay there (TableImage), to be read when opened."""
     name = hub.data_name(path)
-    for row_number, row, at in _rows_at(Path(path)):
+    for row_number, row in iter_rows(Path(path)):
         try:
-            record = to_record(row, f"{name}:{row_number}")
+            yield to_record(row, f"{name}:{row_number}")
         except DataError:
             if strict:
                 raise
-            continue
-        yield record if at is None else _images_in_table(record, at)
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(row number from 1, row dict) for .json / .jsonl / .parquet / .arrow files, dataset folders, such files and
-    folders in a hub dataset (hf://datasets/ORG/NAME/PATH), and JSON lines on standard input when the path is '-'."""
-    for row_number, row, _ in _rows_at(path):
-        yield row_number, row
-
-
-def _rows_at(path: Path) -> Iterator[tuple[int, dict, tuple[str, int, int] | None]]:
-    """iter_rows, with each table row's place (file, group, row in the group); None for JSON rows."""
+    """(row number from 1, row dict) for .json / .jsonl / .tsv / .parquet / .arrow files, dataset folders and
+    patterns, such files, folders and patterns in a hub dataset (hf://datasets/ORG/NAME/PATH), and JSON lines on
+    standard input when the path is '-'. A table's image cells are TableImage placeholders (see _iter_table)."""
     if str(path) == "-":
-        yield from ((n, row, None) for n, row in _iter_lines(sys.stdin, "<stdin>"))
+        yield from _iter_lines(sys.stdin, "<stdin>")
         return
     path = hub.data_path(path)
     if not exists(path):
@@ -109,11 +102,11 @@ def _rows_at(path: Path) -> Iterator[tuple[int, dict, tuple[str, int, int] | Non
     if is_table(path):
         yield from _iter_table(path)
     elif path.suffix.lower() == ".jsonl":
-        yield from ((n, row, None) for n, row in _iter_jsonl(path))
+        yield from _iter_jsonl(path)
     elif path.suffix.lower() == ".tsv":
-        yield from ((n, row, None) for n, row in _iter_tsv(path))
+        yield from _iter_tsv(path)
     else:
-        yield from ((n, row, None) for n, row in _iter_json_array(path))
+        yield from _iter_json_array(path)
 
 
 def stored_path(cell) -> str | None:
@@ -145,20 +138,6 @@ def exists(path: Path | str) -> bool:
     downloaded here)."""
     path = hub.data_path(path)
     return bool(table_files(path)) if hub.is_pattern(path) else path.exists()
-
-
-def _images_in_table(record: Record, at: tuple[str, int, int]) -> Record:
-    """The record with its image column's bytes replaced by their place in the table (data URIs in messages
-    stay bytes), and that column left out of `raw`."""
-    row = record.raw or {}
-    if "messages" in row or not record.images:  # data URIs stay bytes; a text-only row has no image column
-        return record
-    column = "image" if row.get("image") is not None else "images"
-    cells = row[column] if isinstance(row[column], list) else [row[column]]
-    images = [TableImage(*at, column, k, stored_path(cells[k])) if isinstance(im, bytes) else im
-              for k, im in enumerate(record.images)]
-    raw = {key: value for key, value in row.items() if key != column}
-    return dataclasses.replace(record, images=images, raw=raw)
 
 
 def beside(path: Path, suffix: str) -> Path:
@@ -250,27 +229,107 @@ def _skip_ws(buf: str, pos: int) -> int:
     return pos
 
 
-def _iter_table(path: Path) -> Iterator[tuple[int, dict, tuple[str, int, int]]]:
-    """Rows of a parquet / arrow table (see table_files), 256 at a time whatever the size of the row groups."""
+def _iter_table(path: Path) -> Iterator[tuple[int, dict]]:
+    """Rows of a parquet / arrow table (see table_files), 256 at a time whatever the size of the row groups. The
+    image column's cells come as TableImage placeholders (a path-only image as its path), so that the bytes stay
+    in the file until a sample is drawn; from parquet they are not even read here (only the names stored beside
+    them) where the file's statistics show that every image holds bytes."""
     try:
-        import pyarrow.parquet as pq
         import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading parquet/arrow needs pyarrow: pip install pyarrow") from None
     n = 0
     for file in table_files(path):
         if file.suffix == ".parquet":
-            table = pq.ParquetFile(file)
-            groups = ((g, table.iter_batches(batch_size=256, row_groups=[g])) for g in range(table.num_row_groups))
+            pf = pq.ParquetFile(file)
+            column = _image_column(pf.schema_arrow)
+            batches = _parquet_batches(pf, column)
         else:
-            groups = ((g, [batch]) for g, batch in enumerate(_arrow_batches(pa, file)))
-        for g, batches in groups:
-            i = 0
-            for batch in batches:
-                for row in batch.to_pylist():
-                    n += 1
-                    yield n, row, (str(file), g, i)
-                    i += 1
+            column, batches = None, enumerate(_arrow_batches(pa, file))
+        start: dict[int, int] = {}  # row group -> rows of it read so far
+        for g, batch in batches:
+            i0, start[g] = start.get(g, 0), start.get(g, 0) + batch.num_rows
+            column = column or _image_column(batch.schema)
+            rows = batch.drop_columns([column]).to_pylist() if column else batch.to_pylist()
+            if column:
+                for row, cell in zip(rows, _placeholders(batch.column(column), str(file), g, i0, column)):
+                    row[column] = cell
+            for row in rows:
+                n += 1
+                yield n, row
+
+
+def _image_column(schema) -> str | None:
+    """'image' or 'images' where it holds image bytes (HF datasets' Image feature, or plain binary), else None:
+    a column of file names stays as it is."""
+    import pyarrow as pa
+
+    def holds_bytes(t) -> bool:
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return holds_bytes(t.value_type)
+        if pa.types.is_struct(t):
+            return t.get_field_index("bytes") >= 0 and holds_bytes(t.field("bytes").type)
+        return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+    return next((name for name in ("image", "images") if name in schema.names
+                 and holds_bytes(schema.field(name).type)), None)
+
+
+def _parquet_batches(pf, column: str | None):
+    """(row group, record batch) of a parquet file; the image column read as the names beside the bytes only, in
+    the row groups where the bytes' null count is just that of the missing images (no image is a path alone)."""
+    for g in range(pf.num_row_groups):
+        columns = _without_bytes(pf, g, column) if column else None
+        yield from ((g, batch) for batch in pf.iter_batches(batch_size=256, row_groups=[g], columns=columns))
+
+
+def _without_bytes(pf, g: int, column: str) -> list[str] | None:
+    """The columns to read for row group g with the image bytes left out, or None (read them all)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    leaves = {c.path_in_schema: c for c in (pf.metadata.row_group(g).column(j)
+                                             for j in range(pf.metadata.num_columns))}
+    image_bytes = next((p for p in leaves if p.startswith(column + ".") and p.endswith(".bytes")), None)
+    image_path = next((p for p in leaves if p.startswith(column + ".") and p.endswith(".path")), None)
+    stats = leaves[image_bytes].statistics if image_bytes else None
+    if image_path is None or stats is None or not stats.has_null_count:
+        return None
+    names = pf.read_row_group(g, columns=[image_path]).column(0).combine_chunks()
+    if pa.types.is_struct(names.type):
+        missing = names.null_count  # rows without an image
+    else:  # a list: absent and empty lists, and absent images inside them
+        lengths = pc.list_value_length(names)
+        missing = names.null_count + pc.sum(pc.equal(lengths, 0)).as_py() + names.flatten().null_count
+    if stats.null_count != missing:
+        return None  # some image is a file name without bytes: read the bytes' column to tell which
+    return [name for name in pf.schema_arrow.names if name != column] + [image_path]
+
+
+def _placeholders(cells, file: str, g: int, i0: int, column: str) -> list:
+    """Per row of the batch's image column: None (no image), a TableImage, a path (an image without bytes), or a
+    list of those for a list column."""
+    import pyarrow as pa
+
+    def one(item, i: int, k: int):
+        if not item.is_valid:
+            return None
+        if isinstance(item, pa.StructScalar):
+            fields = {name: item[name] for name in item.keys()}
+            name = fields["path"].as_py() if "path" in fields else None
+            if "bytes" in fields and not fields["bytes"].is_valid:
+                return name  # an image kept as a file name only
+            return TableImage(file, g, i, column, k, name)
+        return TableImage(file, g, i, column, k)
+
+    out = []
+    for r, cell in enumerate(cells):
+        if pa.types.is_list(cells.type) or pa.types.is_large_list(cells.type):
+            out.append(None if not cell.is_valid else [one(item, i0 + r, k) for k, item in enumerate(cell.values)])
+        else:
+            out.append(one(cell, i0 + r, 0))
+    return out
 
 
 @functools.lru_cache(maxsize=2)
@@ -389,6 +448,9 @@ def _images_field(row: dict, where: str) -> list[str | bytes]:
     items = value if isinstance(value, list) else [value]
     out: list[str | bytes] = []
     for item in items:
+        if isinstance(item, TableImage):  # an image of a parquet / arrow file, read when opened
+            out.append(item)
+            continue
         if isinstance(item, dict):  # HF datasets Image feature: {"bytes": ..., "path": ...}
             item = item.get("bytes") or item.get("path")
         if isinstance(item, (bytes, bytearray)):

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from llavatune.data.formats import (DataError, Record, extra_fields, is_table, iter_rows, llava_row, read_records,
-                                    to_record)
+from llavatune.data.formats import (DataError, Record, TableImage, extra_fields, is_table, iter_rows, llava_row,
+                                    read_records, to_record)
 from llavatune.data.pack import atomic_file, column_types, unpack, write_parquet
 from llavatune.errors import LlavatuneError
 
@@ -52,7 +52,7 @@ def write_rows(path: Path | str, rows: Iterable[dict]) -> int:
 
 def _json(row: dict, n: int, out: Path | str) -> str:
     def no_bytes(value):
-        if isinstance(value, (bytes, bytearray)):
+        if isinstance(value, (bytes, bytearray, TableImage)):
             raise DataError(f"--out {out}: row {n} holds image bytes (it comes from a parquet / arrow dataset), which "
                             "JSON cannot hold: write a .parquet file (--out NAME.parquet), or unpack the images into a "
                             "folder first (llavatune data convert DATA --to llava --images DIR --out NAME.json).")
@@ -87,7 +87,8 @@ def image_list(row: dict) -> list[str]:
     value = row.get("image", row.get("images"))
     if value is None:
         return []
-    names = (v.get("path") if isinstance(v, dict) else v for v in (value if isinstance(value, list) else [value]))
+    names = (v.get("path") if isinstance(v, dict) else v.path if isinstance(v, TableImage) else v
+             for v in (value if isinstance(value, list) else [value]))
     return [name for name in names if isinstance(name, str)]
 
 
