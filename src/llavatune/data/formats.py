@@ -301,7 +301,7 @@ def _without_bytes(pf, g: int, column: str) -> list[str] | None:
         missing = names.null_count  # rows without an image
     else:  # a list: absent and empty lists, and absent images inside them
         lengths = pc.list_value_length(names)
-        missing = names.null_count + pc.sum(pc.equal(lengths, 0)).as_py() + names.flatten().null_count
+        missing = names.null_count + (pc.sum(pc.equal(lengths, 0)).as_py() or 0) + names.flatten().null_count
     if stats.null_count != missing:
         return None  # some image is a file name without bytes: read the bytes' column to tell which
     return [name for name in pf.schema_arrow.names if name != column] + [image_path]
