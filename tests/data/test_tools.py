@@ -96,7 +96,9 @@ def test_the_row_tools_keep_the_images_of_parquet_data(shapes_data, tmp_path):
     tools.write_rows(tmp_path / "s.parquet", tools.sample(tools.rows_of(data), 4, seed=0))
     tools.write_rows(tmp_path / "f.parquet", tools.filter_rows(tools.rows_of(data), image_prefix="images/shape_0000"))
     tools.write_rows(tmp_path / "r.parquet", tools.repeat(data, 2))
-    tools.write_rows(tmp_path / "m.parquet", tools.mix([f"{data}:0.5"], seed=0))
+    mixed = tools.mix([f"{data}:0.5"], seed=0)  # read in file order: shuffled, each image would read its row group
+    assert all(isinstance(image["bytes"], bytes) for row in mixed for image in row["images"])
+    tools.write_rows(tmp_path / "m.parquet", mixed)
     written = tools.write_split(data, 0.2, 0, tmp_path / "split")
     assert [(file.name, n) for file, n in written] == [("train.parquet", 8), ("val.parquet", 2)]
     for name, n in [("s", 4), ("f", 10), ("r", 20), ("m", 5), ("split/train", 8), ("split/val", 2)]:

@@ -162,17 +162,28 @@ def write_split(path: Path | str, val: float, seed: int, out: Path) -> list[tupl
 
 def mix(sources: list[str], seed: int) -> list[dict]:
     """Sources as FILE or FILE:WEIGHT; weight 0.5 keeps a seeded half of the rows, 2 repeats them twice,
-    2.5 twice plus a seeded half. The result is shuffled with the seed."""
+    2.5 twice plus a seeded half. The result is shuffled with the seed. A table's images are read into the rows
+    here, in file order: written in shuffled order, each would cost a read of its whole row group."""
     rng = random.Random(seed)
     out: list[dict] = []
     for source in sources:
         weighted = re.fullmatch(r"(.+):([0-9]*\.?[0-9]+)", source)  # hf://datasets/... has a ':' of its own
         path, weight = (weighted.group(1), float(weighted.group(2))) if weighted else (source, 1.0)
-        rows = list(rows_of(path))
+        rows = [_images_read(row) for row in rows_of(path)]
         whole, frac = int(weight), weight - int(weight)
         out += rows * whole + rng.sample(rows, round(len(rows) * frac))
     rng.shuffle(out)
     return out
+
+
+def _images_read(row: dict) -> dict:
+    """The row with its TableImage placeholders replaced by the image ({"bytes", "path"}, as HF datasets keeps it)."""
+    def read(cell):
+        if isinstance(cell, list):
+            return [read(c) for c in cell]
+        return {"bytes": cell.read(), "path": cell.path} if isinstance(cell, TableImage) else cell
+
+    return {k: read(v) if k in ("image", "images") else v for k, v in row.items()}
 
 
 def convert_file(data: str, to: str, out: str, image_dir: Path | None = None) -> int:
