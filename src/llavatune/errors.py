@@ -7,3 +7,7 @@ class LlavatuneError(Exception):
 
 class ConfigError(LlavatuneError):
     """An unknown key, a wrong type or a bad value in a run config or a command-line override."""
+
+
+class DataError(LlavatuneError):
+    """Bad input data; the message names the file and row."""

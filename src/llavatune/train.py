@@ -121,7 +121,7 @@ def data_manifest(path: Path) -> dict:
     """Where the data came from and its sha256 (over a folder's files in name order): what a run trained on. Hub
     data is recorded as its hf:// reference with the commit it came from."""
     from llavatune import hub
-    from llavatune.data.formats import table_files
+    from llavatune.data.tables import table_files
 
     local, digest = hub.data_path(path), hashlib.sha256()
     files = table_files(local) if hub.is_pattern(local) else sorted(local.rglob("*")) if local.is_dir() else [local]

@@ -37,7 +37,7 @@ def test_images_inside_a_parquet_file_stay_there(tmp_path):
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from llavatune.data.formats import TableImage
+    from llavatune.data.tables import TableImage
 
     def noise(seed: int) -> bytes:  # a PNG that does not compress: 12 KB
         buf = io.BytesIO()

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from llavatune.data.formats import DataError, TableImage, _iter_json_array, extra_fields, iter_rows, read_records
+from llavatune.data.formats import DataError, _iter_json_array, extra_fields, iter_rows, read_records
+from llavatune.data.tables import TableImage
 
 
 def png_bytes(colour=(255, 0, 0)) -> bytes:

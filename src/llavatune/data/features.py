@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from llavatune import progress
 from llavatune.data import images as imagelib
-from llavatune.data.formats import DataError, TableImage
+from llavatune.data.formats import DataError
+from llavatune.data.tables import TableImage
 from llavatune.errors import LlavatuneError
 from llavatune.model.trainable import unwrap
 

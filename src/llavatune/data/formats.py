@@ -23,47 +23,20 @@ import base64
 import collections
 import csv
 import dataclasses
-import functools
-import itertools
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 from llavatune import hub
-from llavatune.errors import LlavatuneError
+from llavatune.data.tables import TableImage, is_table, iter_table, table_files
+from llavatune.errors import DataError
 
 IMAGE_TAG = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
          "bot": "assistant", "model": "assistant"}
-
-
-class DataError(LlavatuneError):
-    """Bad input data; the message names the file and row."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TableImage:
-    """An image inside a parquet / arrow file, read when it is opened. Records hold these instead of the bytes: a
-    dataset of many GB of images stays on disk, where every rank and data worker would otherwise hold all of it."""
-    file: str
-    group: int    # the parquet row group, or arrow record batch
-    row: int      # the row within it
-    column: str   # "image" or "images"
-    k: int        # which image of the row
-    path: str | None = None  # the file name HF datasets stores beside the bytes, if any
-
-    def read(self) -> bytes:
-        cell = _table_column(self.file, self.group, self.column)[self.row].as_py()
-        return _images_field({self.column: cell}, f"{self.file}: row group {self.group}, row {self.row}")[self.k]
-
-    def identity(self) -> str:
-        """Stable while the file is unchanged: its path, size and time of change, and the image's place."""
-        stat = os.stat(self.file)
-        return f"{self.file}|{stat.st_size}|{stat.st_mtime_ns}|{self.group}|{self.row}|{self.k}"
 
 
 @dataclasses.dataclass
@@ -100,37 +73,13 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
     if not exists(path):
         raise DataError(f"{path}: " + ("no file matches." if hub.is_pattern(path) else "file not found."))
     if is_table(path):
-        yield from _iter_table(path)
+        yield from iter_table(path)
     elif path.suffix.lower() == ".jsonl":
         yield from _iter_jsonl(path)
     elif path.suffix.lower() == ".tsv":
         yield from _iter_tsv(path)
     else:
         yield from _iter_json_array(path)
-
-
-def stored_path(cell) -> str | None:
-    """The file name beside an image's bytes in HF datasets' {"bytes", "path"} layout; None elsewhere."""
-    return cell.get("path") if isinstance(cell, dict) else None
-
-
-def is_table(path: Path | str) -> bool:
-    """A parquet / arrow file, a folder of them, or a pattern naming some (HF datasets' layouts): rows whose images
-    are inside."""
-    if str(path) == "-":
-        return False
-    path = hub.data_path(path)
-    return path.is_dir() or hub.is_pattern(path) or path.suffix.lower() in (".parquet", ".arrow")
-
-
-def table_files(path: Path) -> list[Path]:
-    """The parquet / arrow files of a table: the file, those in the folder (at any depth), or those the pattern's
-    last part matches (data/validation-*.parquet)."""
-    if hub.is_pattern(path):
-        return sorted(f for f in path.parent.glob(path.name) if f.suffix.lower() in (".parquet", ".arrow"))
-    if path.is_dir():
-        return sorted(path.glob("**/*.parquet")) + sorted(path.glob("**/*.arrow"))
-    return [path]
 
 
 def exists(path: Path | str) -> bool:
@@ -227,133 +176,6 @@ def _skip_ws(buf: str, pos: int) -> int:
     while pos < len(buf) and buf[pos] in " \t\r\n":
         pos += 1
     return pos
-
-
-def _iter_table(path: Path) -> Iterator[tuple[int, dict]]:
-    """Rows of a parquet / arrow table (see table_files), 256 at a time whatever the size of the row groups. The
-    image column's cells come as TableImage placeholders (a path-only image as its path), so that the bytes stay
-    in the file until a sample is drawn; from parquet they are not even read here (only the names stored beside
-    them) where the file's statistics show that every image holds bytes."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f"{path}: reading parquet/arrow needs pyarrow: pip install pyarrow") from None
-    n = 0
-    for file in table_files(path):
-        if file.suffix == ".parquet":
-            pf = pq.ParquetFile(file)
-            column = _image_column(pf.schema_arrow)
-            batches = _parquet_batches(pf, column)
-        else:
-            column, batches = None, enumerate(_arrow_batches(pa, file))
-        start: dict[int, int] = {}  # row group -> rows of it read so far
-        for g, batch in batches:
-            i0, start[g] = start.get(g, 0), start.get(g, 0) + batch.num_rows
-            column = column or _image_column(batch.schema)
-            rows = batch.drop_columns([column]).to_pylist() if column else batch.to_pylist()
-            if column:
-                for row, cell in zip(rows, _placeholders(batch.column(column), str(file), g, i0, column)):
-                    row[column] = cell
-            for row in rows:
-                n += 1
-                yield n, row
-
-
-def _image_column(schema) -> str | None:
-    """'image' or 'images' where it holds image bytes (HF datasets' Image feature, or plain binary), else None:
-    a column of file names stays as it is."""
-    import pyarrow as pa
-
-    def holds_bytes(t) -> bool:
-        if pa.types.is_list(t) or pa.types.is_large_list(t):
-            return holds_bytes(t.value_type)
-        if pa.types.is_struct(t):
-            return t.get_field_index("bytes") >= 0 and holds_bytes(t.field("bytes").type)
-        return pa.types.is_binary(t) or pa.types.is_large_binary(t)
-
-    return next((name for name in ("image", "images") if name in schema.names
-                 and holds_bytes(schema.field(name).type)), None)
-
-
-def _parquet_batches(pf, column: str | None):
-    """(row group, record batch) of a parquet file; the image column read as the names beside the bytes only, in
-    the row groups where the bytes' null count is just that of the missing images (no image is a path alone)."""
-    for g in range(pf.num_row_groups):
-        columns = _without_bytes(pf, g, column) if column else None
-        yield from ((g, batch) for batch in pf.iter_batches(batch_size=256, row_groups=[g], columns=columns))
-
-
-def _without_bytes(pf, g: int, column: str) -> list[str] | None:
-    """The columns to read for row group g with the image bytes left out, or None (read them all)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    leaves = {c.path_in_schema: c for c in (pf.metadata.row_group(g).column(j)
-                                             for j in range(pf.metadata.num_columns))}
-    image_bytes = next((p for p in leaves if p.startswith(column + ".") and p.endswith(".bytes")), None)
-    image_path = next((p for p in leaves if p.startswith(column + ".") and p.endswith(".path")), None)
-    stats = leaves[image_bytes].statistics if image_bytes else None
-    if image_path is None or stats is None or not stats.has_null_count:
-        return None
-    names = pf.read_row_group(g, columns=[image_path]).column(0).combine_chunks()
-    if pa.types.is_struct(names.type):
-        missing = names.null_count  # rows without an image
-    else:  # a list: absent and empty lists, and absent images inside them
-        lengths = pc.list_value_length(names)
-        missing = names.null_count + (pc.sum(pc.equal(lengths, 0)).as_py() or 0) + names.flatten().null_count
-    if stats.null_count != missing:
-        return None  # some image is a file name without bytes: read the bytes' column to tell which
-    return [name for name in pf.schema_arrow.names if name != column] + [image_path]
-
-
-def _placeholders(cells, file: str, g: int, i0: int, column: str) -> list:
-    """Per row of the batch's image column: None (no image), a TableImage, a path (an image without bytes), or a
-    list of those for a list column."""
-    import pyarrow as pa
-
-    def one(item, i: int, k: int):
-        if not item.is_valid:
-            return None
-        if isinstance(item, pa.StructScalar):
-            fields = {name: item[name] for name in item.keys()}
-            name = fields["path"].as_py() if "path" in fields else None
-            if "bytes" in fields and not fields["bytes"].is_valid:
-                return name  # an image kept as a file name only
-            return TableImage(file, g, i, column, k, name)
-        return TableImage(file, g, i, column, k)
-
-    out = []
-    for r, cell in enumerate(cells):
-        if pa.types.is_list(cells.type) or pa.types.is_large_list(cells.type):
-            out.append(None if not cell.is_valid else [one(item, i0 + r, k) for k, item in enumerate(cell.values)])
-        else:
-            out.append(one(cell, i0 + r, 0))
-    return out
-
-
-@functools.lru_cache(maxsize=2)
-def _table_column(file: str, group: int, column: str):
-    """One row group's (record batch's) image column, as Arrow data; the last two are kept, for the rows of a
-    group drawn close together (in order, as evaluation does)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if file.endswith(".parquet"):
-        return pq.ParquetFile(file).read_row_group(group, columns=[column]).column(0)
-    batch = next(itertools.islice(_arrow_batches(pa, Path(file)), group, None))  # memory-mapped: no copy
-    return batch.column(column)
-
-
-def _arrow_batches(pa, file: Path):
-    with pa.memory_map(str(file)) as source:
-        try:
-            reader = pa.ipc.open_stream(source)
-        except pa.ArrowInvalid:
-            reader = pa.ipc.open_file(source)
-            yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
-            return
-        yield from reader
 
 
 def to_record(row: Any, where: str) -> Record:

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from llavatune import hub
-from llavatune.data.formats import DataError, Record, TableImage, read_records
+from llavatune.data.formats import DataError, Record, read_records
+from llavatune.data.tables import TableImage
 
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 

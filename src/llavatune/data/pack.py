@@ -20,7 +20,8 @@ from PIL import Image
 
 from llavatune import hub
 from llavatune.data import images as imagelib
-from llavatune.data.formats import DataError, Record, TableImage, llava_row, stored_path
+from llavatune.data.formats import DataError, Record, llava_row
+from llavatune.data.tables import TableImage, stored_path
 from llavatune.errors import LlavatuneError
 
 

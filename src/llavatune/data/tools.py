@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from llavatune.data.formats import (DataError, Record, TableImage, extra_fields, is_table, iter_rows, llava_row,
-                                    read_records, to_record)
+from llavatune.data.formats import DataError, Record, extra_fields, iter_rows, llava_row, read_records, to_record
 from llavatune.data.pack import atomic_file, column_types, unpack, write_parquet
+from llavatune.data.tables import TableImage, is_table
 from llavatune.errors import LlavatuneError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
