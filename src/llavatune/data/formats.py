@@ -65,7 +65,7 @@ def read_records(path: Path | str, strict: bool = True) -> Iterator[Record]:
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(row number from 1, row dict) for .json / .jsonl / .tsv / .parquet / .arrow files, dataset folders and
     patterns, such files, folders and patterns in a hub dataset (hf://datasets/ORG/NAME/PATH), and JSON lines on
-    standard input when the path is '-'. A table's image cells are TableImage placeholders (see _iter_table)."""
+    standard input when the path is '-'. A table's image cells are TableImage placeholders (see tables.iter_table)."""
     if str(path) == "-":
         yield from _iter_lines(sys.stdin, "<stdin>")
         return

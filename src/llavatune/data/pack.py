@@ -105,9 +105,8 @@ def _embedded(record: Record, image_dir: Path | None) -> tuple[str, dict]:
 
 def _stored_path(record: Record, k: int) -> str | None:
     """The file name stored beside the k-th image's bytes, when the row has one."""
-    ref = record.images[k]
-    if isinstance(ref, TableImage):
-        return ref.path
+    if isinstance(record.images[k], TableImage):
+        return stored_path(record.images[k])
     raw = record.raw or {}
     value = raw.get("image", raw.get("images"))
     items = value if isinstance(value, list) else [value]

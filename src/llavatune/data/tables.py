@@ -38,7 +38,10 @@ class TableImage:
 
 
 def stored_path(cell) -> str | None:
-    """The file name beside an image's bytes in HF datasets' {"bytes", "path"} layout; None elsewhere."""
+    """The file name stored beside an image's bytes: in HF datasets' {"bytes", "path"} layout, or kept by its
+    placeholder; None elsewhere."""
+    if isinstance(cell, TableImage):
+        return cell.path
     return cell.get("path") if isinstance(cell, dict) else None
 
 

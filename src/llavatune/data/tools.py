@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 
 from llavatune.data.formats import DataError, Record, extra_fields, iter_rows, llava_row, read_records, to_record
 from llavatune.data.pack import atomic_file, column_types, unpack, write_parquet
-from llavatune.data.tables import TableImage, is_table
+from llavatune.data.tables import TableImage, is_table, stored_path
 from llavatune.errors import LlavatuneError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -87,8 +87,7 @@ def image_list(row: dict) -> list[str]:
     value = row.get("image", row.get("images"))
     if value is None:
         return []
-    names = (v.get("path") if isinstance(v, dict) else v.path if isinstance(v, TableImage) else v
-             for v in (value if isinstance(value, list) else [value]))
+    names = (v if isinstance(v, str) else stored_path(v) for v in (value if isinstance(value, list) else [value]))
     return [name for name in names if isinstance(name, str)]
 
 
