@@ -127,6 +127,16 @@ def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys
     assert [a["question_id"] for a in answers] == [r["question_id"] for r in rows]
     assert answers[0]["prompt"] == "Is it red? Please answer yes or no.\nAnswer the question using a single word or phrase."
 
+    # ScienceQA's: choices and the index of the right one, asked with the letter instruction, scored by letter
+    sqa = [{"question": "Which is a mammal?", "hint": "Mammals have fur.", "choices": ["frog", "cat"], "answer": 1,
+            "image": png("red")}, {"question": "Which is hot?", "hint": "", "choices": ["ice", "sun"], "answer": 1,
+                                   "image": png("blue")}]
+    pq.write_table(pa.Table.from_pylist(sqa), tmp_path / "sqa.parquet")
+    items = samples(EvalConfig(model=tiny_model_dir, data=tmp_path / "sqa.parquet", out=tmp_path, prompt_suffix="letter"))
+    assert items[0].question_turns == [("user", "<image>\nContext: Mammals have fur.\nWhich is a mammal?\nA. frog\n"
+                                                "B. cat\nAnswer with the option's letter from the given choices directly.")]
+    assert score(["B", "A. ice"], items, ["choice"]) == {"choice_accuracy": 0.5}
+
     # GQA's questions on the hub name their image (imageId) and keep the images in another config: said, not hidden
     gqa = [{"id": "201307251", "imageId": "n161313", "question": "Is it red?", "answer": "yes"}]
     pq.write_table(pa.Table.from_pylist(gqa), tmp_path / "testdev_balanced_instructions.parquet")

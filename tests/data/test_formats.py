@@ -150,9 +150,10 @@ def test_llava_benchmark_question_files(tmp_path):
 def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
     """The layout of lmms-lab's evaluation sets (parquet, image bytes inside): MME / POPE (question, answer,
     category), VQAv2 (answers with their confidence, multiple_choice_answer), TextVQA (answers as strings),
-    MMBench (index, hint, options A-D, a letter), and a test split without answers. MMBench questions are built as
-    LLaVA's model_vqa_mmbench builds them: the hint on its own line first (none when 'nan'), then one line per
-    option up to the first missing one."""
+    MMBench (index, hint, options A-D, a letter), ScienceQA (choices, the index of the answer, an image or none), and a
+    test split without answers. MMBench questions are built as LLaVA's model_vqa_mmbench builds them: the hint on its
+    own line first (none when 'nan'), then one line per option up to the first missing one; ScienceQA's as lmms-eval's
+    scienceqa task builds them ("Context: " + hint)."""
     image = {"bytes": png_bytes(), "path": None}
     rows = [
         {"question_id": "code_reasoning/0020.png", "question": "Is it 5? Please answer yes or no.", "answer": "Yes",
@@ -167,11 +168,14 @@ def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
         {"question_id": 9, "question": "Is the sky blue?", "image": image},
         {"question_id": "101669", "question": "How many?", "choice_a": "1", "choice_b": "2", "choice_c": "3",
          "choice_d": "4", "answer": "B", "image": image},  # SEED-Bench's columns
+        {"question": "Which is a mammal?", "hint": "Mammals have fur.", "choices": ["frog", "cat", "eel"], "answer": 1,
+         "image": image, "lecture": "...", "solution": "..."},  # ScienceQA's
+        {"question": "Which word is longer?", "hint": "", "choices": ["sun", "planet"], "answer": 1, "image": None},
     ]
     for name, part in [("a_mme", rows[:1]), ("b_vqav2", rows[1:2]), ("c_textvqa", rows[2:3]), ("d_mmbench", rows[3:5]),
-                       ("e_test", rows[5:6]), ("f_seed", rows[6:])]:  # a set of shards
+                       ("e_test", rows[5:6]), ("f_seed", rows[6:7]), ("g_sqa", rows[7:])]:  # a set of shards
         pq.write_table(pa.Table.from_pylist(part), tmp_path / f"{name}.parquet")
-    mme, vqa, textvqa, mmb, mmb2, unanswered, seed = read_records(tmp_path)
+    mme, vqa, textvqa, mmb, mmb2, unanswered, seed, sqa, sqa_text = read_records(tmp_path)
     assert [r.id for r in read_records(tmp_path / "[bd]_*.parquet")] == [vqa.id, mmb.id, mmb2.id]  # some shards
     with pytest.raises(DataError, match=r"validation-\*.parquet: no file matches"):
         list(read_records(tmp_path / "validation-*.parquet"))
@@ -186,6 +190,10 @@ def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
     assert mmb2.turns[0] == ("user", "<image>\nWhich?\nA. up\nB. down")
     assert unanswered.turns == [("user", "<image>\nIs the sky blue?")]
     assert seed.turns == [("user", "<image>\nHow many?\nA. 1\nB. 2\nC. 3\nD. 4"), ("assistant", "B")]
+    assert sqa.turns == [("user", "<image>\nContext: Mammals have fur.\nWhich is a mammal?\nA. frog\nB. cat\nC. eel"),
+                         ("assistant", "B")]  # the right choice's index as its letter
+    assert sqa_text.images == [] and sqa_text.turns == [("user", "Which word is longer?\nA. sun\nB. planet"),
+                                                         ("assistant", "B")]
     pq.write_table(pa.Table.from_pylist([{"question": "What?", "answer": "x", "img": image}]), tmp_path / "f.parquet")
     with pytest.raises(DataError, match=r"f.parquet:1: column 'img' holds images, .* ds.rename_column\('img', 'image'\)"):
         list(read_records(tmp_path / "f.parquet"))

@@ -11,7 +11,7 @@ Formats (detected per row, so mixed files work):
 - question/answer rows, the layout of the evaluation sets on the hub (lmms-lab's MME, POPE, VQAv2, TextVQA,
   MMBench, SEED-Bench, ...): {"question", "image", "answer" | "multiple_choice_answer" | "answers" (optional),
   "hint" and options "A".."D" or "choice_a".."choice_d" (optional)}; asked as LLaVA's model_vqa_mmbench asks
-  (hint, question, "A. ..." lines);
+  (hint, question, "A. ..." lines); ScienceQA's "choices" list with an answer index, asked as lmms-eval asks;
 - files: .json (a list, streamed object by object), .jsonl, .tsv (MMBench's tables, images as base64), and HF
   datasets on disk (.parquet / .arrow, or a `save_to_disk` folder) whose image column holds bytes; any of these in
   a hub dataset, hf://datasets/ORG/NAME/PATH.
@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import re
+import string
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -219,9 +220,21 @@ def _no_other_image_column(row: dict, where: str) -> None:
 
 
 def _question_row(row: dict) -> tuple[str, str | None]:
-    """(the question as LLaVA's model_vqa_mmbench builds it: hint, question, then "A. ..." for options A to D
-    ("A".."D" or "choice_a".."choice_d") up to the first missing one; the reference answer: "answer", VQAv2's "multiple_choice_answer", or the most common of
-    "answers"; None when the row has none)."""
+    """(the question, the reference answer or None when the row has none). Options come as MMBench's columns "A".."D"
+    or SEED-Bench's "choice_a".."choice_d" (up to the first missing one), built as LLaVA's model_vqa_mmbench builds
+    them: the hint, the question, then "A. ..." lines; or as ScienceQA's "choices" list with the index of the
+    right one as "answer", built as lmms-eval's scienceqa task builds them: "Context: " + the hint (when there is
+    one), the question, the "A. ..." lines, and the reference is the letter. The answer is otherwise "answer",
+    VQAv2's "multiple_choice_answer", or the most common of "answers"."""
+    if isinstance(row.get("choices"), list):  # ScienceQA
+        options = [str(c) for c in row["choices"]]
+        hint = "" if _missing(row.get("hint")) else f"Context: {row['hint']}\n"
+        letters = string.ascii_uppercase
+        question = hint + row["question"] + "".join(f"\n{letter}. {c}" for letter, c in zip(letters, options))
+        answer = row.get("answer")
+        if isinstance(answer, int) and 0 <= answer < len(options):
+            return question, letters[answer]
+        return question, None if _missing(answer) else str(answer)
     question = row["question"]
     if not _missing(row.get("hint")):
         question = f"{row['hint']}\n{question}"
