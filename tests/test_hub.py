@@ -22,6 +22,7 @@ def hub_cache(tmp_path, monkeypatch):
     cache = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     hub.data_path.cache_clear()  # hub data found in another test's cache is not in this one
+    hub.data_shards.cache_clear()
 
     def put(repo_id: str, folder, kind: str = "models"):
         repo = cache / f"{kind}--{repo_id.replace('/', '--')}"
@@ -198,3 +199,63 @@ def test_hub_data_is_read_from_the_cache_and_recorded_as_such(hub_cache, tiny_mo
     with pytest.raises(LlavatuneError, match=r"hf://datasets/someone/absent/qa.json: the Hugging Face hub did not "
                                              r"provide it \(.*\)\. Check the id"):
         validate(ValidateConfig(data="hf://datasets/someone/absent/qa.json"))
+
+
+def test_a_hub_split_comes_down_shard_by_shard_as_it_is_read(hub_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """`eval --limit 3` on 'hf://datasets/ORG/NAME/data/validation-*.parquet' downloads the first shard, not the
+    split (VQAv2's validation is tens of GB): the shards are listed at one commit and each comes down when the rows
+    reach it, numbered on from one shard to the next; offline, the cache is read as before."""
+    import fnmatch
+    import types
+    from pathlib import Path
+
+    import huggingface_hub
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from huggingface_hub import HfApi
+
+    from llavatune.data.formats import read_records
+    from llavatune.evaluate import EvalConfig, samples
+
+    remote = tmp_path / "remote"  # the repository on the hub
+    (remote / "data").mkdir(parents=True)
+    for split, count in (("validation", 3), ("test", 1)):
+        for k in range(count):
+            rows = [{"question": f"{split} {k}.{i}?", "answer": "yes"} for i in range(4)]
+            pq.write_table(pa.Table.from_pylist(rows), remote / "data" / f"{split}-{k:05d}-of-{count:05d}.parquet")
+    (remote / "README.md").write_text("a dataset card")
+    files = sorted(f.relative_to(remote).as_posix() for f in remote.rglob("*") if f.is_file())
+    fetched = []
+
+    def download(repo_id, repo_type=None, revision=None, allow_patterns=(), local_files_only=False, **kwargs):
+        repo = Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}"
+        folder = repo / "snapshots" / COMMIT
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / (revision or "main")).write_text(COMMIT)  # as huggingface_hub records a branch's commit
+        for name in files:
+            if any(fnmatch.fnmatchcase(name, p) for p in allow_patterns) and not (folder / name).exists():
+                fetched.append(name)
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(remote / name, folder / name)
+        return str(folder)
+
+    real_download = huggingface_hub.snapshot_download
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    monkeypatch.setattr(HfApi, "dataset_info", lambda api, repo_id, revision=None, **kw: types.SimpleNamespace(
+        sha=COMMIT, siblings=[types.SimpleNamespace(rfilename=name) for name in files]))
+    ref = "hf://datasets/someone/bench/data/validation-*.parquet"
+    items = samples(EvalConfig(model=tiny_model_dir, data=ref, out=tmp_path / "out", limit=3))
+    assert [s.question_turns[0][1] for s in items] == ["validation 0.0?", "validation 0.1?", "validation 0.2?"]
+    assert fetched == ["data/validation-00000-of-00003.parquet"]
+    records = list(read_records(ref))
+    assert [r.source for r in records[3:5]] == [f"{ref}:4", f"{ref}:5"] and records[-1].source == f"{ref}:12"
+    assert [r.turns[0][1] for r in records[3:5]] == ["validation 0.3?", "validation 1.0?"]
+    assert fetched == [f"data/validation-{k:05d}-of-00003.parquet" for k in range(3)]  # not the test split, nor README
+    assert len(list(read_records("hf://datasets/someone/bench/data"))) == 16  # a folder: every table in it
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline: what the cache holds, found by the pattern
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", real_download)
+    hub.data_shards.cache_clear()
+    hub.data_path.cache_clear()
+    assert [r.turns for r in read_records(ref)] == [r.turns for r in records]

@@ -8,15 +8,17 @@ LLaVA releases). Data is named as huggingface_hub's file system names it, `hf://
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from llavatune.errors import LlavatuneError
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_DATA = re.compile(r"hf:/+datasets/([\w.-]+/[\w.-]+)(?:@([^/]+))?/(.+)")  # ORG/NAME, revision, path
 TEXT_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+DATA_SUFFIXES = (".json", ".jsonl", ".tsv", ".parquet", ".arrow")
 
 
 def is_hub_id(ref: str | Path) -> bool:
@@ -37,7 +39,7 @@ def local_copy(repo_id: str, revision: str | None = None, download: bool = True,
     return folder
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=1024)
 def data_path(ref: str | Path) -> Path:
     """`hf://datasets/ORG/NAME[@REVISION]/PATH` as the local path of PATH in the hub cache (downloaded once, and
     looked up once per process: a run names its data several times); any other path as it is. A typed config holds
@@ -52,6 +54,37 @@ def data_path(ref: str | Path) -> Path:
         raise LlavatuneError(f"{data_name(ref)}: the hub dataset {repo_id} has no file or folder {inner!r} (at "
                              f"revision {revision_of(folder)}); the path after the dataset name is the file's path in it.")
     return folder / inner
+
+
+@functools.lru_cache(maxsize=16)
+def data_shards(ref: str | Path) -> tuple[str, ...] | None:
+    """The parquet / arrow files of a hub data folder or pattern (hf://datasets/ORG/NAME/data/validation-*.parquet),
+    in the order a local folder or pattern reads them, each as a reference of its own: read one after the other, each
+    comes down when the reading reaches it (`eval --limit 100` of a split of 60 shards downloads one). None for a
+    single file, offline, or when the hub cannot be asked (data_path then says why, or finds the files in the
+    cache)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    match = HUB_DATA.fullmatch(str(ref))
+    if not match or constants.HF_HUB_OFFLINE:
+        return None
+    repo_id, revision, inner = match.group(1), match.group(2), match.group(3).rstrip("/")
+    if not is_pattern(inner) and PurePosixPath(inner).suffix.lower() in DATA_SUFFIXES:
+        return None  # one file
+    try:
+        info = HfApi().dataset_info(repo_id, revision=revision)
+    except (HfHubHTTPError, OSError, ValueError):
+        return None
+    names = [PurePosixPath(s.rfilename) for s in info.siblings or []]
+    if is_pattern(inner):
+        pattern = PurePosixPath(inner)
+        files = sorted(n for n in names if n.parent == pattern.parent and fnmatch.fnmatchcase(n.name, pattern.name))
+    else:
+        files = sorted(n for n in names if PurePosixPath(inner) in n.parents)
+    files = ([f for f in files if f.suffix.lower() == ".parquet"] + [f for f in files if f.suffix.lower() == ".arrow"])
+    at = f"@{revision}" if revision else ""  # not the commit listed: a download by branch records the branch's
+    return tuple(f"hf://datasets/{repo_id}{at}/{f}" for f in files) or None  # commit, which an offline run reads
 
 
 def is_pattern(path: str | Path) -> bool:

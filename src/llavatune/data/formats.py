@@ -70,6 +70,9 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
     if str(path) == "-":
         yield from _iter_lines(sys.stdin, "<stdin>")
         return
+    if shards := hub.data_shards(path):  # a hub split: each shard comes down when the rows reach it
+        yield from _iter_shards(shards)
+        return
     path = hub.data_path(path)
     if not exists(path):
         raise DataError(f"{path}: " + ("no file matches." if hub.is_pattern(path) else "file not found."))
@@ -81,6 +84,16 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
         yield from _iter_tsv(path)
     else:
         yield from _iter_json_array(path)
+
+
+def _iter_shards(shards: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    """The rows of hub tables one after the other, numbered on from one to the next as those of a local pattern."""
+    before = 0
+    for shard in shards:
+        n = 0
+        for n, row in iter_table(hub.data_path(shard)):
+            yield before + n, row
+        before += n
 
 
 def exists(path: Path | str) -> bool:
