@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -98,6 +99,7 @@ def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys
     import pyarrow.parquet as pq
     from PIL import Image
 
+    from llavatune.data import images as imagelib
     from llavatune.evaluate import samples, score
 
     def png(colour):
@@ -137,14 +139,38 @@ def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys
                                                 "B. cat\nAnswer with the option's letter from the given choices directly.")]
     assert score(["B", "A. ice"], items, ["choice"]) == {"choice_accuracy": 0.5}
 
-    # GQA's questions on the hub name their image (imageId) and keep the images in another config: said, not hidden
-    gqa = [{"id": "201307251", "imageId": "n161313", "question": "Is it red?", "answer": "yes"}]
+    # GQA's questions on the hub name their image (imageId), kept in a table of images (id, image) given as --images
+    gqa = [{"id": "201307251", "imageId": "n161313", "question": "Is it red?", "answer": "yes"},
+           {"id": "201640614", "imageId": "n235859", "question": "Is it blue?", "answer": "no"}]
     pq.write_table(pa.Table.from_pylist(gqa), tmp_path / "testdev_balanced_instructions.parquet")
-    items = samples(EvalConfig(model=tiny_model_dir, data=tmp_path / "testdev_balanced_instructions.parquet",
-                               out=tmp_path))
+    images = [{"id": "n161313", "image": png("red")}, {"id": "n235859", "image": png("blue")}]
+    pq.write_table(pa.Table.from_pylist(images), tmp_path / "testdev-00000-of-00001.parquet")
+    cfg = EvalConfig(model=tiny_model_dir, data=tmp_path / "testdev_balanced_instructions.parquet", out=tmp_path / "gqa",
+                     images=tmp_path / "testdev-*.parquet", prompt_suffix="short", max_new_tokens=2)
+    items = samples(cfg)
+    assert [s.record.images for s in items] == [["n161313"], ["n235859"]]
+    assert [imagelib.load(ref, cfg.images, "-").getpixel((0, 0)) for s in items for ref in s.record.images] \
+        == [(255, 0, 0), (0, 0, 255)]
+    main(cfg)
+    predictions = [json.loads(line) for line in (tmp_path / "gqa" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in predictions] == ["201307251", "201640614"]
+    gqa[1]["imageId"] = "n000000"
+    pq.write_table(pa.Table.from_pylist(gqa), tmp_path / "testdev_balanced_instructions.parquet")
+    with pytest.raises(LlavatuneError, match=r"instructions.parquet:2: image 'n000000' is not in .*testdev-\*.parquet "
+                                             r"\(its ids look like 'n161313'\)"):
+        main(cfg)
+    with pytest.raises(LlavatuneError, match=r"names image 'n161313', but no image folder was given: --images=DIR "
+                                             r".*or the table of images that its image ids are in"):
+        samples(dataclasses.replace(cfg, images=None))
+    pq.write_table(pa.Table.from_pylist([{"name": "n161313", "image": png("red")}]), tmp_path / "named.parquet")
+    with pytest.raises(LlavatuneError, match=r"named.parquet:1: a table given as the image folder holds images by id, "
+                                             r"in columns 'id' and 'image' \(bytes\); found name, image"):
+        main(dataclasses.replace(cfg, images=tmp_path / "named.parquet"))
+
+    # questions with no image anywhere are asked as text, and said so
+    pq.write_table(pa.Table.from_pylist([{"question": "Is it red?", "answer": "yes"}]), tmp_path / "text.parquet")
+    samples(EvalConfig(model=tiny_model_dir, data=tmp_path / "text.parquet", out=tmp_path))
     assert "warning: none of the 1 questions in" in capsys.readouterr().err
-    with pytest.raises(LlavatuneError, match=r"--metrics pope: .*:1 has no \"category\""):
-        score(["yes"], items, ["pope"])
 
 
 def test_worker_processes_give_the_same_answers_and_name_a_bad_image(tiny_model_dir, shapes_data, tmp_path):

@@ -9,7 +9,8 @@ Formats (detected per row, so mixed files work):
 - LLaVA benchmark questions (llava/eval's question files): {"question_id", "image" (optional), "text"}, one
   question, no answer; the question is asked as LLaVA's model_vqa_loader asks it, "<image>\n" + text;
 - question/answer rows, the layout of the evaluation sets on the hub (lmms-lab's MME, POPE, VQAv2, TextVQA,
-  MMBench, SEED-Bench, ...): {"question", "image", "answer" | "multiple_choice_answer" | "answers" (optional),
+  MMBench, SEED-Bench, ...): {"question", "image" (or GQA's "imageId", an id in a table of images),
+  "answer" | "multiple_choice_answer" | "answers" (optional),
   "hint" and options "A".."D" or "choice_a".."choice_d" (optional)}; asked as LLaVA's model_vqa_mmbench asks
   (hint, question, "A. ..." lines); ScienceQA's "choices" list with an answer index, asked as lmms-eval asks;
 - files: .json (a list, streamed object by object), .jsonl, .tsv (MMBench's tables, images as base64), and HF
@@ -291,6 +292,8 @@ def llava_turns(conversations: Any, where: str) -> list[tuple[str, str]]:
 
 def _images_field(row: dict, where: str) -> list[str | bytes]:
     value = row.get("image", row.get("images"))
+    if value is None and isinstance(row.get("imageId"), str):  # GQA's questions: the image's id, in a table of
+        value = row["imageId"]                                  # images given as the image folder (images.py)
     if value is None:
         return []
     items = value if isinstance(value, list) else [value]

@@ -1,5 +1,5 @@
-"""Image files: find a row's image inside the image folder or zip archive (never outside), open as RGB with EXIF
-orientation applied. Pad-to-square and resizing are the processor's job (see model/compose.py); `pixels` does
+"""Image files: find a row's image inside the image folder or zip archive (never outside), or by its id in a table of
+images (GQA's), open as RGB with EXIF orientation applied. Pad-to-square and resizing are the processor's job (see model/compose.py); `pixels` does
 those two steps in PIL first, with the same result, because the processor is slow at them on large photos."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from llavatune import hub
 from llavatune.data.formats import DataError, Record, read_records
-from llavatune.data.tables import TableImage
+from llavatune.data.tables import TableImage, iter_table, table_files
 
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -42,6 +42,12 @@ def source(ref: str | bytes | TableImage, image_dir: Path | None, where: str) ->
     if not isinstance(ref, str):
         return io.BytesIO(embedded(ref, where))
     root = _local(image_dir)
+    if _is_image_table(root):
+        index = _table_index(str(root))
+        if ref not in index:
+            example = next(iter(index), "nothing")
+            raise DataError(f"{where}: image '{ref}' is not in {image_dir} (its ids look like '{example}').")
+        return io.BytesIO(embedded(index[ref], where))
     if _is_archive(root):
         member, archive = _member(ref, root, where), _open_archive(str(root), os.getpid())
         try:
@@ -58,14 +64,23 @@ def source(ref: str | bytes | TableImage, image_dir: Path | None, where: str) ->
 def exists(ref: str, image_dir: Path | None, where: str) -> bool:
     """Whether `ref` names a file in the folder or archive (an error when it leaves it), without reading it."""
     root = _local(image_dir)
+    if _is_image_table(root):
+        return ref in _table_index(str(root))
     if _is_archive(root):
         return _member(ref, root, where) in _names(str(root), os.getpid())
     return resolve(ref, root, where).is_file()
 
 
 def check_root(image_dir: Path | None, key: str = "images") -> None:
-    """The image folder or zip archive exists: a typo found before a model is loaded, not as every sample dropped."""
-    if image_dir is not None and not (_local(image_dir).is_dir() or _is_archive(_local(image_dir))):
+    """The image folder, zip archive or table exists: a typo found before a model is loaded, not as every sample
+    dropped."""
+    if image_dir is None:
+        return
+    root = _local(image_dir)
+    if _is_image_table(root):
+        if not table_files(root):
+            raise DataError(f"{key}={image_dir}: no file matches.")
+    elif not (root.is_dir() or _is_archive(root)):
         raise DataError(f"{key}={image_dir}: no such folder or .zip archive; give the folder (or archive) that the "
                         "data's image paths are relative to.")
 
@@ -85,11 +100,30 @@ def check_folder_given(records: Iterable[Record], image_dir: Path | None, key: s
         named = next((ref for ref in record.images if isinstance(ref, str)), None)
         if named is not None:
             raise DataError(f"{record.source}: the sample names image '{named}', but no image folder was given: "
-                            f"{key}=DIR names the folder (or .zip archive) that the data's image paths are relative to.")
+                            f"{key}=DIR names the folder (or .zip archive) that the data's image paths are relative to "
+                            "(or the table of images that its image ids are in).")
 
 
 def _local(image_dir: Path | None) -> Path | None:
     return None if image_dir is None else hub.data_path(image_dir)
+
+
+def _is_image_table(root: Path | None) -> bool:
+    """A parquet / arrow file or a pattern naming some, given as the image folder: images by id (GQA's)."""
+    return root is not None and (hub.is_pattern(root) or root.suffix.lower() in (".parquet", ".arrow"))
+
+
+@functools.lru_cache(maxsize=4)
+def _table_index(root: str) -> dict[str, TableImage]:
+    """Image id -> its image, in a table of images with columns `id` and `image` (lmms-lab/GQA's
+    testdev_balanced_images, which its questions name by `imageId`); the scan reads the ids, not the bytes."""
+    index = {}
+    for n, row in iter_table(Path(root)):
+        if row.get("id") is None or not isinstance(row.get("image"), TableImage):
+            raise DataError(f"{hub.data_name(root)}:{n}: a table given as the image folder holds images by id, in "
+                            f"columns 'id' and 'image' (bytes); found {', '.join(map(str, row)) or 'no columns'}.")
+        index[str(row["id"])] = row["image"]
+    return index
 
 
 def _is_archive(root: Path | None) -> bool:
