@@ -182,7 +182,8 @@ def eval_(
     model: Path = typer.Argument(..., help="model folder or hub id, run or checkpoint (the base when comparing)"),
     data: Path = typer.Option(..., help="evaluation set; the last assistant turn of each sample is the reference"),
     out: Path = typer.Option(..., "--out", help="folder for predictions.jsonl and metrics.json"),
-    images: Optional[Path] = typer.Option(None, help="folder (or .zip archive) the image paths are relative to"),
+    images: Optional[Path] = typer.Option(None, help="folder (or .zip archive) the image paths are relative to, or a "
+                                          "table of images by id (GQA's)"),
     compare: Optional[Path] = typer.Option(None, help="a second (fine-tuned) model: labels base / finetuned"),
     adapter: Optional[Path] = typer.Option(None, help="or: MODEL with this LoRA run as the second model"),
     metrics: Optional[str] = typer.Option(None, help="comma list of em (default), vqa, yesno, pope, choice, mme"),

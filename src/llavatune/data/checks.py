@@ -30,7 +30,8 @@ NEAR_TAG = re.compile(r"<\s*image\s*>", re.IGNORECASE)  # <Image>, < image >: me
 @dataclasses.dataclass
 class ValidateConfig:
     data: Path
-    images: Path | None = None       # folder (or .zip archive) the image paths are relative to
+    images: Path | None = None       # folder (or .zip archive) the image paths are relative to, or a table of
+    #   images by id
     model: Path | None = None        # a llava-hf folder: adds token checks (supervised tokens, max length)
     template: str | None = None      # overrides the model's template
     max_length: int = 2048
