@@ -110,3 +110,35 @@ def test_presize_leaves_unknown_processors_alone():
     photo = Image.new("RGB", (50, 20))
     assert presize(photo, Other()) is photo
     assert presize(photo.convert("L"), Other()).mode == "L"
+
+
+def test_images_are_read_by_id_from_a_table_of_images(tmp_path):
+    """images=TABLE (lmms-lab/GQA keeps its images so: columns id, image; its questions name them by imageId): a
+    row's image is looked up by id, in a file or in the shards a pattern names; an id not there is missing (as
+    `data validate` counts it), and a table without an id column is said to be the wrong kind."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def png(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (4, 4), colour).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    for k, (ident, colour) in enumerate([("n161313", (255, 0, 0)), ("n235859", (0, 0, 255))]):
+        pq.write_table(pa.Table.from_pylist([{"id": ident, "image": png(colour)}]), tmp_path / f"testdev-{k}.parquet")
+    table = tmp_path / "testdev-*.parquet"
+    check_root(table)
+    assert load("n235859", table, "f:1").getpixel((0, 0)) == (0, 0, 255)
+    assert load("n161313", tmp_path / "testdev-0.parquet", "f:1").getpixel((0, 0)) == (255, 0, 0)
+    assert exists("n161313", table, "f:1") and not exists("n000000", table, "f:1")
+    with pytest.raises(DataError, match=r"f:2: image 'n000000' not found in \S*testdev-\*.parquet \(its ids look like "
+                                        r"'n161313'\)"):
+        check("n000000", table, "f:2")
+    with pytest.raises(DataError, match=r"images=\S*test-\*.parquet: no file matches"):
+        check_root(tmp_path / "test-*.parquet")
+    pq.write_table(pa.Table.from_pylist([{"name": "n1", "image": png((0, 0, 0))}]), tmp_path / "named.parquet")
+    with pytest.raises(DataError, match=r"named.parquet:1: a table given as the image folder holds images by id, in "
+                                        r"columns 'id' and 'image' \(bytes\); found name, image"):
+        load("n1", tmp_path / "named.parquet", "f:3")

@@ -46,7 +46,7 @@ def source(ref: str | bytes | TableImage, image_dir: Path | None, where: str) ->
         index = _table_index(str(root))
         if ref not in index:
             example = next(iter(index), "nothing")
-            raise DataError(f"{where}: image '{ref}' is not in {image_dir} (its ids look like '{example}').")
+            raise DataError(f"{where}: image '{ref}' not found in {image_dir} (its ids look like '{example}').")
         return io.BytesIO(embedded(index[ref], where))
     if _is_archive(root):
         member, archive = _member(ref, root, where), _open_archive(str(root), os.getpid())
