@@ -22,7 +22,7 @@ from rich.table import Table
 from llavatune import progress
 from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
-from llavatune.data.formats import DataError, Record, read_records
+from llavatune.data.formats import DataError, Record, read_records, with_suffix
 from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
@@ -31,11 +31,6 @@ from llavatune.report import metric_table, trained_count, write_all
 
 console = Console(stderr=True)
 METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme")
-SUFFIXES = {  # the instructions LLaVA-1.5's evaluation adds to a benchmark's questions (its question files hold them)
-    "short": "\nAnswer the question using a single word or phrase.",
-    "letter": "\nAnswer with the option's letter from the given choices directly.",
-    "letter-cn": "\n请直接回答选项字母。",
-}
 
 
 @dataclasses.dataclass
@@ -54,7 +49,7 @@ class EvalConfig:
     device: str = "auto"
     data_workers: int | Literal["auto"] = "auto"  # processes opening images and encoding the next batches;
     #   auto: up to 4 on a GPU, none on a CPU (as in train)
-    prompt_suffix: str = ""          # added to every question: text, or short / letter / letter-cn (SUFFIXES)
+    prompt_suffix: str = ""          # added to every question: text, or short / letter / letter-cn (formats.SUFFIXES)
 
 
 @dataclasses.dataclass
@@ -67,8 +62,9 @@ class Sample:
 def samples(cfg: EvalConfig) -> list[Sample]:
     """The rows as questions and references. A set whose rows all end with the question (a benchmark's test
     split, a list of questions) is answered without scores; a set that mixes the two is an error."""
-    out, suffix = [], SUFFIXES.get(cfg.prompt_suffix, cfg.prompt_suffix.replace("\\n", "\n"))
+    out = []
     for record in read_records(cfg.data):
+        record = with_suffix(record, cfg.prompt_suffix)
         if not record.turns:
             raise LlavatuneError(f"{record.source}: no turns; an evaluation row needs a question.")
         answered = record.turns[-1][0] == "assistant"
@@ -76,8 +72,6 @@ def samples(cfg: EvalConfig) -> list[Sample]:
             raise LlavatuneError(f"{record.source}: {'a' if answered else 'no'} reference answer, unlike "
                                  f"{out[0].record.source}; give every row its answer (scored), or none (answers only).")
         question, answer = (record.turns[:-1], record.turns[-1][1]) if answered else (record.turns, None)
-        if suffix and question and question[-1][0] == "user":
-            question = [*question[:-1], ("user", question[-1][1] + suffix)]
         out.append(Sample(record, question, answer))
         if cfg.limit is not None and len(out) >= cfg.limit:
             break

@@ -54,3 +54,28 @@ def test_images_inside_a_parquet_file_stay_there(tmp_path):
         assert all(isinstance(im, TableImage) for r in packed for im in r.images)
         assert packed.buffer.nbytes < sum(map(len, images)) / 20
         assert [r.images[0].read() for r in packed] == images
+
+
+def test_training_asks_with_the_prompt_suffix_as_evaluation_does(tiny_model_dir, tmp_path):
+    """prompt_suffix=short in a run adds LLaVA-1.5's instruction to every question of question/answer rows (the
+    hub's sets hold none), as `eval --prompt-suffix short` asks them; a turn that has it already keeps one."""
+    from transformers import AutoProcessor
+
+    from llavatune.data.dataset import SupervisedDataset
+    from llavatune.data.formats import SUFFIXES, with_suffix
+    from llavatune.data.templates import get_template
+
+    short = SUFFIXES["short"]
+    rows = [{"question": "What colour is it?", "answer": "red"},
+            {"conversations": [{"from": "human", "value": "Shape?" + short}, {"from": "gpt", "value": "square"},
+                               {"from": "human", "value": "Size?"}, {"from": "gpt", "value": "small"}]}]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    data = SupervisedDataset(tmp_path / "qa.jsonl", None, processor, get_template("vicuna_v1"), 0, 4, 512,
+                             prompt_suffix="short")
+    assert data.records[0].turns == [("user", "What colour is it?" + short), ("assistant", "red")]
+    assert [said for role, said in data.records[1].turns if role == "user"] == ["Shape?" + short, "Size?" + short]
+    assert "single word or phrase." in processor.tokenizer.decode(data[0].input_ids)
+    record = next(read_records(tmp_path / "qa.jsonl"))
+    assert with_suffix(record, "").turns == record.turns
+    assert with_suffix(record, "\\nBe brief.").turns[0] == ("user", "What colour is it?\nBe brief.")

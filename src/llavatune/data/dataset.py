@@ -20,7 +20,7 @@ import torch
 
 from llavatune.data import features
 from llavatune.data import images as imagelib
-from llavatune.data.formats import DataError, Record, read_records
+from llavatune.data.formats import DataError, Record, read_records, with_suffix
 from llavatune.data.tokenize import IGNORE_INDEX, Dropped, tokenize_turns
 from llavatune.errors import LlavatuneError
 
@@ -59,12 +59,13 @@ class SupervisedDataset(torch.utils.data.Dataset):
     """Holds the records (text only, packed: see Packed); images are opened and tokens made per item."""
 
     def __init__(self, path: Path, image_dir: Path | None, processor, template, image_token_id: int,
-                 image_seq_length: int, max_length: int, on_bad_image: str = "skip"):
+                 image_seq_length: int, max_length: int, on_bad_image: str = "skip", prompt_suffix: str = ""):
         self.image_seq_length = image_seq_length
         estimates: list[int] = []
 
         def measured(records: Iterable[Record]) -> Iterator[Record]:  # estimated while packed, not unpickled again
             for record in records:
+                record = with_suffix(record, prompt_suffix)
                 estimates.append(self._estimate(record))
                 yield record
 

@@ -352,6 +352,23 @@ def _decode_data_uri(uri: str, where: str) -> bytes:
         raise DataError(f"{where}: image data URI is not valid base64.") from None
 
 
+SUFFIXES = {  # the instructions LLaVA-1.5 adds to short-answer and multiple-choice questions (its data and question
+    "short": "\nAnswer the question using a single word or phrase.",  # files hold them; the hub's sets do not)
+    "letter": "\nAnswer with the option's letter from the given choices directly.",
+    "letter-cn": "\n请直接回答选项字母。",
+}
+
+
+def with_suffix(record: Record, suffix: str) -> Record:
+    """The record with `suffix` (a name in SUFFIXES, or text where '\\n' is a line break) at the end of every user
+    turn, as LLaVA-1.5's data asks each question; a turn that ends with it already is left as it is."""
+    text = SUFFIXES.get(suffix, suffix.replace("\\n", "\n"))
+    if not text:
+        return record
+    turns = [(role, said if role != "user" or said.endswith(text) else said + text) for role, said in record.turns]
+    return dataclasses.replace(record, turns=turns)
+
+
 def extra_fields(record: Record) -> dict:
     """The row's fields besides its id, images and turns (question_id, answers, category, ...): kept by the tools
     that rewrite rows, which evaluation and LLaVA's scoring scripts need."""

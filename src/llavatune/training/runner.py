@@ -142,7 +142,7 @@ class Run:
             self.processor.chat_template = to_jinja(self.template, self.processor.tokenizer)
         self.dataset, self.eval_dataset = (
             SupervisedDataset(path, cfg.images, self.processor, self.template, self.model.config.image_token_id,
-                              self.model.config.image_seq_length, cfg.max_length, cfg.on_bad_image)
+                              self.model.config.image_seq_length, cfg.max_length, cfg.on_bad_image, cfg.prompt_suffix)
             if path is not None else None for path in (cfg.data, cfg.eval_data))
         self.data_manifest = {**data_manifest(cfg.data), "rows": len(self.dataset)}  # hashed once per run
         if self.eval_dataset is not None:
