@@ -139,6 +139,16 @@ def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys
                                                 "B. cat\nAnswer with the option's letter from the given choices directly.")]
     assert score(["B", "A. ice"], items, ["choice"]) == {"choice_accuracy": 0.5}
 
+    # TextVQA's, asked as LLaVA-1.5 asks them with --ocr-tokens: the OCR line after the question, then the suffix
+    textvqa = [{"question_id": 34602, "question": "what brand?", "answers": ["nokia"] * 10, "image": png("red"),
+                "ocr_tokens": ["nokia", "3310"]}]
+    pq.write_table(pa.Table.from_pylist(textvqa), tmp_path / "textvqa.parquet")
+    cfg = EvalConfig(model=tiny_model_dir, data=tmp_path / "textvqa.parquet", out=tmp_path, prompt_suffix="short")
+    assert samples(dataclasses.replace(cfg, ocr_tokens=True))[0].question_turns == [
+        ("user", "<image>\nwhat brand?\nReference OCR token: nokia, 3310\nAnswer the question using a single word or "
+                 "phrase.")]
+    assert "Reference OCR token" not in samples(cfg)[0].question_turns[0][1]
+
     # GQA's questions on the hub name their image (imageId), kept in a table of images (id, image) given as --images
     gqa = [{"id": "201307251", "imageId": "n161313", "question": "Is it red?", "answer": "yes"},
            {"id": "201640614", "imageId": "n235859", "question": "Is it blue?", "answer": "no"}]

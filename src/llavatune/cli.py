@@ -193,13 +193,16 @@ def eval_(
     prompt_suffix: Optional[str] = typer.Option(None, help="added to every question: short (LLaVA-1.5's \"Answer the "
                                                 "question using a single word or phrase.\" on a new line), letter, "
                                                 "letter-cn, or your own text (\\n for a line break)"),
+    ocr_tokens: bool = typer.Option(False, "--ocr-tokens", help="TextVQA rows: \"Reference OCR token: ...\" after "
+                                    "the question (LLaVA-1.5's TextVQA prompt)"),
     overrides: Optional[list[str]] = settings("template=vicuna_v1 device=cpu"),
 ):
     """Answer an evaluation set greedily with one or two models and score the answers."""
     from llavatune import evaluate as verb
     verb.main(cfglib.load(verb.EvalConfig, None, overrides, dict(
         model=model, data=data, out=out, images=images, compare=compare, adapter=adapter, metrics=metrics,
-        limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt_suffix=prompt_suffix)))
+        limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt_suffix=prompt_suffix,
+        ocr_tokens=ocr_tokens or None)))
 
 
 @app.command(epilog="Examples:\n\n  llavatune chat runs/demo/models/tiny-tuned --image "

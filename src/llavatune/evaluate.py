@@ -22,7 +22,7 @@ from rich.table import Table
 from llavatune import progress
 from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
-from llavatune.data.formats import DataError, Record, read_records, with_suffix
+from llavatune.data.formats import DataError, Record, read_records, with_ocr_tokens, with_suffix
 from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
@@ -50,6 +50,7 @@ class EvalConfig:
     data_workers: int | Literal["auto"] = "auto"  # processes opening images and encoding the next batches;
     #   auto: up to 4 on a GPU, none on a CPU (as in train)
     prompt_suffix: str = ""          # added to every question: text, or short / letter / letter-cn (formats.SUFFIXES)
+    ocr_tokens: bool = False         # TextVQA rows: their "ocr_tokens" after the question, as LLaVA-1.5 asks them
 
 
 @dataclasses.dataclass
@@ -64,7 +65,7 @@ def samples(cfg: EvalConfig) -> list[Sample]:
     split, a list of questions) is answered without scores; a set that mixes the two is an error."""
     out = []
     for record in read_records(cfg.data):
-        record = with_suffix(record, cfg.prompt_suffix)
+        record = with_suffix(with_ocr_tokens(record) if cfg.ocr_tokens else record, cfg.prompt_suffix)
         if not record.turns:
             raise LlavatuneError(f"{record.source}: no turns; an evaluation row needs a question.")
         answered = record.turns[-1][0] == "assistant"
