@@ -82,7 +82,7 @@ def data_shards(ref: str | Path) -> tuple[str, ...] | None:
         files = sorted(n for n in names if n.parent == pattern.parent and fnmatch.fnmatchcase(n.name, pattern.name))
     else:
         files = sorted(n for n in names if PurePosixPath(inner) in n.parents)
-    files = ([f for f in files if f.suffix.lower() == ".parquet"] + [f for f in files if f.suffix.lower() == ".arrow"])
+    files = [f for f in files if f.suffix.lower() == ".parquet"] + [f for f in files if f.suffix.lower() == ".arrow"]
     at = f"@{revision}" if revision else ""  # not the commit listed: a download by branch records the branch's
     return tuple(f"hf://datasets/{repo_id}{at}/{f}" for f in files) or None  # commit, which an offline run reads
 

@@ -352,8 +352,10 @@ def _decode_data_uri(uri: str, where: str) -> bytes:
         raise DataError(f"{where}: image data URI is not valid base64.") from None
 
 
-SUFFIXES = {  # the instructions LLaVA-1.5 adds to short-answer and multiple-choice questions (its data and question
-    "short": "\nAnswer the question using a single word or phrase.",  # files hold them; the hub's sets do not)
+# The instructions LLaVA-1.5 adds to short-answer and multiple-choice questions (its data and question files hold
+# them; the hub's sets do not).
+SUFFIXES = {
+    "short": "\nAnswer the question using a single word or phrase.",
     "letter": "\nAnswer with the option's letter from the given choices directly.",
     "letter-cn": "\n请直接回答选项字母。",
 }
@@ -374,10 +376,11 @@ def with_ocr_tokens(record: Record) -> Record:
     lmms-eval's textvqa `ocr` option ask it: "\\nReference OCR token: a, b, c" after the question (LLaVA-1.5-7B's
     TextVQA 58.2 is with this line)."""
     tokens = (record.raw or {}).get("ocr_tokens")
-    if not isinstance(tokens, list):
-        return record
     turns = list(record.turns)
-    last = max(i for i, (role, _) in enumerate(turns) if role == "user")  # the question (before any answer)
+    questions = [i for i, (role, _) in enumerate(turns) if role == "user"]
+    if not isinstance(tokens, list) or not questions:
+        return record
+    last = questions[-1]  # the question (before any answer)
     turns[last] = ("user", turns[last][1] + "\nReference OCR token: " + ", ".join(map(str, tokens)))
     return dataclasses.replace(record, turns=turns)
 

@@ -1,6 +1,7 @@
 """Image files: find a row's image inside the image folder or zip archive (never outside), or by its id in a table of
-images (GQA's), open as RGB with EXIF orientation applied. Pad-to-square and resizing are the processor's job (see model/compose.py); `pixels` does
-those two steps in PIL first, with the same result, because the processor is slow at them on large photos."""
+images (GQA's), open as RGB with EXIF orientation applied. Pad-to-square and resizing are the processor's job (see
+model/compose.py); `pixels` does those two steps in PIL first, with the same result, because the processor is slow
+at them on large photos."""
 
 from __future__ import annotations
 
