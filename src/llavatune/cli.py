@@ -30,6 +30,8 @@ def settings(example: str):
 
 
 CONFIG = typer.Option(None, "--config", help="YAML file with the verb's options")
+SUFFIX_HELP = ("added to every question: short (LLaVA-1.5's \"Answer the question using a single word or phrase.\" on "
+               "a new line), letter, letter-cn, or your own text (\\n for a line break)")
 
 
 @app.callback()
@@ -190,9 +192,7 @@ def eval_(
     limit: Optional[int] = typer.Option(None, help="only the first N samples"),
     batch_size: Optional[int] = typer.Option(None, help="default 1; batched answers are the same"),
     max_new_tokens: Optional[int] = typer.Option(None),
-    prompt_suffix: Optional[str] = typer.Option(None, help="added to every question: short (LLaVA-1.5's \"Answer the "
-                                                "question using a single word or phrase.\" on a new line), letter, "
-                                                "letter-cn, or your own text (\\n for a line break)"),
+    prompt_suffix: Optional[str] = typer.Option(None, help=SUFFIX_HELP),
     ocr_tokens: bool = typer.Option(False, "--ocr-tokens", help="TextVQA rows: \"Reference OCR token: ...\" after "
                                     "the question (LLaVA-1.5's TextVQA prompt)"),
     overrides: Optional[list[str]] = settings("template=vicuna_v1 device=cpu"),
@@ -348,12 +348,13 @@ def data_validate(
     max_length: Optional[int] = typer.Option(None, help="token budget per sample, image tokens included"),
     no_decode: bool = typer.Option(False, "--no-decode", help="check that images exist but do not decode them"),
     report: Optional[Path] = typer.Option(None, help="file for the bad rows (default: DATA.errors.txt)"),
+    prompt_suffix: Optional[str] = typer.Option(None, help=SUFFIX_HELP + ", as the run's prompt_suffix"),
 ):
     """Check every row: schema, roles, images, <image> tags, duplicates, tokens; exit 2 on problems."""
     from llavatune.data import checks
     checks.main(cfglib.load(checks.ValidateConfig, None, None, dict(
         data=data, images=images, model=model, template=template, max_length=max_length,
-        decode=False if no_decode else None, report=report)))
+        decode=False if no_decode else None, report=report, prompt_suffix=prompt_suffix)))
 
 
 @data_app.command("stats", epilog="Example:\n\n  llavatune data stats data/qa.json --model models/tiny")
@@ -376,11 +377,12 @@ def data_preview(
     model: Path = typer.Option(..., help="llava-hf folder, run or checkpoint (tokenizer and template)"),
     index: int = typer.Option(0, help="row number, from 0"),
     template: Optional[str] = typer.Option(None, help="template (default: the model's)"),
+    prompt_suffix: Optional[str] = typer.Option(None, help=SUFFIX_HELP + ", as the run's prompt_suffix"),
 ):
     """Show one sample as it is trained on: supervised text in green, token counts."""
     from llavatune.data import stats
     stats.preview(cfglib.load(stats.PreviewConfig, None, None, dict(data=data, model=model, index=index,
-                                                                     template=template)))
+                                                                     template=template, prompt_suffix=prompt_suffix)))
 
 
 @data_app.command("render", epilog="Example:\n\n  echo '[{\"from\": \"human\", \"value\": \"Hi\"}, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 from llavatune.data.stats import StatsConfig, stats
@@ -27,3 +28,24 @@ def test_counts_lengths_and_image_sizes(tmp_path):
     Image.new("1", (15000, 15000)).save(tmp_path / "c.png")  # past PIL's pixel limit: passed over, not a crash
     result = stats(StatsConfig(data=tmp_path / "data.json", images=tmp_path, plot=tmp_path / "lengths.png"))
     assert result["images_measured"] == 2
+
+
+def test_preview_and_validate_ask_with_the_runs_prompt_suffix(tiny_model_dir, tmp_path, capsys):
+    """`data preview --prompt-suffix short` shows the question as a run with prompt_suffix=short trains on it, and
+    `data validate --prompt-suffix` counts those tokens against max_length."""
+    from llavatune.data.checks import ValidateConfig
+    from llavatune.data.checks import main as validate
+    from llavatune.data.stats import PreviewConfig, preview
+    from llavatune.errors import LlavatuneError
+
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "What colour?", "answer": "red"}) + "\n")
+    bare = preview(PreviewConfig(data=tmp_path / "qa.jsonl", model=tiny_model_dir))
+    assert "single word" not in capsys.readouterr().out
+    asked = preview(PreviewConfig(data=tmp_path / "qa.jsonl", model=tiny_model_dir, prompt_suffix="short"))
+    assert "What colour?\nAnswer the question using a single word or phrase." in capsys.readouterr().out
+    assert asked["tokens"] > bare["tokens"]
+    common = dict(data=tmp_path / "qa.jsonl", model=tiny_model_dir, max_length=bare["tokens"])
+    assert validate(ValidateConfig(**common)).bad_rows == 0
+    with pytest.raises(LlavatuneError, match="1 of 1 rows have problems"):
+        validate(ValidateConfig(**common, prompt_suffix="short"))
+    assert (tmp_path / "qa.jsonl.errors.txt").read_text().startswith(f"{tmp_path / 'qa.jsonl'}:1: longer than max_length")

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from llavatune import hub
 from llavatune.data import images as imagelib
-from llavatune.data.formats import IMAGE_TAG, DataError, Record, beside, iter_rows, to_record
+from llavatune.data.formats import IMAGE_TAG, DataError, Record, beside, iter_rows, to_record, with_suffix
 from llavatune.errors import LlavatuneError
 
 console = Console(stderr=True)
@@ -37,6 +37,7 @@ class ValidateConfig:
     max_length: int = 2048
     decode: bool = True              # open every image (slower, finds corrupt files)
     report: Path | None = None       # where to write `file:row: reason` lines (default: DATA.errors.txt)
+    prompt_suffix: str = ""          # as the run's prompt_suffix: token checks on the questions as training asks them
 
 
 @dataclasses.dataclass
@@ -102,7 +103,7 @@ def main(cfg: ValidateConfig) -> Report:
 
 def check_row(row, where: str, cfg: ValidateConfig, text_side, report: Report, seen: dict) -> None:
     try:
-        record = to_record(row, where)
+        record = with_suffix(to_record(row, where), cfg.prompt_suffix)
     except DataError as err:
         reason = "unknown role" if "unknown role" in str(err) else "schema"
         report.add(where, reason, str(err).split(": ", 1)[-1])

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llavatune import hub
-from llavatune.data.formats import DataError, beside, iter_rows, to_record
+from llavatune.data.formats import DataError, beside, iter_rows, to_record, with_suffix
 from llavatune.errors import LlavatuneError
 
 console = Console()
@@ -35,6 +35,7 @@ class PreviewConfig:
     index: int = 0                 # row number, from 0
     template: str | None = None
     max_length: int = 2048
+    prompt_suffix: str = ""        # as the run's prompt_suffix: the question as training asks it
 
 
 def stats(cfg: StatsConfig) -> dict:
@@ -153,7 +154,7 @@ def preview(cfg: PreviewConfig) -> dict:
             break
     else:
         raise LlavatuneError(f"{name}: --index {cfg.index} is past the last row (there are {n + 1 if n else 0}).")
-    record = to_record(row, f"{name}:{row_number}")
+    record = with_suffix(to_record(row, f"{name}:{row_number}"), cfg.prompt_suffix)
     shown = Text()
     for text, supervised in segments(text_side.template, record.turns, tokenizer=text_side.tokenizer):
         shown.append(text, style="bold green" if supervised else "dim")
