@@ -342,7 +342,8 @@ def _ok(n: int, out) -> None:
 def data_validate(
     data: Path = typer.Argument(..., help="data file (.json, .jsonl, .parquet, .arrow), dataset folder, or "
                                           "hf://datasets/ORG/NAME/PATH"),
-    images: Optional[Path] = typer.Option(None, help="folder (or .zip archive) that image paths are relative to"),
+    images: Optional[Path] = typer.Option(None, help="folder (or .zip archive) that image paths are relative to, or a "
+                                          "table of images by id (GQA's)"),
     model: Optional[Path] = typer.Option(None, help="llava-hf folder or run: also check tokens and lengths"),
     template: Optional[str] = typer.Option(None, help="template (default: the model's)"),
     max_length: Optional[int] = typer.Option(None, help="token budget per sample, image tokens included"),

@@ -39,7 +39,8 @@ class TrainConfig:
     model: Path                      # llava-hf folder (from `llavatune build`, a stage-1 run's final/, or a hub id)
     data: Path                       # training data (LLaVA JSON/JSONL, ShareGPT, messages, parquet)
     out: Path                        # run folder
-    images: Path | None = None       # folder (or .zip archive) the data's image paths are relative to
+    images: Path | None = None       # folder (or .zip archive) the data's image paths are relative to, or a
+    #   table of images by id (columns id, image)
     eval_data: Path | None = None    # held-out rows (e.g. `data split`'s val.json, same image folder): their loss
     #   before the first step, every eval_every steps and at the end, next to the train loss
     eval_every: int | None = None    # steps; default save_every
