@@ -89,6 +89,35 @@ def test_mme_on_a_parquet_file_pairs_the_questions_by_image_content(tmp_path):
         score(["yes", "no", "yes", "yes"], items, ["mme"])
 
 
+def test_mmbench_table_is_scored_by_circular_eval_over_its_rotated_copies(tmp_path):
+    """An MMBench .tsv keeps each question's copies with rotated options as rows index + k * 1e6 (the layout of
+    mmbench_dev_20230712.tsv and lmms-lab/MMBench): a question counts once, right only when every copy is."""
+    from llavatune.evaluate import samples, score
+
+    header = "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\tsource\tl2-category\tsplit"
+    rows = [(0, "dog", "cat", "B", "ocr", "finegrained_perception (instance-level)"),
+            (1000000, "cat", "dog", "A", "ocr", "finegrained_perception (instance-level)"),
+            (1, "red", "blue", "A", "scene", "coarse_perception"),
+            (1000001, "blue", "red", "B", "scene", "coarse_perception")]
+    lines = [header] + [f"{i}\tWhich one?\t\t{a}\t{b}\t\t\t{ans}\t{cat}\t\tx\t{l2}\tdev"
+                        for i, a, b, ans, cat, l2 in rows]
+    (tmp_path / "mmbench_dev.tsv").write_text("\n".join(lines) + "\n")
+    cfg = EvalConfig(model=tmp_path, data=tmp_path / "mmbench_dev.tsv", out=tmp_path / "out", prompt_suffix="letter")
+    items = samples(cfg)
+    assert items[1].question_turns[0][1] == ("Which one?\nA. cat\nB. dog\nAnswer with the option's letter from the "
+                                             "given choices directly.")
+    # the model sticks to the same letter: right on the first row of each question, wrong on its copy
+    result = score(["B", "B", "A", "A"], items, ["choice", "mmbench"])
+    assert result["choice_accuracy"] == 0.5 and result["mmbench_circular"] == 0.0
+    assert score(["B", "the cat", "A", "B"], items, ["mmbench"]) == {
+        "mmbench_circular": 1.0, "mmbench_unread": 0.0, "mmbench_coarse_perception": 1.0,
+        "mmbench_finegrained_perception (instance-level)": 1.0, "mmbench_ocr": 1.0, "mmbench_scene": 1.0}
+    (tmp_path / "plain.jsonl").write_text(json.dumps({"question": "Which?", "A": "x", "B": "y", "answer": "A"}) + "\n")
+    items = samples(dataclasses.replace(cfg, data=tmp_path / "plain.jsonl"))
+    with pytest.raises(LlavatuneError, match=r"plain.jsonl:1 has no integer \"index\".*--metrics choice"):
+        score(["A"], items, ["mmbench"])
+
+
 def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys):
     """lmms-lab/MME's layout (question, answer, category, question_id = the image's name, image bytes): scored as
     MME with LLaVA-1.5's short-answer instruction added; the answers file keeps each question_id and the question
@@ -239,4 +268,7 @@ def test_metrics_read_as_rows_and_mme_points_get_their_own_axis():
     shares, points = metrics_figure(result).axes
     assert shares.get_ylim()[1] == pytest.approx(1.1) and points.get_ylim()[1] > 1510.7
     assert [t.get_text() for t in points.get_xticklabels()] == ["mme_perception", "mme_cognition"]
+    mmbench = {"n": 2, "models": {"model": {"mmbench_circular": 0.5, "mmbench_unread": 0.0, "mmbench_ocr": 1.0}}}
+    assert [t.get_text() for t in metrics_figure(mmbench).axes[0].get_xticklabels()] == ["mmbench_circular"]
+    assert [row[0] for row in metric_table(mmbench)[1]] == ["mmbench_circular", "mmbench_unread", "mmbench_ocr"]
     assert metric_table({"n": 1, "models": {"model": {"exact_match": 1.0}}})[0] == ["metric", "model"]

@@ -22,15 +22,16 @@ from rich.table import Table
 from llavatune import progress
 from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
-from llavatune.data.formats import DataError, Record, read_records, with_ocr_tokens, with_suffix
+from llavatune.data.formats import DataError, Record, missing, read_records, with_ocr_tokens, with_suffix
 from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
-from llavatune.metrics import choice_accuracy, exact_match, mme_scores, pope_scores, vqa_accuracy, yesno_scores
+from llavatune.metrics import (choice_accuracy, exact_match, mmbench_scores, mme_scores, pope_scores, vqa_accuracy,
+                               yesno_scores)
 from llavatune.report import metric_table, trained_count, write_all
 
 console = Console(stderr=True)
-METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme")
+METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme", "mmbench")
 
 
 @dataclasses.dataclass
@@ -41,7 +42,8 @@ class EvalConfig:
     images: Path | None = None
     compare: Path | None = None      # a second model (the fine-tuned one): labels base / finetuned
     adapter: Path | None = None      # or: the same model with this adapter as the second model
-    metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])  # em, vqa, yesno, pope, choice, mme
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])  # em, vqa, yesno, pope, choice, mme,
+    #   mmbench
     limit: int | None = None
     batch_size: int = 1              # batch 1 by default for comparability; batched answers are identical
     max_new_tokens: int = 32
@@ -161,6 +163,8 @@ def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str
             out.update(mme_scores(preds, refs, *zip(*(mme_image_and_category(s) for s in items))))
         except ValueError as err:
             raise LlavatuneError(f"--metrics mme: {err}") from None
+    if "mmbench" in metrics:
+        out.update(mmbench_scores(preds, refs, *zip(*(mmbench_row(s) for s in items))))
     return out
 
 
@@ -185,6 +189,18 @@ def mme_image_and_category(sample: Sample) -> tuple[str, str]:
                          "category; give the row a \"category\".")
     # pairs by content: each row of a parquet file holds its own copy of the image
     return hashlib.sha1(imagelib.embedded(ref, sample.record.source)).hexdigest(), category
+
+
+def mmbench_row(sample: Sample) -> tuple[int, dict[str, str], str | None, str | None]:
+    """The row's MMBench index (its copies with rotated options share it modulo 1e6), its options {"A": text},
+    category and l2-category (the hub's tables spell it "L2-category")."""
+    raw = sample.record.raw or {}
+    if not isinstance(raw.get("index"), int):
+        raise LlavatuneError(f"--metrics mmbench: {sample.record.source} has no integer \"index\"; CircularEval "
+                             "groups an MMBench table's rows by it. Score other multiple-choice sets with "
+                             "--metrics choice.")
+    options = {letter: raw[letter] for letter in "ABCD" if not missing(raw.get(letter))}
+    return raw["index"], options, raw.get("category"), raw.get("l2-category", raw.get("L2-category"))
 
 
 def main(cfg: EvalConfig) -> dict:

@@ -152,12 +152,13 @@ def plot_metrics(result: dict, path: Path) -> None:
 
 def metrics_figure(result: dict):
     """Bars per metric and model: the shares (0..1) on one axis; MME's perception and cognition points on a
-    second, scaled to them (its per-category scores stay in the tables)."""
+    second, scaled to them (MME's and MMBench's per-category scores stay in the tables)."""
     from matplotlib.figure import Figure  # not pyplot: no global backend or figure list to change
 
     labels = list(result["models"])
     keys = list(dict.fromkeys(k for m in result["models"].values() for k in m))
-    groups = [g for g in ([k for k in keys if not k.startswith("mme_")],
+    shares = [k for k in keys if not k.startswith(("mme_", "mmbench_")) or k == "mmbench_circular"]
+    groups = [g for g in (shares,
                           [k for k in ("mme_perception", "mme_cognition") if k in keys]) if g]
     bars = sum(len(g) for g in groups) * len(labels)
     fig = Figure(figsize=(min(16.0, 1.6 + 0.7 * bars + 1.2 * (len(groups) - 1)), 3.2))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llavatune.metrics import (choice_accuracy, exact_match, extract_choice, mme_label, mme_scores,
-                               normalize_vqa_answer, pope_scores, vqa_accuracy, yes_or_no, yesno_scores)
+from llavatune.metrics import (choice_accuracy, exact_match, extract_choice, mmbench_letter, mmbench_scores,
+                               mme_label, mme_scores, normalize_vqa_answer, pope_scores, vqa_accuracy, yes_or_no,
+                               yesno_scores)
 
 
 @pytest.mark.parametrize("raw,expected", [
@@ -108,3 +109,35 @@ def test_pope_scores_each_category_apart_and_reports_their_mean_f1():
     assert scores["pope_random_accuracy"] == 0.75
     assert scores["pope_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
     assert scores["pope_f1"] != yesno_scores(preds, refs)["yesno_f1"]  # not one score over the pooled rows
+
+
+@pytest.mark.parametrize("answer,letter", [
+    ("B", "B"), ("B.", "B"), ("(C) a cat", "C"), ("B) cat", "B"), ("Answer: D", "D"), ("The answer is A.", "A"),
+    ("The answer is B", "B"),
+    ("A cat sits on the mat", "B"),   # "A" in a longer answer may be the article: the option text decides
+    ("cat", "B"), ("A dog", "A"),     # short: the lone A is the letter
+    ("I choose A or B", None),        # two letters
+    ("a cat and a dog", None),        # two options' texts
+    ("E", "E"),                       # MMBench's "none of them", never a reference
+    ("not sure", None),
+])
+def test_mmbench_letter_reads_answers_as_mmbench_does(answer, letter):
+    assert mmbench_letter(answer, {"A": "dog", "B": "cat", "C": "Bird"}) == letter
+
+
+def test_mmbench_circular_eval_needs_every_copy_of_a_question_right():
+    """Question 1 is asked twice (options rotated: its copy 1000001 has the answer at A), right both times;
+    question 2 three times, wrong once; the copy 3000005 has no first row in the set and is not scored."""
+    options = {"A": "dog", "B": "cat"}
+    preds = ["B", "A", "B", "B", "I am not sure", "A"]
+    refs = ["B", "A", "B", "A", "A", "A"]
+    indices = [1, 1000001, 2, 1000002, 2000002, 3000005]
+    categories = ["ocr", "ocr", "scene", "scene", "scene", "scene"]
+    l2 = ["finegrained_perception (instance-level)"] * 2 + ["coarse_perception"] * 4
+    scores = mmbench_scores(preds, refs, indices, [options] * 6, categories, l2)
+    assert scores == {"mmbench_circular": 0.5, "mmbench_unread": pytest.approx(1 / 6),
+                      "mmbench_coarse_perception": 0.0, "mmbench_finegrained_perception (instance-level)": 1.0,
+                      "mmbench_ocr": 1.0, "mmbench_scene": 0.0}
+    assert choice_accuracy(preds, refs) == pytest.approx(4 / 6)  # one pass over the rows counts the copies apart
+    assert mmbench_scores(["B"], ["B"], [7], [options], [None], [None]) == {"mmbench_circular": 1.0,
+                                                                           "mmbench_unread": 0.0}

@@ -242,30 +242,30 @@ def _question_row(row: dict) -> tuple[str, str | None]:
     VQAv2's "multiple_choice_answer", or the most common of "answers"."""
     if isinstance(row.get("choices"), list):  # ScienceQA
         options = [str(c) for c in row["choices"]]
-        hint = "" if _missing(row.get("hint")) else f"Context: {row['hint']}\n"
+        hint = "" if missing(row.get("hint")) else f"Context: {row['hint']}\n"
         letters = string.ascii_uppercase
         question = hint + row["question"] + "".join(f"\n{letter}. {c}" for letter, c in zip(letters, options))
         answer = row.get("answer")
         if isinstance(answer, int) and 0 <= answer < len(options):
             return question, letters[answer]
-        return question, None if _missing(answer) else str(answer)
+        return question, None if missing(answer) else str(answer)
     question = row["question"]
-    if not _missing(row.get("hint")):
+    if not missing(row.get("hint")):
         question = f"{row['hint']}\n{question}"
     for letter in "ABCD":
         option = row.get(letter, row.get(f"choice_{letter.lower()}"))  # MMBench's columns, or SEED-Bench's
-        if _missing(option):
+        if missing(option):
             break
         question += f"\n{letter}. {option}"
     for key in ("answer", "multiple_choice_answer"):
-        if isinstance(row.get(key), (str, int, float)) and not _missing(row[key]):
+        if isinstance(row.get(key), (str, int, float)) and not missing(row[key]):
             return question, str(row[key])
     answers = [a.get("answer") if isinstance(a, dict) else a for a in row.get("answers") or []]
     answers = [str(a) for a in answers if a is not None]
     return question, collections.Counter(answers).most_common(1)[0][0] if answers else None
 
 
-def _missing(value) -> bool:
+def missing(value) -> bool:
     """None, NaN, or the strings 'nan' / 'none' (pandas-written tables), as LLaVA's MMBench script reads them, or
     an empty cell of a .tsv table (which pandas reads as NaN)."""
     return (value is None or (isinstance(value, float) and math.isnan(value))
