@@ -365,11 +365,12 @@ def data_stats(
     plot: Optional[Path] = typer.Option(None, help="PNG for the length histogram"),
     limit: Optional[int] = typer.Option(None, help="only the first N rows"),
     images: Optional[Path] = typer.Option(None, help="image folder: also image sizes (megapixels, headers only)"),
+    prompt_suffix: Optional[str] = typer.Option(None, help=SUFFIX_HELP + ", as the run's prompt_suffix"),
 ):
     """Counts, text-only share and a length histogram (with image tokens) as a table and a PNG."""
     from llavatune.data import stats
     stats.stats(cfglib.load(stats.StatsConfig, None, None, dict(data=data, model=model, plot=plot, limit=limit,
-                                                                images=images)))
+                                                                images=images, prompt_suffix=prompt_suffix)))
 
 
 @data_app.command("preview", epilog="Example:\n\n  llavatune data preview data/qa.json --model models/tiny --index 0")

@@ -30,9 +30,9 @@ def test_counts_lengths_and_image_sizes(tmp_path):
     assert result["images_measured"] == 2
 
 
-def test_preview_and_validate_ask_with_the_runs_prompt_suffix(tiny_model_dir, tmp_path, capsys):
-    """`data preview --prompt-suffix short` shows the question as a run with prompt_suffix=short trains on it, and
-    `data validate --prompt-suffix` counts those tokens against max_length."""
+def test_preview_validate_and_stats_ask_with_the_runs_prompt_suffix(tiny_model_dir, tmp_path, capsys):
+    """`data preview --prompt-suffix short` shows the question as a run with prompt_suffix=short trains on it,
+    `data validate --prompt-suffix` counts those tokens against max_length, and `data stats` those lengths."""
     from llavatune.data.checks import ValidateConfig
     from llavatune.data.checks import main as validate
     from llavatune.data.stats import PreviewConfig, preview
@@ -49,3 +49,6 @@ def test_preview_and_validate_ask_with_the_runs_prompt_suffix(tiny_model_dir, tm
     with pytest.raises(LlavatuneError, match="1 of 1 rows have problems"):
         validate(ValidateConfig(**common, prompt_suffix="short"))
     assert (tmp_path / "qa.jsonl.errors.txt").read_text().startswith(f"{tmp_path / 'qa.jsonl'}:1: longer than max_length")
+    lengths = [stats(StatsConfig(data=tmp_path / "qa.jsonl", plot=tmp_path / "p.png", prompt_suffix=suffix))["length_max"]
+               for suffix in ("", "short")]
+    assert lengths == [3, 3 + len("Answer the question using a single word or phrase.".split())]  # words, no model

@@ -26,6 +26,7 @@ class StatsConfig:
     limit: int | None = None       # only the first N rows
     images: Path | None = None     # also the sizes of (up to `image_sample`) images, read from their headers
     image_sample: int = 1000       # images measured, spread evenly over the rows that have one
+    prompt_suffix: str = ""        # as the run's prompt_suffix: lengths of the questions as training asks them
 
 
 @dataclasses.dataclass
@@ -48,7 +49,7 @@ def stats(cfg: StatsConfig) -> dict:
         if cfg.limit is not None and n >= cfg.limit:
             break
         try:
-            record = to_record(row, f"{name}:{row_number}")
+            record = with_suffix(to_record(row, f"{name}:{row_number}"), cfg.prompt_suffix)
         except DataError:
             counts["unreadable"] += 1
             continue
