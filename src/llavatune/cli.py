@@ -31,7 +31,7 @@ def settings(example: str):
 
 CONFIG = typer.Option(None, "--config", help="YAML file with the verb's options")
 SUFFIX_HELP = ("added to every question: short (LLaVA-1.5's \"Answer the question using a single word or phrase.\" on "
-               "a new line), letter, letter-cn, or your own text (\\n for a line break)")
+               "a new line), letter, letter-cn, unanswerable (VizWiz's), or your own text (\\n for a line break)")
 
 
 @app.callback()

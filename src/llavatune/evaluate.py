@@ -51,7 +51,8 @@ class EvalConfig:
     device: str = "auto"
     data_workers: int | Literal["auto"] = "auto"  # processes opening images and encoding the next batches;
     #   auto: up to 4 on a GPU, none on a CPU (as in train)
-    prompt_suffix: str = ""          # added to every question: text, or short / letter / letter-cn (formats.SUFFIXES)
+    prompt_suffix: str = ""          # added to every question: text, or short / letter / letter-cn /
+    #   unanswerable (formats.SUFFIXES)
     ocr_tokens: bool = False         # TextVQA rows: their "ocr_tokens" after the question, as LLaVA-1.5 asks them
 
 

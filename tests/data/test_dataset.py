@@ -79,3 +79,6 @@ def test_training_asks_with_the_prompt_suffix_as_evaluation_does(tiny_model_dir,
     record = next(read_records(tmp_path / "qa.jsonl"))
     assert with_suffix(record, "").turns == record.turns
     assert with_suffix(record, "\\nBe brief.").turns[0] == ("user", "What colour is it?\nBe brief.")
+    assert with_suffix(record, "unanswerable").turns[0][1] == (  # LLaVA-1.5's VizWiz questions, to the byte
+        "What colour is it?\nWhen the provided information is insufficient, respond with 'Unanswerable'.\nAnswer the "
+        "question using a single word or phrase.")

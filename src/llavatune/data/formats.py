@@ -358,6 +358,8 @@ SUFFIXES = {
     "short": "\nAnswer the question using a single word or phrase.",
     "letter": "\nAnswer with the option's letter from the given choices directly.",
     "letter-cn": "\n请直接回答选项字母。",
+    "unanswerable": "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\nAnswer the "
+                    "question using a single word or phrase.",  # LLaVA-1.5's VizWiz questions
 }
 
 
