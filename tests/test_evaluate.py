@@ -61,6 +61,33 @@ def test_mme_metric_takes_the_category_from_the_row_or_the_image_folder():
         score(["yes"], items[:1], ["mme"])
 
 
+def test_answers_are_marked_by_the_first_metric_as_it_scores_them():
+    """The reports marked every answer by exact match: "(B) cat" was scored right by `choice` and marked wrong.
+    Marks now come from the first metric's own rule, and they average to its score."""
+    from llavatune.data.formats import Record
+    from llavatune.evaluate import Sample, per_sample, score
+    from llavatune.report import markdown, page
+
+    def item(answer, humans=None):
+        record = Record(id="1", turns=[("user", "Which?")], images=[], raw={"answers": humans} if humans else {})
+        return Sample(record, [("user", "Which?")], answer)
+
+    items, preds = [item("B"), item("A")], ["(B) cat", "B"]
+    assert per_sample(preds, items, "choice") == [1.0, 0.0] and per_sample(preds, items, "em") == [0.0, 0.0]
+    assert sum(per_sample(preds, items, "choice")) / 2 == score(preds, items, ["choice"])["choice_accuracy"]
+    vqa = [item("dog", ["cat"] * 2 + ["dog"] * 8), item("dog", ["dog"] * 10)]
+    marks = per_sample(["cat", "dog"], vqa, "vqa")
+    assert marks == [pytest.approx(0.6), 1.0] and sum(marks) / 2 == score(["cat", "dog"], vqa, ["vqa"])["vqa_accuracy"]
+    assert per_sample(["Yes, it is.", "No"], [item("yes"), item("yes")], "pope") == [1.0, 0.0]
+    assert per_sample(["Yes", "nope"], [item("Yes"), item("No")], "mme") == [1.0, 1.0]
+
+    result, params = {"n": 2, "models": {"model": {"vqa_accuracy": 0.8}}}, {"model": {"total": 10}}
+    report = markdown(vqa, {"model": ["cat", "dog"]}, result, params, {"model": marks}, "vqa")
+    assert "| cat 0.6 |" in report and "| dog ✓ |" in report and "Answers marked by `vqa`'s rule" in report
+    html = page(vqa, {"model": ["cat", "dog"]}, result, params, None, {"model": marks}, "vqa")
+    assert "<td class='part'>cat (0.6)</td>" in html and "<td class='ok'>dog</td>" in html
+
+
 def test_mme_on_a_parquet_file_pairs_the_questions_by_image_content(tmp_path):
     """Rows of a parquet file each hold their own copy of the image: the two questions of an image pair by its
     content, and the category comes from the row (there is no folder to take it from)."""

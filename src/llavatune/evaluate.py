@@ -26,8 +26,8 @@ from llavatune.data.formats import DataError, Record, missing, read_records, wit
 from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
-from llavatune.metrics import (choice_accuracy, exact_match, mmbench_scores, mme_scores, pope_scores, vqa_accuracy,
-                               yesno_scores)
+from llavatune.metrics import (choice_accuracy, choice_right, exact_match, mmbench_letter, mmbench_scores, mme_label,
+                               mme_scores, pope_scores, vqa_accuracy, yes_or_no, yesno_scores)
 from llavatune.report import metric_table, trained_count, write_all
 
 console = Console(stderr=True)
@@ -144,10 +144,15 @@ def gt_answers(sample: Sample) -> list[str]:
     return [a["answer"] if isinstance(a, dict) else str(a) for a in raw]
 
 
-def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str, float]:
+def check_metrics(metrics: list[str]) -> None:
     unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise LlavatuneError(f"unknown metric '{unknown[0]}'; available: {', '.join(METRICS)}.")
+    if unknown or not metrics:
+        raise LlavatuneError(f"{f'unknown metric {unknown[0]!r}' if unknown else 'no metric given'}; available: "
+                             f"{', '.join(METRICS)}.")
+
+
+def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str, float]:
+    check_metrics(metrics)
     refs, n, out = [s.answer for s in items], max(1, len(items)), {}
     if "em" in metrics:
         out["exact_match"] = sum(exact_match(p, r) for p, r in zip(preds, refs)) / n
@@ -167,6 +172,26 @@ def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str
     if "mmbench" in metrics:
         out.update(mmbench_scores(preds, refs, *zip(*(mmbench_row(s) for s in items))))
     return out
+
+
+def per_sample(preds: list[str], items: list[Sample], metric: str) -> list[float]:
+    """Each answer's own score under `metric`, for the reports' marks: 1 right, 0 wrong, and VQA's share of the
+    human answers in between. The rule is the metric's (a letter for choice, yes/no for POPE ...), so that the
+    marks agree with the score they add up to."""
+    refs = [s.answer for s in items]
+    if metric == "vqa":
+        return [vqa_accuracy(p, gt_answers(s)) for p, s in zip(preds, items)]
+    if metric in ("yesno", "pope"):
+        right = [yes_or_no(p) == yes_or_no(r) for p, r in zip(preds, refs)]
+    elif metric == "mme":
+        right = [mme_label(p) == mme_label(r) for p, r in zip(preds, refs)]
+    elif metric == "choice":
+        right = list(map(choice_right, preds, refs))
+    elif metric == "mmbench":  # this row (one copy of its question) alone
+        right = [mmbench_letter(p, mmbench_row(s)[1]) == r.strip().upper() for p, r, s in zip(preds, refs, items)]
+    else:
+        return [exact_match(p, r) for p, r in zip(preds, refs)]
+    return [float(r) for r in right]
 
 
 def pope_category(sample: Sample) -> str:
@@ -207,6 +232,7 @@ def mmbench_row(sample: Sample) -> tuple[int, dict[str, str], str | None, str | 
 def main(cfg: EvalConfig) -> dict:
     if cfg.compare is not None and cfg.adapter is not None:
         raise LlavatuneError("give either --compare MODEL2 or --adapter RUN, not both.")
+    check_metrics(cfg.metrics)  # before the answering, not after it
     items = samples(cfg)
     runs = {"base" if (cfg.compare or cfg.adapter) else "model": (cfg.model, None)}
     if cfg.compare is not None:
@@ -214,14 +240,17 @@ def main(cfg: EvalConfig) -> dict:
     elif cfg.adapter is not None:
         runs["finetuned"] = (cfg.model, cfg.adapter)
     predictions, params, result = {}, {}, {"n": len(items), "models": {}, "cut_at_max_new_tokens": {}}
+    marks = {}  # per model: each answer's score under the first metric, for the reports
     for label, (model_path, adapter) in runs.items():
         with torch.no_grad():
             predictions[label], params[label], cut = answer_all(model_path, adapter, items, cfg, label)
         result["models"][label] = score(predictions[label], items, cfg.metrics) if scored(items) else {}
+        if scored(items):
+            marks[label] = per_sample(predictions[label], items, cfg.metrics[0])
         result["cut_at_max_new_tokens"][label] = cut
     write(cfg.out, items, predictions, result)
     save_run_config(cfg.out, "eval", cfg, result=result)
-    write_all(cfg.out, items, predictions, result, params, cfg.images)
+    write_all(cfg.out, items, predictions, result, params, cfg.images, marks, cfg.metrics[0])
     if scored(items):
         print_table(result)
     else:

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 from llavatune.data import images as imagelib
-from llavatune.metrics import exact_match
 
 
 def trained_count(folder: Path | None) -> int | None:
@@ -31,14 +30,15 @@ def trained_count(folder: Path | None) -> int | None:
 
 
 def write_all(out: Path, items, predictions: dict[str, list[str]], result: dict, params: dict[str, dict],
-              image_dir: Path | None) -> None:
-    """Without reference answers (a questions-only set) the reports show the answers, unmarked, and no chart.
+              image_dir: Path | None, marks: dict[str, list[float]], metric: str) -> None:
+    """`marks`: per model, each answer's score under `metric` (evaluate.per_sample), shown beside it. Without
+    reference answers (a questions-only set) the reports show the answers, unmarked, and no chart.
     An answers file's "prompt" is the bare question, as in LLaVA's question files: its eval_textvqa.py finds the
     reference by that text, split at its line breaks (a leading "<image>\n" made it fail its assert)."""
     if any(result["models"].values()):
         plot_metrics(result, out / "metrics.png")
-    (out / "report.md").write_text(markdown(items, predictions, result, params))
-    (out / "report.html").write_text(page(items, predictions, result, params, image_dir))
+    (out / "report.md").write_text(markdown(items, predictions, result, params, marks, metric))
+    (out / "report.html").write_text(page(items, predictions, result, params, image_dir, marks, metric))
     for label, preds in predictions.items():
         with (out / f"answers-{label}.jsonl").open("w") as f:
             for s, text in zip(items, preds):
@@ -51,7 +51,7 @@ def _params_line(label: str, p: dict) -> str:
     return f"{label}: {p['total']:,} parameters{trained}"
 
 
-def markdown(items, predictions, result, params) -> str:
+def markdown(items, predictions, result, params, marks, metric) -> str:
     labels = list(predictions)
     lines = [f"# Evaluation: {result['n']} samples", ""]
     lines += [f"- {_params_line(label, params[label])}" for label in labels] + [""]
@@ -60,10 +60,10 @@ def markdown(items, predictions, result, params) -> str:
         lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines += ["", "![metrics](metrics.png)", ""]
+    lines += [_marks_line(metric), ""] if marks else []
     lines += ["| id | question | reference | " + " | ".join(labels) + " |", "|---" * (3 + len(labels)) + "|"]
     for i, s in enumerate(items):
-        cells = [f"{_md(predictions[label][i])}{_mark(predictions[label][i], s.answer, ' ✓', ' ✗')}"
-                 for label in labels]
+        cells = [f"{_md(predictions[label][i])} {_mark(marks, label, i)[0]}".rstrip() for label in labels]
         lines.append(f"| {s.record.id} | {_md(_question(s))} | {_md(s.answer or '')} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -86,11 +86,17 @@ def metric_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _mark(prediction: str, reference: str | None, right: str, wrong: str) -> str:
-    """right or wrong by exact match; nothing without a reference."""
-    if reference is None:
-        return ""
-    return right if exact_match(prediction, reference) else wrong
+def _mark(marks: dict[str, list[float]], label: str, i: int) -> tuple[str, str]:
+    """(the mark, the HTML class) of answer i: right, wrong, or the score between (VQA's partly right
+    answers); nothing without references."""
+    if not marks:
+        return "", ""
+    value = marks[label][i]
+    return ("✓", "ok") if value == 1 else ("✗", "bad") if value == 0 else (f"{value:.1f}", "part")
+
+
+def _marks_line(metric: str) -> str:
+    return f"Answers marked by `{metric}`'s rule, each on its own: ✓ right, ✗ wrong, a number for VQA's partly right ones."
 
 
 def _md(text: str) -> str:
@@ -109,13 +115,11 @@ def _question(sample) -> str:
     return sample.question_turns[-1][1].replace("<image>", "").strip()
 
 
-def page(items, predictions, result, params, image_dir) -> str:
+def page(items, predictions, result, params, image_dir, marks, metric) -> str:
     labels = list(predictions)
     rows = []
     for i, s in enumerate(items):
-        cells = "".join(
-            f"<td class='{_mark(predictions[label][i], s.answer, 'ok', 'bad')}'>"
-            f"{html.escape(predictions[label][i])}</td>" for label in labels)
+        cells = "".join(_html_cell(predictions[label][i], *_mark(marks, label, i)) for label in labels)
         rows.append(f"<tr><td>{_thumb(s.record, image_dir)}</td><td>{html.escape(_question(s))}</td>"
                     f"<td>{html.escape(s.answer or '')}</td>{cells}</tr>")
     header, metric_rows = metric_table(result)
@@ -123,14 +127,20 @@ def page(items, predictions, result, params, image_dir) -> str:
     models = "".join(f"<li>{html.escape(_params_line(label, params[label]))}</li>" for label in labels)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>llavatune evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:4px 8px}}.ok{{background:#e3f4e1}}.bad{{background:#fbe3e1}}img{{width:64px;height:64px;image-rendering:pixelated}}
+padding:4px 8px}}.ok{{background:#e3f4e1}}.bad{{background:#fbe3e1}}.part{{background:#fbf3d5}}img{{width:64px;height:64px;image-rendering:pixelated}}
 </style></head><body><h1>Evaluation: {result['n']} samples</h1>
 <ul>{models}</ul>
 {f"<table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{summary}</table>" if metric_rows else ''}
 {'<p><img src="metrics.png" style="max-width:100%"></p>' if metric_rows else ''}
+{f"<p>{html.escape(_marks_line(metric))}</p>" if marks else ''}
 <table><tr><th>image</th><th>question</th><th>reference</th>{''.join(f'<th>{label}</th>' for label in labels)}</tr>
 {''.join(rows)}</table></body></html>
 """
+
+
+def _html_cell(answer: str, mark: str, kind: str) -> str:
+    """An answer on the colour of its mark; a partly right one (VQA) with its score."""
+    return f"<td class='{kind}'>{html.escape(answer)}{f' ({mark})' if kind == 'part' else ''}</td>"
 
 
 def _thumb(record, image_dir) -> str:

@@ -20,6 +20,9 @@ def extract_choice(text: str, letters: str = LETTERS) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+def choice_right(pred: str, ref: str) -> bool:
+    return extract_choice(pred) == (extract_choice(ref) or ref.strip().upper())
+
+
 def choice_accuracy(preds: list[str], refs: list[str]) -> float:
-    hits = sum(extract_choice(p) == (extract_choice(r) or r.strip().upper()) for p, r in zip(preds, refs))
-    return hits / max(1, len(refs))
+    return sum(map(choice_right, preds, refs)) / max(1, len(refs))
