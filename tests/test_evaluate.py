@@ -44,6 +44,68 @@ def test_batched_equals_one_by_one_and_adapter_compare(tiny_model_dir, shapes_da
     assert one["cut_at_max_new_tokens"]["base"] == sum(a.finish_reason == "length" for a in got) > 0
 
 
+def test_a_killed_evaluation_continues_where_it_stopped(tiny_model_dir, shapes_data, tmp_path, monkeypatch):
+    """Answers are written as they come: the same evaluation after a kill asks only the questions left, and its
+    results equal those of a run never stopped. Another option (or other model files) starts from nothing."""
+    import llavatune.evaluate as evaluate
+
+    asked = []
+
+    def counting(model, processor, template, inputs, gen, device):
+        got = real(model, processor, template, inputs, gen, device)
+        asked.append(len(got))
+        if killed and len(asked) == 3:
+            raise KeyboardInterrupt  # as Ctrl-C or a lost machine would, after 2 batches were written
+        return got
+
+    real, killed = evaluate.answers, True
+    monkeypatch.setattr(evaluate, "answers", counting)
+    common = dict(model=tiny_model_dir, data=shapes_data / "qa.json", images=shapes_data, limit=10, batch_size=2,
+                  max_new_tokens=4)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        main(EvalConfig(out=out, **common))
+    assert [p.name for p in out.iterdir()][0].startswith(".answers-model-")
+    asked.clear()
+    killed = False
+    resumed = main(EvalConfig(out=out, **common))
+    assert sum(asked) == 6  # 10 questions, 4 answered before the kill
+    assert not list(out.glob(".answers-*"))  # the results hold the answers now
+    asked.clear()
+    whole = main(EvalConfig(out=tmp_path / "whole", **common))
+    assert sum(asked) == 10 and whole == resumed
+    assert (out / "predictions.jsonl").read_text() == (tmp_path / "whole" / "predictions.jsonl").read_text()
+
+    killed, asked[:] = True, []
+    with pytest.raises(KeyboardInterrupt):
+        main(EvalConfig(out=out, **common))
+    killed = False
+    main(EvalConfig(out=out, **{**common, "max_new_tokens": 3}))  # other answers: none of the old ones is taken
+    assert sum(asked) == 3 * 2 + 10
+
+
+@pytest.mark.slow
+def test_questions_shared_over_processes_give_the_same_results(tiny_model_dir, shapes_data, tmp_path):
+    """`eval --procs 2` (and `--gpus 0,1`, the same launch): each process answers every second question; the
+    results are those of one process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "llavatune")
+    common = [str(tiny_model_dir), "--data", str(shapes_data / "qa.json"), "--images", str(shapes_data),
+              "--limit", "9", "--max-new-tokens", "4", "--batch-size", "2"]
+    result = subprocess.run([exe, "eval", *common, "--out", str(tmp_path / "two"), "--procs", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "answering (model, process 1 of 2)" in result.stderr and "process 2 of 2" not in result.stderr
+    assert result.stderr.count("Loading weights:   0%") <= 1  # the first process's bar only
+    main(EvalConfig(model=tiny_model_dir, data=shapes_data / "qa.json", images=shapes_data, limit=9, batch_size=2,
+                    max_new_tokens=4, out=tmp_path / "one"))
+    for name in ("predictions.jsonl", "metrics.json", "answers-model.jsonl"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
 def test_mme_metric_takes_the_category_from_the_row_or_the_image_folder():
     from llavatune.data.formats import Record
     from llavatune.evaluate import Sample, score

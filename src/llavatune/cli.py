@@ -181,6 +181,7 @@ def convert(
 @app.command("eval", epilog="Example:\n\n  llavatune eval models/tiny --compare models/tiny-tuned "
              "--data data/val.json --images data --out runs/eval")
 def eval_(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="model folder or hub id, run or checkpoint (the base when comparing)"),
     data: Path = typer.Option(..., help="evaluation set; the last assistant turn of each sample is the reference"),
     out: Path = typer.Option(..., "--out", help="folder for predictions.jsonl and metrics.json"),
@@ -195,14 +196,51 @@ def eval_(
     prompt_suffix: Optional[str] = typer.Option(None, help=SUFFIX_HELP),
     ocr_tokens: bool = typer.Option(False, "--ocr-tokens", help="TextVQA rows: \"Reference OCR token: ...\" after "
                                     "the question (LLaVA-1.5's TextVQA prompt)"),
+    gpus: Optional[str] = typer.Option(None, help="GPUs to answer on, e.g. 0,1,2,3: a process each, a share of the "
+                                                  "questions each"),
+    procs: Optional[int] = typer.Option(None, help="CPU processes, each answering a share of the questions"),
     overrides: Optional[list[str]] = settings("template=vicuna_v1 device=cpu"),
 ):
-    """Answer an evaluation set greedily with one or two models and score the answers."""
+    """Answer an evaluation set greedily with one or two models and score the answers. Answers are written as
+    they come: the same command after a kill answers only the rest."""
+    import os
+    import subprocess
+
     from llavatune import evaluate as verb
+    from llavatune.training import launch
+
+    n_gpus = len([g for g in (gpus or "").split(",") if g.strip()])
+    if n_gpus and procs:
+        raise typer.BadParameter("give --gpus (a process per GPU) or --procs (CPU processes), not both")
+    if (n_gpus > 1 or (procs or 1) > 1) and "WORLD_SIZE" not in os.environ:
+        per_machine = n_gpus or procs
+        command = launch.command(_same_command(ctx), per_machine)
+        raise typer.Exit(subprocess.run(command, env=launch.environment(per_machine, gpus)).returncode)
+    if gpus and n_gpus == 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    device = "cuda" if n_gpus else "cpu" if procs else None
     verb.main(cfglib.load(verb.EvalConfig, None, overrides, dict(
         model=model, data=data, out=out, images=images, compare=compare, adapter=adapter, metrics=metrics,
         limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt_suffix=prompt_suffix,
-        ocr_tokens=ocr_tokens or None)))
+        ocr_tokens=ocr_tokens or None, device=device)))  # a device= setting still wins
+
+
+def _same_command(ctx: typer.Context) -> list[str]:
+    """This verb's command line again, from the values it was given: what each process of a launch runs (it
+    sees WORLD_SIZE and answers its share instead of launching)."""
+    argv = ["--debug"] if ctx.find_root().params.get("debug") else []
+    argv.append(ctx.info_name)
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value is False or value == () or value == []:
+            continue
+        if param.param_type_name == "argument":
+            argv += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+        elif getattr(param, "is_flag", False):
+            argv.append(param.opts[0])
+        else:
+            argv += [param.opts[0], str(value)]
+    return argv
 
 
 @app.command(epilog="Examples:\n\n  llavatune chat runs/demo/models/tiny-tuned --image "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -22,12 +23,15 @@ from rich.table import Table
 from llavatune import progress
 from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
+from llavatune.data.features import key as image_key
 from llavatune.data.formats import DataError, Record, missing, read_records, with_ocr_tokens, with_suffix
 from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
+from llavatune.inference.journal import Journal, files_stamp, fingerprint
 from llavatune.metrics import (choice_accuracy, choice_right, exact_match, mmbench_letter, mmbench_scores, mme_label,
                                mme_scores, pope_scores, vqa_accuracy, yes_or_no, yesno_scores)
+from llavatune.model import load as loadlib
 from llavatune.report import metric_table, trained_count, write_all
 
 console = Console(stderr=True)
@@ -87,31 +91,75 @@ def samples(cfg: EvalConfig) -> list[Sample]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """This process's part of the questions: every world-th one from its rank (`eval --gpus/--procs` starts
+    `world` processes under torchrun; one process answers them all)."""
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls) -> "Share":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+    def device(self, asked: str) -> str:
+        """Each process on its own GPU (LOCAL_RANK of those CUDA_VISIBLE_DEVICES shows)."""
+        if self.world > 1 and asked in ("auto", "cuda") and torch.cuda.is_available():
+            return f"cuda:{os.environ.get('LOCAL_RANK', self.rank)}"
+        return asked
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
 def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg: EvalConfig,
-               label: str = "model") -> tuple[list[str], dict, int]:
-    """The model's answers, its parameter counts (total; trained in the run that made it, when known), and how
-    many answers ran into max_new_tokens before their end of turn."""
+               label: str = "model", share: Share = Share()) -> tuple[list[str], dict, int, Journal]:
+    """The model's answers, its parameter counts (total; trained in the run that made it, when known), how many
+    answers ran into max_new_tokens before their end of turn, and the journal they were written to as they came
+    (journal.py): answers found there from a killed run of the same evaluation are not asked again. With several
+    processes each answers its share and waits for the others; every one returns all the answers."""
     from llavatune.inference.api import load
 
-    loaded = load(model_path, adapter=adapter, device=cfg.device, template=cfg.template)
+    loaded = load(model_path, adapter=adapter, device=share.device(cfg.device), template=cfg.template)
+    journal = Journal(cfg.out, label, _fingerprint(cfg, items, loaded.source, model_path if adapter else None),
+                      share.rank)
+    done = journal.done()
+    if done and share.rank == 0:
+        console.print(f"resuming: {len(done):,} of {len(items):,} answers of {label} come from an earlier run "
+                      f"({journal.folder})")
+    mine = [i for i in range(share.rank, len(items), share.world) if i not in done]
+    batches = [mine[start:start + cfg.batch_size] for start in range(0, len(mine), cfg.batch_size)]
+    encoded = in_workers(_Encoded([[items[i] for i in b] for b in batches], loaded.processor, loaded.template,
+                                  cfg.images), auto_workers(cfg.data_workers, loaded.device))
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
-    batches = [items[start:start + cfg.batch_size] for start in range(0, len(items), cfg.batch_size)]
-    encoded = in_workers(_Encoded(batches, loaded.processor, loaded.template, cfg.images),
-                         auto_workers(cfg.data_workers, loaded.device))
-    texts: list[str] = []
-    cut = 0
-    bar = progress.bar(len(items), f"answering ({label})", unit="sample")
+    where = f", process 1 of {share.world}" if share.world > 1 else ""  # the others run alike, without a bar
+    bar = progress.bar(len(mine), f"answering ({label}{where})", unit="sample", disable=share.rank > 0)
     for batch, inputs in zip(batches, encoded):
         if isinstance(inputs, str):  # a missing or undecodable image, named by the worker
             raise LlavatuneError(inputs)
-        got = answers(loaded.model, loaded.processor, loaded.template, inputs, gen, loaded.device)
-        texts += [a.text for a in got]
-        cut += sum(a.finish_reason == "length" for a in got)
+        for i, got in zip(batch, answers(loaded.model, loaded.processor, loaded.template, inputs, gen,
+                                         loaded.device)):
+            journal.add(i, got.text, got.finish_reason)
         bar.update(len(batch))
     bar.close()
+    journal.close()
+    share.barrier()  # every share written
+    done = journal.done()
     params = {"total": sum(p.numel() for n, p in loaded.model.named_parameters() if "original_module" not in n),
               "trained": trained_count(loaded.source)}
-    return texts, params, cut
+    return [done[i]["text"] for i in range(len(items))], params, \
+        sum(done[i]["finish_reason"] == "length" for i in range(len(items))), journal
+
+
+def _fingerprint(cfg: EvalConfig, items: list[Sample], model_files: Path, base_files: Path | None) -> str:
+    """What the answers depend on: the options that change them, every question as asked, and the model's files
+    (a retrained model at the same path answers anew)."""
+    options = {k: getattr(cfg, k) for k in ("model", "compare", "adapter", "data", "images", "limit",
+                                            "max_new_tokens", "template", "prompt_suffix", "ocr_tokens")}
+    questions = [(s.record.id, s.question_turns, [image_key(im) for im in s.record.images]) for s in items]
+    base = files_stamp(loadlib.resolve(base_files)) if base_files is not None else []
+    return fingerprint(options, questions, files_stamp(model_files), base)
 
 
 class _Encoded(torch.utils.data.Dataset):
@@ -233,6 +281,16 @@ def main(cfg: EvalConfig) -> dict:
     if cfg.compare is not None and cfg.adapter is not None:
         raise LlavatuneError("give either --compare MODEL2 or --adapter RUN, not both.")
     check_metrics(cfg.metrics)  # before the answering, not after it
+    share = Share.from_env()
+    if share.world > 1 and not torch.distributed.is_initialized():
+        import datetime  # answering may take hours; a process that fails stops the others through torchrun
+
+        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    if share.rank > 0:  # one progress bar and one copy of each library warning: the first process's
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
     items = samples(cfg)
     runs = {"base" if (cfg.compare or cfg.adapter) else "model": (cfg.model, None)}
     if cfg.compare is not None:
@@ -241,16 +299,23 @@ def main(cfg: EvalConfig) -> dict:
         runs["finetuned"] = (cfg.model, cfg.adapter)
     predictions, params, result = {}, {}, {"n": len(items), "models": {}, "cut_at_max_new_tokens": {}}
     marks = {}  # per model: each answer's score under the first metric, for the reports
+    journals = []
     for label, (model_path, adapter) in runs.items():
         with torch.no_grad():
-            predictions[label], params[label], cut = answer_all(model_path, adapter, items, cfg, label)
+            predictions[label], params[label], cut, journal = answer_all(model_path, adapter, items, cfg, label,
+                                                                         share)
+        journals.append(journal)
         result["models"][label] = score(predictions[label], items, cfg.metrics) if scored(items) else {}
         if scored(items):
             marks[label] = per_sample(predictions[label], items, cfg.metrics[0])
         result["cut_at_max_new_tokens"][label] = cut
+    if share.rank > 0:  # the first process writes the results
+        return result
     write(cfg.out, items, predictions, result)
     save_run_config(cfg.out, "eval", cfg, result=result)
     write_all(cfg.out, items, predictions, result, params, cfg.images, marks, cfg.metrics[0])
+    for journal in journals:  # the answers are in the results now
+        journal.remove_all()
     if scored(items):
         print_table(result)
     else:
