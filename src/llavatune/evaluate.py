@@ -122,8 +122,7 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
     from llavatune.inference.api import load
 
     loaded = load(model_path, adapter=adapter, device=share.device(cfg.device), template=cfg.template)
-    journal = Journal(cfg.out, label, _fingerprint(cfg, items, loaded.source, model_path if adapter else None),
-                      share.rank)
+    journal = Journal(cfg.out, label, _fingerprint(cfg, items, loaded, model_path, adapter), share.rank)
     done = journal.done()
     if done and share.rank == 0:
         console.print(f"resuming: {len(done):,} of {len(items):,} answers of {label} come from an earlier run "
@@ -152,14 +151,16 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
         sum(done[i]["finish_reason"] == "length" for i in range(len(items))), journal
 
 
-def _fingerprint(cfg: EvalConfig, items: list[Sample], model_files: Path, base_files: Path | None) -> str:
-    """What the answers depend on: the options that change them, every question as asked, and the model's files
-    (a retrained model at the same path answers anew)."""
-    options = {k: getattr(cfg, k) for k in ("model", "compare", "adapter", "data", "images", "limit",
-                                            "max_new_tokens", "template", "prompt_suffix", "ocr_tokens")}
+def _fingerprint(cfg: EvalConfig, items: list[Sample], loaded, model_path: Path, adapter: Path | None) -> str:
+    """What this model's answers depend on: the model (its paths and files: a retrained model at the same path
+    answers anew; the device and dtype it runs in), the options that change answers, and every question as
+    asked. The batch size does not change them (tested)."""
+    model = [str(model_path), str(adapter), files_stamp(loaded.source), loaded.device.type, str(loaded.model.dtype),
+             files_stamp(loadlib.resolve(model_path)) if adapter is not None else []]
+    options = [str(getattr(cfg, k)) for k in ("data", "images", "limit", "max_new_tokens", "template",
+                                              "prompt_suffix", "ocr_tokens")]
     questions = [(s.record.id, s.question_turns, [image_key(im) for im in s.record.images]) for s in items]
-    base = files_stamp(loadlib.resolve(base_files)) if base_files is not None else []
-    return fingerprint(options, questions, files_stamp(model_files), base)
+    return fingerprint(model, options, questions)
 
 
 class _Encoded(torch.utils.data.Dataset):
