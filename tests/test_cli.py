@@ -153,3 +153,22 @@ def test_gpus_and_procs_together_is_an_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "not both" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_on_several_processes_runs_the_same_command_in_each(tmp_path, monkeypatch):
+    """`eval --procs/--gpus` starts torchrun with the eval command as it was given (options in the order
+    `eval --help` lists them, flags, key=value settings), which each process runs for its share of the questions."""
+    import subprocess as sp
+    import types
+
+    started = []
+    monkeypatch.setattr(sp, "run", lambda command, env: started.append((command, env)) or types.SimpleNamespace(
+        returncode=0))
+    argv = ["eval", str(tmp_path / "m"), "--data", "qa.json", "--out", "o", "--metrics", "vqa,em", "--prompt-suffix",
+            "short", "--ocr-tokens", "--gpus", "2,3", "template=vicuna_v1", "data_workers=0"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--debug", *argv])
+    assert exit_info.value.code in (0, None)
+    (command, env), = started
+    assert command[command.index("llavatune.cli") + 1:] == ["--debug", *argv]
+    assert "--nproc_per_node=2" in command and env["CUDA_VISIBLE_DEVICES"] == "2,3"

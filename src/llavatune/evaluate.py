@@ -67,30 +67,6 @@ class Sample:
     answer: str | None                      # the reference (last assistant turn); None in a questions-only set
 
 
-def samples(cfg: EvalConfig) -> list[Sample]:
-    """The rows as questions and references. A set whose rows all end with the question (a benchmark's test
-    split, a list of questions) is answered without scores; a set that mixes the two is an error."""
-    out = []
-    for record in read_records(cfg.data):
-        record = with_suffix(with_ocr_tokens(record) if cfg.ocr_tokens else record, cfg.prompt_suffix)
-        if not record.turns:
-            raise LlavatuneError(f"{record.source}: no turns; an evaluation row needs a question.")
-        answered = record.turns[-1][0] == "assistant"
-        if out and answered != (out[0].answer is not None):
-            raise LlavatuneError(f"{record.source}: {'a' if answered else 'no'} reference answer, unlike "
-                                 f"{out[0].record.source}; give every row its answer (scored), or none (answers only).")
-        question, answer = (record.turns[:-1], record.turns[-1][1]) if answered else (record.turns, None)
-        out.append(Sample(record, question, answer))
-        if cfg.limit is not None and len(out) >= cfg.limit:
-            break
-    imagelib.check_root(cfg.images, "--images")
-    imagelib.check_folder_given((s.record for s in out), cfg.images, "--images")
-    if out and not any(s.record.images for s in out):  # a split that keeps its images elsewhere (GQA's on the hub)
-        console.print(f"warning: none of the {len(out)} questions in {cfg.data} has an image: they are asked as text "
-                      "only")
-    return out
-
-
 @dataclasses.dataclass(frozen=True)
 class Share:
     """This process's part of the questions: every world-th one from its rank (`eval --gpus/--procs` starts
@@ -111,6 +87,30 @@ class Share:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+
+def samples(cfg: EvalConfig) -> list[Sample]:
+    """The rows as questions and references. A set whose rows all end with the question (a benchmark's test
+    split, a list of questions) is answered without scores; a set that mixes the two is an error."""
+    out = []
+    for record in read_records(cfg.data):
+        record = with_suffix(with_ocr_tokens(record) if cfg.ocr_tokens else record, cfg.prompt_suffix)
+        if not record.turns:
+            raise LlavatuneError(f"{record.source}: no turns; an evaluation row needs a question.")
+        answered = record.turns[-1][0] == "assistant"
+        if out and answered != (out[0].answer is not None):
+            raise LlavatuneError(f"{record.source}: {'a' if answered else 'no'} reference answer, unlike "
+                                 f"{out[0].record.source}; give every row its answer (scored), or none (answers only).")
+        question, answer = (record.turns[:-1], record.turns[-1][1]) if answered else (record.turns, None)
+        out.append(Sample(record, question, answer))
+        if cfg.limit is not None and len(out) >= cfg.limit:
+            break
+    imagelib.check_root(cfg.images, "--images")
+    imagelib.check_folder_given((s.record for s in out), cfg.images, "--images")
+    if out and not any(s.record.images for s in out) and Share.from_env().rank == 0:  # GQA's keep them elsewhere
+        console.print(f"warning: none of the {len(out)} questions in {cfg.data} has an image: they are asked as text "
+                      "only")
+    return out
 
 
 def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg: EvalConfig,
