@@ -118,7 +118,8 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
     """The model's answers, its parameter counts (total; trained in the run that made it, when known), how many
     answers ran into max_new_tokens before their end of turn, and the journal they were written to as they came
     (journal.py): answers found there from a killed run of the same evaluation are not asked again. With several
-    processes each answers its share and waits for the others; every one returns all the answers."""
+    processes each answers its share and waits for the others; the first returns all the answers, the others
+    none."""
     from llavatune.inference.api import load
 
     loaded = load(model_path, adapter=adapter, device=share.device(cfg.device), template=cfg.template)
@@ -144,9 +145,11 @@ def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg:
     bar.close()
     journal.close()
     share.barrier()  # every share written
-    done = journal.done()
     params = {"total": sum(p.numel() for n, p in loaded.model.named_parameters() if "original_module" not in n),
               "trained": trained_count(loaded.source)}
+    if share.rank > 0:  # the first process reads the answers, scores and writes, then removes the journal
+        return [], params, 0, journal
+    done = journal.done()
     return [done[i]["text"] for i in range(len(items))], params, \
         sum(done[i]["finish_reason"] == "length" for i in range(len(items))), journal
 
@@ -306,6 +309,8 @@ def main(cfg: EvalConfig) -> dict:
             predictions[label], params[label], cut, journal = answer_all(model_path, adapter, items, cfg, label,
                                                                          share)
         journals.append(journal)
+        if share.rank > 0:
+            continue
         result["models"][label] = score(predictions[label], items, cfg.metrics) if scored(items) else {}
         if scored(items):
             marks[label] = per_sample(predictions[label], items, cfg.metrics[0])
