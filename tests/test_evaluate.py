@@ -46,7 +46,8 @@ def test_batched_equals_one_by_one_and_adapter_compare(tiny_model_dir, shapes_da
 
 def test_a_killed_evaluation_continues_where_it_stopped(tiny_model_dir, shapes_data, tmp_path, monkeypatch):
     """Answers are written as they come: the same evaluation after a kill asks only the questions left, and its
-    results equal those of a run never stopped. Another option (or other model files) starts from nothing."""
+    results equal those of a run never stopped, also when another number of processes wrote the answers. Another
+    option (or other model files) starts from nothing."""
     import llavatune.evaluate as evaluate
 
     asked = []
@@ -82,6 +83,15 @@ def test_a_killed_evaluation_continues_where_it_stopped(tiny_model_dir, shapes_d
     killed = False
     main(EvalConfig(out=out, **{**common, "max_new_tokens": 3}))  # other answers: none of the old ones is taken
     assert sum(asked) == 3 * 2 + 10
+
+    # the second of two processes answered its share (every second question) before the run was stopped: one
+    # process then asks only the first process's share, and the results are those of the run never stopped
+    monkeypatch.setattr(evaluate.Share, "barrier", lambda self: None)
+    cfg, asked[:] = EvalConfig(out=tmp_path / "shared", **common), []
+    evaluate.answer_all(tiny_model_dir, None, evaluate.samples(cfg), cfg, "model", evaluate.Share(rank=1, world=2))
+    assert sum(asked) == 5
+    assert main(cfg) == whole and sum(asked) == 10
+    assert (tmp_path / "shared" / "predictions.jsonl").read_text() == (tmp_path / "whole" / "predictions.jsonl").read_text()
 
 
 @pytest.mark.slow
