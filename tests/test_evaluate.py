@@ -8,6 +8,7 @@ import json
 import pytest
 from conftest import train_config
 
+from llavatune.data.formats import DataError
 from llavatune.errors import LlavatuneError
 from llavatune.evaluate import EvalConfig, main
 from llavatune.train import main as train
@@ -295,6 +296,30 @@ def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys
     with pytest.raises(LlavatuneError, match=r"names image 'n161313', but no image folder was given: --images=DIR "
                                              r".*or the table of images that its image ids are in"):
         samples(dataclasses.replace(cfg, images=None))
+
+    # MMMU's: options as the text of a list, images image_1..image_7 named in the question, two kinds of question
+    mmmu = [{"id": "validation_Art_1", "question": "Which is bluer, <image 2> or <image 1>?", "options": "['left', 'right']",
+             "answer": "B", "question_type": "multiple-choice", "image_1": png("red"), "image_2": png("blue"),
+             "image_3": None},
+            {"id": "validation_Math_2", "question": "How many sides? <image 1>", "options": "[]", "answer": "4",
+             "question_type": "open", "image_1": png("red"), "image_2": None, "image_3": None}]
+    pq.write_table(pa.Table.from_pylist(mmmu), tmp_path / "mmmu.parquet")
+    cfg = EvalConfig(model=tiny_model_dir, data=tmp_path / "mmmu.parquet", out=tmp_path / "mmmu", metrics=["mmmu"],
+                     max_new_tokens=2)
+    items = samples(cfg)
+    assert items[0].question_turns == [("user", "<image> <image>\nWhich is bluer, <image 2> or <image 1>?\nA. left\n"
+                                                "B. right\n\nAnswer with the option's letter from the given choices "
+                                                "directly.")]
+    assert items[1].question_turns[0][1].endswith("<image 1>\n\nAnswer the question using a single word or phrase.")
+    assert [imagelib.load(ref, None, "-").getpixel((0, 0)) for ref in items[0].record.images] == [(255, 0, 0),
+                                                                                                 (0, 0, 255)]
+    assert score(["(B)", "The answer is 4."], items, ["mmmu"]) == {"mmmu_accuracy": 1.0, "mmmu_art_and_design": 1.0,
+                                                                  "mmmu_science": 1.0}
+    assert set(main(cfg)["models"]["model"]) == {"mmmu_accuracy", "mmmu_art_and_design", "mmmu_science"}
+    pq.write_table(pa.Table.from_pylist([{**mmmu[1], "question": "Compare <image 1> and <image 2>."}]),
+                   tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet:1: the question names <image 2>, but 'image_2' holds no image"):
+        samples(dataclasses.replace(cfg, data=tmp_path / "bad.parquet"))
 
     # questions with no image anywhere are asked as text, and said so
     pq.write_table(pa.Table.from_pylist([{"question": "Is it red?", "answer": "yes"}]), tmp_path / "text.parquet")

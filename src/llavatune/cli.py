@@ -189,7 +189,7 @@ def eval_(
                                           "table of images by id (GQA's)"),
     compare: Optional[Path] = typer.Option(None, help="a second (fine-tuned) model: labels base / finetuned"),
     adapter: Optional[Path] = typer.Option(None, help="or: MODEL with this LoRA run as the second model"),
-    metrics: Optional[str] = typer.Option(None, help="comma list of em (default), vqa, yesno, pope, choice, mme, mmbench"),
+    metrics: Optional[str] = typer.Option(None, help="comma list of em (default), vqa, yesno, pope, choice, mme, mmbench, mmmu"),
     limit: Optional[int] = typer.Option(None, help="only the first N samples"),
     batch_size: Optional[int] = typer.Option(None, help="default 1; batched answers are the same"),
     max_new_tokens: Optional[int] = typer.Option(None),

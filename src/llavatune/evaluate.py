@@ -24,18 +24,20 @@ from llavatune import progress
 from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
 from llavatune.data.features import key as image_key
-from llavatune.data.formats import DataError, Record, missing, read_records, with_ocr_tokens, with_suffix
+from llavatune.data.formats import (DataError, Record, missing, mmmu_options, read_records, with_ocr_tokens,
+                                   with_suffix)
 from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
 from llavatune.inference.journal import Journal, files_stamp, fingerprint
 from llavatune.metrics import (choice_accuracy, choice_right, exact_match, mmbench_letter, mmbench_scores, mme_label,
-                               mme_scores, pope_scores, vqa_accuracy, yes_or_no, yesno_scores)
+                               mme_scores, mmmu_right, mmmu_scores, pope_scores, vqa_accuracy, yes_or_no,
+                               yesno_scores)
 from llavatune.model import load as loadlib
 from llavatune.report import metric_table, trained_count, write_all
 
 console = Console(stderr=True)
-METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme", "mmbench")
+METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme", "mmbench", "mmmu")
 
 
 @dataclasses.dataclass
@@ -47,7 +49,7 @@ class EvalConfig:
     compare: Path | None = None      # a second model (the fine-tuned one): labels base / finetuned
     adapter: Path | None = None      # or: the same model with this adapter as the second model
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])  # em, vqa, yesno, pope, choice, mme,
-    #   mmbench
+    #   mmbench, mmmu
     limit: int | None = None
     batch_size: int = 1              # batch 1 by default for comparability; batched answers are identical
     max_new_tokens: int = 32
@@ -223,6 +225,11 @@ def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str
             raise LlavatuneError(f"--metrics mme: {err}") from None
     if "mmbench" in metrics:
         out.update(mmbench_scores(preds, refs, *zip(*(mmbench_row(s) for s in items))))
+    if "mmmu" in metrics:
+        try:
+            out.update(mmmu_scores([r == 1 for r in per_sample(preds, items, "mmmu")], [mmmu_row(s)[2] for s in items]))
+        except ValueError as err:
+            raise LlavatuneError(f"--metrics mmmu: {err}") from None
     return out
 
 
@@ -239,6 +246,8 @@ def per_sample(preds: list[str], items: list[Sample], metric: str) -> list[float
         right = [mme_label(p) == mme_label(r) for p, r in zip(preds, refs)]
     elif metric == "choice":
         right = list(map(choice_right, preds, refs))
+    elif metric == "mmmu":
+        right = [mmmu_right(p, r, *mmmu_row(s)) for p, r, s in zip(preds, refs, items)]
     elif metric == "mmbench":  # this row (one copy of its question) alone
         right = [mmbench_letter(p, mmbench_row(s)[1]) == r.strip().upper() for p, r, s in zip(preds, refs, items)]
     else:
@@ -279,6 +288,16 @@ def mmbench_row(sample: Sample) -> tuple[int, dict[str, str], str | None, str | 
                              "--metrics choice.")
     options = {letter: raw[letter] for letter in "ABCD" if not missing(raw.get(letter))}
     return raw["index"], options, raw.get("category"), raw.get("l2-category", raw.get("L2-category"))
+
+
+def mmmu_row(sample: Sample) -> tuple[str, list[str], str]:
+    """An MMMU row's question type, options and id (validation_Art_1: the subject is read from it)."""
+    raw = sample.record.raw or {}
+    if "question_type" not in raw or "id" not in raw:
+        raise LlavatuneError(f"--metrics mmmu: {sample.record.source} is not an MMMU row (\"id\", \"question_type\", "
+                             "\"options\", \"answer\").")
+    options = mmmu_options(raw, sample.record.source) if raw["question_type"] == "multiple-choice" else []
+    return raw["question_type"], options, str(raw["id"])
 
 
 def main(cfg: EvalConfig) -> dict:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from llavatune.metrics import (choice_accuracy, exact_match, extract_choice, mmbench_letter, mmbench_scores,
-                               mme_label, mme_scores, normalize_vqa_answer, pope_scores, vqa_accuracy, yes_or_no,
-                               yesno_scores)
+                               mme_label, mme_scores, mmmu_right, mmmu_scores, normalize_vqa_answer, pope_scores,
+                               vqa_accuracy, yes_or_no, yesno_scores)
+from llavatune.metrics.mmmu import mmmu_choice, mmmu_open
 
 
 @pytest.mark.parametrize("raw,expected", [
@@ -141,3 +142,36 @@ def test_mmbench_circular_eval_needs_every_copy_of_a_question_right():
     assert choice_accuracy(preds, refs) == pytest.approx(4 / 6)  # one pass over the rows counts the copies apart
     assert mmbench_scores(["B"], ["B"], [7], [options], [None], [None]) == {"mmbench_circular": 1.0,
                                                                            "mmbench_unread": 0.0}
+
+
+@pytest.mark.parametrize("answer,letter", [
+    ("(B)", "B"), ("B", "B"), ("The answer is (C).", "C"), ("It is C.", "C"), ("Answer: A", "A"),
+    ("A and B", "B"),                                           # two letters: the one named last
+    ("(A) is wrong, (C) is right", "C"),                        # bracketed ones first, the last of them
+    ("I think the right one is the red apple here", "B"),       # over five words: the option's text
+    ("red apple", None),                                        # five words or fewer: no text match (random)
+])
+def test_mmmu_choice_reads_answers_as_mmmu_does(answer, letter):
+    options = ["green pear", "red apple", "blue plum"]
+    got = mmmu_choice(answer, options, "validation_Art_1")
+    if letter is None:  # MMMU's tool draws a letter at random; here the same one for the same question
+        assert got in "ABC" and got == mmmu_choice(answer, options, "validation_Art_1")
+    else:
+        assert got == letter
+
+
+def test_mmmu_open_answers_by_their_key_parts_and_numbers():
+    assert mmmu_open("The answer is 42.") == [42.0]                   # the shortest tail after a key word
+    assert mmmu_right("The answer is 42.", "42.001", "open", [], "validation_Math_1")  # numbers to 2 decimals
+    assert mmmu_right("x = 3.14159", "3.14", "open", [], "validation_Math_1")        # "=" in the last line
+    assert mmmu_right("Paris", "paris", "open", [], "validation_Geography_1")
+    assert mmmu_right("a", "a", "open", [], "validation_Math_1")  # one letter: padded " a" / "a " on both sides
+    assert not mmmu_right("the cab is big", "b", "open", [], "validation_Math_1")  # "big": no " b" nor "b " in it
+    assert mmmu_right("(B)", "B", "multiple-choice", ["x", "y"], "validation_Art_1")
+
+
+def test_mmmu_scores_overall_and_per_discipline():
+    scores = mmmu_scores([True, False, True], ["validation_Art_1", "validation_Math_2", "validation_Art_Theory_3"])
+    assert scores == {"mmmu_accuracy": pytest.approx(2 / 3), "mmmu_art_and_design": 1.0, "mmmu_science": 0.0}
+    with pytest.raises(ValueError, match="split_Subject_number"):
+        mmmu_scores([True], ["Art-1"])

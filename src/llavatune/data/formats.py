@@ -13,6 +13,7 @@ Formats (detected per row, so mixed files work):
   "answer" | "multiple_choice_answer" | "answers" (optional),
   "hint" and options "A".."D" or "choice_a".."choice_d" (optional)}; asked as LLaVA's model_vqa_mmbench asks
   (hint, question, "A. ..." lines); ScienceQA's "choices" list with an answer index, asked as lmms-eval asks;
+  MMMU's "options" list, "question_type" and images "image_1".."image_7", asked as lmms-eval's mmmu task asks;
 - files: .json (a list, streamed object by object), .jsonl, .tsv (MMBench's tables, images as base64), and HF
   datasets on disk (.parquet / .arrow, or a `save_to_disk` folder) whose image column holds bytes; any of these in
   a hub dataset, hf://datasets/ORG/NAME/PATH.
@@ -20,6 +21,7 @@ Formats (detected per row, so mixed files work):
 
 from __future__ import annotations
 
+import ast
 import base64
 import collections
 import csv
@@ -208,8 +210,9 @@ def to_record(row: Any, where: str) -> Record:
         turns = [("user", IMAGE_TAG + "\n" + row["text"] if images else row["text"])]
     elif isinstance(row.get("question"), str):
         images = _images_field(row, where)
-        question, answer = _question_row(row)
-        turns = [("user", IMAGE_TAG + "\n" + question if images else question)]
+        question, answer = _question_row(row, where)
+        # an image tag per image, on one line before the question (as lmms-eval's llava model asks)
+        turns = [("user", " ".join([IMAGE_TAG] * len(images)) + "\n" + question if images else question)]
         turns += [("assistant", answer)] if answer is not None else []
     else:
         raise DataError(f"{where}: no 'conversations' (LLaVA/ShareGPT), 'messages' (OpenAI), 'question_id' + 'text' "
@@ -233,13 +236,15 @@ def _no_other_image_column(row: dict, where: str) -> None:
                             f"it (in datasets: ds.rename_column('{key}', 'image')).")
 
 
-def _question_row(row: dict) -> tuple[str, str | None]:
+def _question_row(row: dict, where: str) -> tuple[str, str | None]:
     """(the question, the reference answer or None when the row has none). Options come as MMBench's columns "A".."D"
     or SEED-Bench's "choice_a".."choice_d" (up to the first missing one), built as LLaVA's model_vqa_mmbench builds
     them: the hint, the question, then "A. ..." lines; or as ScienceQA's "choices" list with the index of the
     right one as "answer", built as lmms-eval's scienceqa task builds them: "Context: " + the hint (when there is
     one), the question, the "A. ..." lines, and the reference is the letter. The answer is otherwise "answer",
-    VQAv2's "multiple_choice_answer", or the most common of "answers"."""
+    VQAv2's "multiple_choice_answer", or the most common of "answers". MMMU's rows: see _mmmu_question."""
+    if "question_type" in row and "options" in row:
+        return _mmmu_question(row, where)
     if isinstance(row.get("choices"), list):  # ScienceQA
         options = [str(c) for c in row["choices"]]
         hint = "" if missing(row.get("hint")) else f"Context: {row['hint']}\n"
@@ -263,6 +268,34 @@ def _question_row(row: dict) -> tuple[str, str | None]:
     answers = [a.get("answer") if isinstance(a, dict) else a for a in row.get("answers") or []]
     answers = [str(a) for a in answers if a is not None]
     return question, collections.Counter(answers).most_common(1)[0][0] if answers else None
+
+
+def _mmmu_question(row: dict, where: str) -> tuple[str, str | None]:
+    """MMMU's question as lmms-eval's mmmu_val builds it: the question, then for a multiple-choice one the options
+    as "A. ..." lines; its instruction after a blank line (the letter, or a word or phrase for an open question:
+    one set holds both kinds, so no single --prompt-suffix serves). Its "<image 1>" mentions stay in the text."""
+    question = row["question"]
+    if row["question_type"] == "multiple-choice":
+        options = mmmu_options(row, where)
+        question += "\n" + "\n".join(f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(options))
+        question += "\n" + SUFFIXES["letter"]
+    else:
+        question += "\n" + SUFFIXES["short"]
+    return question, None if missing(row.get("answer")) else str(row["answer"])
+
+
+def mmmu_options(row: dict, where: str) -> list[str]:
+    """MMMU keeps its options as the text of a Python list ("['1', '2']") on the hub."""
+    options = row["options"]
+    if isinstance(options, str):
+        try:
+            options = ast.literal_eval(options)
+        except (ValueError, SyntaxError):
+            options = None
+    if not isinstance(options, list):
+        raise DataError(f"{where}: 'options' must be a list of the options (or its text, \"['a', 'b']\"); found "
+                        f"{row['options']!r:.60}.")
+    return [str(o) for o in options]
 
 
 def missing(value) -> bool:
@@ -294,6 +327,8 @@ def _images_field(row: dict, where: str) -> list[str | bytes]:
     value = row.get("image", row.get("images"))
     if value is None and isinstance(row.get("imageId"), str):  # GQA's questions: the image's id, in a table of
         value = row["imageId"]                                  # images given as the image folder (images.py)
+    if value is None and any(re.fullmatch(r"image_\d+", key) for key in row):
+        value = _numbered_images(row, where)
     if value is None:
         return []
     items = value if isinstance(value, list) else [value]
@@ -311,6 +346,18 @@ def _images_field(row: dict, where: str) -> list[str | bytes]:
         else:
             raise DataError(f"{where}: 'image' must be a path, a list of paths or image bytes; got {item!r:.60}.")
     return out
+
+
+def _numbered_images(row: dict, where: str) -> list | None:
+    """MMMU's "image_1" .. "image_7": those its question and options name ("<image 2>"), in the order of their
+    numbers, as lmms-eval's mmmu task passes them; all that are there when the text names none."""
+    named = sorted({int(n) for n in re.findall(r"<image (\d+)>", f"{row.get('question')}{row.get('options', '')}")})
+    numbers = named or sorted(int(key[6:]) for key in row if re.fullmatch(r"image_\d+", key)
+                              and row[key] is not None)
+    for n in numbers:
+        if row.get(f"image_{n}") is None:
+            raise DataError(f"{where}: the question names <image {n}>, but 'image_{n}' holds no image.")
+    return [row[f"image_{n}"] for n in numbers] or None
 
 
 def _openai_turns(messages: Any, where: str) -> tuple[list[tuple[str, str]], list[str | bytes]]:

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import itertools
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -78,16 +79,16 @@ def iter_table(path: Path) -> Iterator[tuple[int, dict]]:
     for file in table_files(path):
         if file.suffix == ".parquet":
             pf = pq.ParquetFile(file)
-            column = _image_column(pf.schema_arrow)
-            batches = _parquet_batches(pf, column)
+            columns = _image_columns(pf.schema_arrow)
+            batches = _parquet_batches(pf, columns)
         else:
-            column, batches = None, enumerate(_arrow_batches(pa, file))
+            columns, batches = None, enumerate(_arrow_batches(pa, file))
         start: dict[int, int] = {}  # row group -> rows of it read so far
         for g, batch in batches:
             i0, start[g] = start.get(g, 0), start.get(g, 0) + batch.num_rows
-            column = column or _image_column(batch.schema)
-            rows = batch.drop_columns([column]).to_pylist() if column else batch.to_pylist()
-            if column:
+            columns = columns if columns is not None else _image_columns(batch.schema)
+            rows = batch.drop_columns(columns).to_pylist()
+            for column in columns:
                 for row, cell in zip(rows, _placeholders(batch.column(column), str(file), g, i0, column)):
                     row[column] = cell
             for row in rows:
@@ -95,28 +96,35 @@ def iter_table(path: Path) -> Iterator[tuple[int, dict]]:
                 yield n, row
 
 
-def _image_column(schema) -> str | None:
-    """'image' or 'images' where it holds image bytes (HF datasets' Image feature, or plain binary), else None:
-    a column of file names stays as it is."""
+def _image_columns(schema) -> list[str]:
+    """The columns of image bytes (HF datasets' Image feature, or plain binary): 'image' or 'images', else
+    MMMU's 'image_1' .. 'image_7'; a column of file names stays as it is."""
+    names = ["image"] if _holds_bytes(schema, "image") else ["images"] if _holds_bytes(schema, "images") else []
+    return names or [name for name in schema.names if re.fullmatch(r"image_\d+", name) and _holds_bytes(schema, name)]
+
+
+def _holds_bytes(schema, name: str) -> bool:
+    return name in schema.names and _bytes_type(schema.field(name).type)
+
+
+def _bytes_type(t) -> bool:
+    """Binary, a struct with binary "bytes" (HF datasets' Image), or a list of those."""
     import pyarrow as pa
 
-    def holds_bytes(t) -> bool:
-        if pa.types.is_list(t) or pa.types.is_large_list(t):
-            return holds_bytes(t.value_type)
-        if pa.types.is_struct(t):
-            return t.get_field_index("bytes") >= 0 and holds_bytes(t.field("bytes").type)
-        return pa.types.is_binary(t) or pa.types.is_large_binary(t)
-
-    return next((name for name in ("image", "images") if name in schema.names
-                 and holds_bytes(schema.field(name).type)), None)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _bytes_type(t.value_type)
+    if pa.types.is_struct(t):
+        return t.get_field_index("bytes") >= 0 and _bytes_type(t.field("bytes").type)
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
-def _parquet_batches(pf, column: str | None):
-    """(row group, record batch) of a parquet file; the image column read as the names beside the bytes only, in
-    the row groups where the bytes' null count is just that of the missing images (no image is a path alone)."""
+def _parquet_batches(pf, columns: list[str]):
+    """(row group, record batch) of a parquet file; one image column read as the names beside the bytes only, in
+    the row groups where the bytes' null count is just that of the missing images (no image is a path alone).
+    Several image columns (MMMU's) are read whole."""
     for g in range(pf.num_row_groups):
-        columns = _without_bytes(pf, g, column) if column else None
-        yield from ((g, batch) for batch in pf.iter_batches(batch_size=256, row_groups=[g], columns=columns))
+        read = _without_bytes(pf, g, columns[0]) if len(columns) == 1 else None
+        yield from ((g, batch) for batch in pf.iter_batches(batch_size=256, row_groups=[g], columns=read))
 
 
 def _without_bytes(pf, g: int, column: str) -> list[str] | None:
