@@ -396,3 +396,22 @@ def test_metrics_read_as_rows_and_mme_points_get_their_own_axis():
     assert [t.get_text() for t in metrics_figure(mmbench).axes[0].get_xticklabels()] == ["mmbench_circular"]
     assert [row[0] for row in metric_table(mmbench)[1]] == ["mmbench_circular", "mmbench_unread", "mmbench_ocr"]
     assert metric_table({"n": 1, "models": {"model": {"exact_match": 1.0}}})[0] == ["metric", "model"]
+
+
+def test_a_journal_line_cut_by_a_kill_is_asked_again(tmp_path):
+    """The last line written when the process was killed may be cut short: that answer is not taken, and the
+    answers appended after it still read."""
+    from llavatune.inference.journal import Journal
+
+    journal = Journal(tmp_path, "model", "f")
+    journal.add(0, "red", "stop")
+    journal.close()
+    with (journal.folder / "rank0.jsonl").open("a") as f:
+        f.write('{"i": 1, "text": "bl')  # killed mid-line
+    journal = Journal(tmp_path, "model", "f")
+    assert journal.done() == {0: {"text": "red", "finish_reason": "stop"}}
+    journal.add(1, "blue", "stop")
+    journal.close()
+    assert journal.done()[1] == {"text": "blue", "finish_reason": "stop"}
+    journal.remove_all()
+    assert not list(tmp_path.iterdir())

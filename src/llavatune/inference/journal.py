@@ -37,7 +37,10 @@ class Journal:
     def add(self, i: int, text: str, finish_reason: str) -> None:
         if self._file is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._file = (self.folder / f"rank{self.rank}.jsonl").open("a", encoding="utf-8")
+            path = self.folder / f"rank{self.rank}.jsonl"
+            self._file = path.open("a", encoding="utf-8")
+            if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+                self._file.write("\n")  # after a line a kill cut short: the next one starts on its own
         row = {"i": i, "text": text, "finish_reason": finish_reason}
         self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()  # in the file when the process is killed, a batch at most lost
