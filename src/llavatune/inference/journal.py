@@ -38,8 +38,9 @@ class Journal:
         if self._file is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"rank{self.rank}.jsonl"
+            cut = _cut_short(path)
             self._file = path.open("a", encoding="utf-8")
-            if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            if cut:
                 self._file.write("\n")  # after a line a kill cut short: the next one starts on its own
         row = {"i": i, "text": text, "finish_reason": finish_reason}
         self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -55,6 +56,15 @@ class Journal:
         self.close()
         for folder in self.folder.parent.glob(f".answers-{self.label}-*"):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cut_short(path: Path) -> bool:
+    """The file ends in a line without its line break (a kill while it was written)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def fingerprint(*parts) -> str:
