@@ -1,9 +1,10 @@
 """MMMU accuracy as MMMU's evaluation tool computes it (its eval_utils.py, also lmms-eval's `mmmu_val` task).
 
-A multiple-choice answer is read as a letter: "(B)" first, else "B " standing alone, else "B.", else (in an answer
-of more than five words) the option whose text it contains; of several, the one named last. An answer that names
+A multiple-choice answer is read as a letter: "(B)" first, else "B " (the letter before a space, the answer's end
+counting as one), else "B.", else (in an answer of more than five words) the option whose text it contains; of
+several, the one named last. An answer that names
 none gets a random letter, as in MMMU's tool (seeded here by the question's id, so that a score repeats). An open
-answer is cut to its key parts (after "is", "so", "therefore", "answer", ... and "=" in the last sentence), the
+answer is cut to its key parts (after "is", "so", "therefore", "answer", ... and "=" in the last line), the
 numbers in them are added, and every part normalised (numbers rounded to 2 decimals, text lowercased); it is right
 when a normalised reference number is among them, or a reference text is inside one of the text parts. Scores:
 the share right overall, and per discipline (the subject is read from the id, `validation_Art_Theory_12`).
