@@ -223,6 +223,10 @@ def test_a_hub_split_comes_down_shard_by_shard_as_it_is_read(hub_cache, tiny_mod
         for k in range(count):
             rows = [{"question": f"{split} {k}.{i}?", "answer": "yes"} for i in range(4)]
             pq.write_table(pa.Table.from_pylist(rows), remote / "data" / f"{split}-{k:05d}-of-{count:05d}.parquet")
+    for subject in ("Math", "Art"):  # MMMU's layout: a folder per subject
+        (remote / subject).mkdir()
+        pq.write_table(pa.Table.from_pylist([{"question": f"{subject}?", "answer": "yes"}]),
+                       remote / subject / "validation-00000-of-00001.parquet")
     (remote / "README.md").write_text("a dataset card")
     files = sorted(f.relative_to(remote).as_posix() for f in remote.rglob("*") if f.is_file())
     fetched = []
@@ -253,6 +257,8 @@ def test_a_hub_split_comes_down_shard_by_shard_as_it_is_read(hub_cache, tiny_mod
     assert [r.turns[0][1] for r in records[3:5]] == ["validation 0.3?", "validation 1.0?"]
     assert fetched == [f"data/validation-{k:05d}-of-00003.parquet" for k in range(3)]  # not the test split, nor README
     assert len(list(read_records("hf://datasets/someone/bench/data"))) == 16  # a folder: every table in it
+    subjects = [r.turns[0][1] for r in read_records("hf://datasets/someone/bench/*/validation-*.parquet")]
+    assert subjects[:2] == ["Art?", "Math?"] and len(subjects) == 2 + 12  # and data/'s validation shards
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline: what the cache holds, found by the pattern
     monkeypatch.setattr(huggingface_hub, "snapshot_download", real_download)

@@ -78,8 +78,7 @@ def data_shards(ref: str | Path) -> tuple[str, ...] | None:
         return None
     names = [PurePosixPath(s.rfilename) for s in info.siblings or []]
     if is_pattern(inner):
-        pattern = PurePosixPath(inner)
-        files = sorted(n for n in names if n.parent == pattern.parent and fnmatch.fnmatchcase(n.name, pattern.name))
+        files = sorted(n for n in names if matches(n, PurePosixPath(inner)))
     else:
         files = sorted(n for n in names if PurePosixPath(inner) in n.parents)
     files = [f for f in files if f.suffix.lower() == ".parquet"] + [f for f in files if f.suffix.lower() == ".arrow"]
@@ -88,10 +87,22 @@ def data_shards(ref: str | Path) -> tuple[str, ...] | None:
 
 
 def is_pattern(path: str | Path) -> bool:
-    """A path whose last part is a glob pattern (data/validation-*.parquet): the shards of one split of a dataset
-    whose splits share a folder, as the hub's datasets keep them. A file that exists under that very name
-    ("qa [copy].json") is that file."""
-    return any(c in Path(path).name for c in "*?[") and not Path(path).exists()
+    """A path with a glob pattern in it: the shards of one split of a dataset whose splits share a folder
+    (data/validation-*.parquet), or that split in every folder of a dataset kept by subject (MMMU's
+    */validation-*.parquet). A file that exists under that very name ("qa [copy].json") is that file."""
+    return any(c in part for part in Path(path).parts for c in "*?[") and not Path(path).exists()
+
+
+def split_pattern(path: Path) -> tuple[Path, str]:
+    """(the folder before the first part with a pattern, the rest): what Path.glob takes."""
+    parts = Path(path).parts
+    first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    return Path(*parts[:first]) if first else Path("."), "/".join(parts[first:])
+
+
+def matches(name: PurePosixPath, pattern: PurePosixPath) -> bool:
+    """Each part of `name` matches that part of `pattern`: a '*' stays within a folder, as in Path.glob."""
+    return len(name.parts) == len(pattern.parts) and all(map(fnmatch.fnmatchcase, name.parts, pattern.parts))
 
 
 def is_hub_data(ref: str | Path) -> bool:

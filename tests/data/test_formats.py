@@ -179,6 +179,13 @@ def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
     assert [r.id for r in read_records(tmp_path / "[bd]_*.parquet")] == [vqa.id, mmb.id, mmb2.id]  # some shards
     with pytest.raises(DataError, match=r"validation-\*.parquet: no file matches"):
         list(read_records(tmp_path / "validation-*.parquet"))
+    for subject in ("Math", "Art"):  # MMMU's layout: a folder per subject, a file per split
+        for split in ("validation", "test"):
+            (tmp_path / subject).mkdir(exist_ok=True)
+            pq.write_table(pa.Table.from_pylist([{"question": f"{subject} {split}?"}]),
+                           tmp_path / subject / f"{split}-00000-of-00001.parquet")
+    assert [r.turns[0][1] for r in read_records(tmp_path / "*" / "validation-*.parquet")] == ["Art validation?",
+                                                                                            "Math validation?"]
     (tmp_path / "qa [copy].jsonl").write_text(json.dumps({"question": "Is it?", "answer": "yes"}) + "\n")
     assert [r.turns for r in read_records(tmp_path / "qa [copy].jsonl")] == [[("user", "Is it?"), ("assistant", "yes")]]
     assert mme.id == "code_reasoning/0020.png" and [im.read() for im in mme.images] == [png_bytes()]

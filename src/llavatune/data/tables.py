@@ -56,10 +56,11 @@ def is_table(path: Path | str) -> bool:
 
 
 def table_files(path: Path) -> list[Path]:
-    """The parquet / arrow files of a table: the file, those in the folder (at any depth), or those the pattern's
-    last part matches (data/validation-*.parquet)."""
+    """The parquet / arrow files of a table: the file, those in the folder (at any depth), or those the pattern
+    matches (data/validation-*.parquet, */validation-*.parquet), in the order of their paths."""
     if hub.is_pattern(path):
-        return sorted(f for f in path.parent.glob(path.name) if f.suffix.lower() in (".parquet", ".arrow"))
+        folder, rest = hub.split_pattern(path)
+        return sorted(f for f in folder.glob(rest) if f.suffix.lower() in (".parquet", ".arrow"))
     if path.is_dir():
         return sorted(path.glob("**/*.parquet")) + sorted(path.glob("**/*.arrow"))
     return [path]
