@@ -119,9 +119,7 @@ def train(
     from llavatune import train as verb
     from llavatune.training import launch
 
-    n_gpus = len([g for g in (gpus or "").split(",") if g.strip()])
-    if n_gpus and procs:
-        raise typer.BadParameter("give --gpus (one process per GPU) or --procs (CPU processes), not both")
+    n_gpus = _gpu_count(gpus, procs)
     device = "cuda" if n_gpus else "cpu" if procs else None  # --gpus on a machine without them: an error
     asked = [*([f"strategy={strategy}"] if strategy else []),
              *([f"device={device}"] if device and not any(o.startswith("device=") for o in overrides or []) else [])]
@@ -209,9 +207,7 @@ def eval_(
     from llavatune import evaluate as verb
     from llavatune.training import launch
 
-    n_gpus = len([g for g in (gpus or "").split(",") if g.strip()])
-    if n_gpus and procs:
-        raise typer.BadParameter("give --gpus (a process per GPU) or --procs (CPU processes), not both")
+    n_gpus = _gpu_count(gpus, procs)
     if (n_gpus > 1 or (procs or 1) > 1) and "WORLD_SIZE" not in os.environ:
         per_machine = n_gpus or procs
         command = launch.command(_same_command(ctx), per_machine)
@@ -223,6 +219,14 @@ def eval_(
         model=model, data=data, out=out, images=images, compare=compare, adapter=adapter, metrics=metrics,
         limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt_suffix=prompt_suffix,
         ocr_tokens=ocr_tokens or None, device=device)))  # a device= setting still wins
+
+
+def _gpu_count(gpus: str | None, procs: int | None) -> int:
+    """The GPUs --gpus names (0,1,2,3: four); with --procs as well, an error."""
+    n_gpus = len([g for g in (gpus or "").split(",") if g.strip()])
+    if n_gpus and procs:
+        raise typer.BadParameter("give --gpus (one process per GPU) or --procs (CPU processes), not both")
+    return n_gpus
 
 
 def _same_command(ctx: typer.Context) -> list[str]:

@@ -30,7 +30,7 @@ from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
 from llavatune.inference.journal import Journal, files_stamp, fingerprint
-from llavatune.metrics import (choice_accuracy, choice_right, exact_match, mmbench_letter, mmbench_scores, mme_label,
+from llavatune.metrics import (choice_right, exact_match, mmbench_letter, mmbench_scores, mme_label,
                                mme_scores, mmmu_right, mmmu_scores, pope_scores, vqa_accuracy, yes_or_no,
                                yesno_scores)
 from llavatune.model import load as loadlib
@@ -209,15 +209,15 @@ def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str
     check_metrics(metrics)
     refs, n, out = [s.answer for s in items], max(1, len(items)), {}
     if "em" in metrics:
-        out["exact_match"] = sum(exact_match(p, r) for p, r in zip(preds, refs)) / n
+        out["exact_match"] = sum(per_sample(preds, items, "em")) / n
     if "vqa" in metrics:
-        out["vqa_accuracy"] = sum(vqa_accuracy(p, gt_answers(s)) for p, s in zip(preds, items)) / n
+        out["vqa_accuracy"] = sum(per_sample(preds, items, "vqa")) / n
     if "yesno" in metrics:
         out.update(yesno_scores(preds, refs))
     if "pope" in metrics:
         out.update(pope_scores(preds, refs, [pope_category(s) for s in items]))
     if "choice" in metrics:
-        out["choice_accuracy"] = choice_accuracy(preds, refs)
+        out["choice_accuracy"] = sum(per_sample(preds, items, "choice")) / n
     if "mme" in metrics:
         try:
             out.update(mme_scores(preds, refs, *zip(*(mme_image_and_category(s) for s in items))))
