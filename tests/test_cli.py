@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 from llavatune.cli import app, run
 
@@ -75,6 +76,29 @@ def test_out_not_empty_unless_overwrite(tiny_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(run_ok)
     assert exit_info.value.code in (0, None)
+
+
+def _params(verb: str) -> list[str]:
+    command = typer.main.get_command(app)
+    for word in verb.split():
+        command = command.commands[word]
+    return [p.name for p in command.params]
+
+
+OUT_VERBS = [v for v in VERBS + SUBVERBS if "out" in _params(v)]
+
+
+@pytest.mark.parametrize("argv", [[*v.split(), "--out", "hf://datasets/me/x/y.json"] for v in OUT_VERBS]
+                         + [["convert", "models/a", "hf://datasets/me/x"], ["train", "t.yaml", "out=hf://me/x"],
+                            ["data", "convert", "qa.parquet", "--to", "llava", "--images", "hf://datasets/me/x",
+                             "--out", "qa.json"]])
+def test_an_output_on_the_hub_is_refused_not_written_to_a_local_hf_folder(argv, tmp_path, monkeypatch, capsys):
+    """Path('hf://datasets/me/x') reads 'hf:/datasets/me/x': every verb wrote there, quietly, before."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.yaml").write_text("model: models/a\ndata: qa.json\n")
+    (tmp_path / "qa.parquet").write_bytes(b"")
+    one_line_error(argv, capsys, "outputs are written here, not to the hub. Give a local path")
+    assert not (tmp_path / "hf:").exists()
 
 
 def test_unknown_override_key(tmp_path, capsys):

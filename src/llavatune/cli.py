@@ -16,6 +16,7 @@ import typer
 
 from llavatune import config as cfglib
 from llavatune.errors import LlavatuneError
+from llavatune.hub import local_out  # a --out callback: outputs are local
 
 app = typer.Typer(
     name="llavatune", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -49,7 +50,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show full traceback
              "  llavatune build --llm Qwen/Qwen1.5-4B-Chat --vision openai/clip-vit-large-patch14-336 "
              "--out models/qwen-clip --dtype bfloat16")
 def build(
-    out: Path = typer.Option(..., "--out", help="checkpoint folder to write (must not exist or be empty)"),
+    out: Path = typer.Option(..., "--out", callback=local_out,
+                             help="checkpoint folder to write (must not exist or be empty)"),
     llm: Optional[str] = typer.Option(None, help="hub id or folder of a causal LM"),
     vision: Optional[str] = typer.Option(None, help="hub id or folder of a vision encoder (CLIP, SigLIP)"),
     preset: Optional[str] = typer.Option(
@@ -143,7 +145,7 @@ def train(
 @app.command(epilog="Example:\n\n  llavatune merge runs/tiny-lora --out models/tiny-tuned")
 def merge(
     run: Path = typer.Argument(..., help="a LoRA run folder (its final/ or newest checkpoint) or a checkpoint"),
-    out: Path = typer.Option(..., "--out", help="folder for the merged llava-hf checkpoint"),
+    out: Path = typer.Option(..., "--out", callback=local_out, help="folder for the merged llava-hf checkpoint"),
     dtype: Optional[str] = typer.Option(None, help="float32 (default) | bfloat16 | float16; never 4-bit"),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ):
@@ -158,7 +160,7 @@ def merge(
              "  llavatune convert models/llava15-7b-hf exported/llava-v1.5-7b --to llava")
 def convert(
     src: Path = typer.Argument(..., help="checkpoint folder or hub id (or a stage-1 mm_projector.bin)"),
-    dst: Path = typer.Argument(..., help="folder to write"),
+    dst: Path = typer.Argument(..., help="folder to write", callback=local_out),
     from_: Optional[str] = typer.Option(None, "--from", help="auto (default) | llava | llava-lora | llava-projector | xtuner | hf"),
     to: Optional[str] = typer.Option(None, help="hf (default) | llava (the original repository's layout)"),
     model_base: Optional[str] = typer.Option(None, help="the LLM a projector-only checkpoint was trained on"),
@@ -182,7 +184,7 @@ def eval_(
     ctx: typer.Context,
     model: Path = typer.Argument(..., help="model folder or hub id, run or checkpoint (the base when comparing)"),
     data: Path = typer.Option(..., help="evaluation set; the last assistant turn of each sample is the reference"),
-    out: Path = typer.Option(..., "--out", help="folder for predictions.jsonl and metrics.json"),
+    out: Path = typer.Option(..., "--out", callback=local_out, help="folder for predictions.jsonl and metrics.json"),
     images: Optional[Path] = typer.Option(None, help="folder (or .zip archive) the image paths are relative to, or a "
                                           "table of images by id (GQA's)"),
     compare: Optional[Path] = typer.Option(None, help="a second (fine-tuned) model: labels base / finetuned"),
@@ -305,7 +307,7 @@ def bench(
     steps: Optional[int] = typer.Option(None, help="measured optimizer steps"),
     batch_size: Optional[int] = typer.Option(None),
     new_tokens: Optional[int] = typer.Option(None, help="generate: tokens per answer"),
-    out: Optional[Path] = typer.Option(None, "--out", help="JSON results"),
+    out: Optional[Path] = typer.Option(None, "--out", callback=local_out, help="JSON results"),
     overrides: Optional[list[str]] = settings("packing=true attention=flex_attention"),
 ):
     """Our training step or generation against the plain HF baseline: same model, same data, same run.
@@ -319,7 +321,8 @@ def bench(
 
 @app.command(epilog="Example:\n\n  llavatune demo --out runs/demo")
 def demo(
-    out: Optional[Path] = typer.Option(None, "--out", help="folder for everything the demo makes (runs/demo)"),
+    out: Optional[Path] = typer.Option(None, "--out", callback=local_out,
+                                       help="folder for everything the demo makes (runs/demo)"),
     overrides: Optional[list[str]] = settings("finetune_steps=200 seed=1"),
 ):
     """Offline end to end on the tiny model: data, stage 1, LoRA stage 2, merge, before/after evaluation."""
@@ -448,7 +451,7 @@ def data_sample(
     data: str = typer.Argument(..., help="data file, or - for JSON lines on stdin"),
     n: int = typer.Option(..., help="rows to keep"),
     seed: int = typer.Option(0, help="random seed"),
-    out: str = typer.Option(..., help=OUT_HELP),
+    out: str = typer.Option(..., callback=local_out, help=OUT_HELP),
 ):
     """Keep N rows chosen uniformly with a seed (input order preserved)."""
     from llavatune.data import tools
@@ -463,7 +466,7 @@ def data_filter(
     text_only: Optional[bool] = typer.Option(None, "--text-only/--with-images", help="keep only text-only rows, "
                                              "or only rows with images"),
     contains: Optional[str] = typer.Option(None, help="keep rows whose JSON contains this text"),
-    out: str = typer.Option(..., help=OUT_HELP),
+    out: str = typer.Option(..., callback=local_out, help=OUT_HELP),
 ):
     """Keep the rows that match every given condition."""
     from llavatune.data import tools
@@ -472,7 +475,7 @@ def data_filter(
 
 @data_app.command("repeat", epilog="Example:\n\n  llavatune data repeat data/qa.json --times 3 --out data/qa-x3.json")
 def data_repeat(data: str = typer.Argument(...), times: int = typer.Option(..., help="copies of the data"),
-                out: str = typer.Option(..., help=OUT_HELP)):
+                out: str = typer.Option(..., callback=local_out, help=OUT_HELP)):
     """Write the data N times over (for tiny datasets, as in xtuner's repeat)."""
     from llavatune.data import tools
     _ok(tools.write_rows(out, tools.repeat(data, times)), out)
@@ -481,7 +484,8 @@ def data_repeat(data: str = typer.Argument(...), times: int = typer.Option(..., 
 @data_app.command("split", epilog="Example:\n\n  llavatune data split data/qa.json --val 0.1 --seed 0 --out data/split")
 def data_split(data: str = typer.Argument(...), val: float = typer.Option(0.1, help="validation share (0.1) or rows (200)"),
                seed: int = typer.Option(0),
-               out: Path = typer.Option(..., help="folder for train.json and val.json (.parquet for parquet data)")):
+               out: Path = typer.Option(..., callback=local_out,
+                                        help="folder for train.json and val.json (.parquet for parquet data)")):
     """Seeded train/validation split with an exact validation size."""
     from llavatune.data import tools
     for file, n in tools.write_split(data, val, seed, out):
@@ -490,7 +494,7 @@ def data_split(data: str = typer.Argument(...), val: float = typer.Option(0.1, h
 
 @data_app.command("mix", epilog="Example:\n\n  llavatune data mix data/qa.json:1 data/captions.json:0.5 --out data/mix.json")
 def data_mix(sources: list[str] = typer.Argument(..., help="FILE or FILE:WEIGHT (0.5 = half, 2 = twice)"),
-             seed: int = typer.Option(0), out: str = typer.Option(..., help=OUT_HELP)):
+             seed: int = typer.Option(0), out: str = typer.Option(..., callback=local_out, help=OUT_HELP)):
     """Mix datasets with weights, shuffled with a seed."""
     from llavatune.data import tools
     _ok(tools.write_rows(out, tools.mix(sources, seed)), out)
@@ -500,7 +504,8 @@ def data_mix(sources: list[str] = typer.Argument(..., help="FILE or FILE:WEIGHT 
                   "\n\n  llavatune data convert data/qa.json --to llava --images data --out data/qa.parquet"
                   "\n\n  llavatune data convert data/qa.parquet --to llava --images data/unpacked --out data/qa.json")
 def data_convert(data: str = typer.Argument(...), to: str = typer.Option(..., help="llava | sharegpt | messages"),
-                 out: str = typer.Option(..., help=".json, .jsonl, or .parquet: LLaVA rows with the images inside"),
+                 out: str = typer.Option(..., callback=local_out,
+                                         help=".json, .jsonl, or .parquet: LLaVA rows with the images inside"),
                  images: Optional[Path] = typer.Option(None, help="for a .parquet --out: the folder the image files "
                                                        "are read from; for JSON: the folder the images inside the "
                                                        "data (parquet bytes, data URIs) are unpacked to")):
@@ -516,7 +521,7 @@ def data_from_folders(
     root: Path = typer.Argument(..., help="folder with one sub-folder per class"),
     question: str = typer.Option(..., help="the question asked about every image"),
     answer: Optional[list[str]] = typer.Option(None, help="CLASS=answer text (default: the class name)"),
-    out: str = typer.Option(...),
+    out: str = typer.Option(..., callback=local_out),
 ):
     """Turn class folders of photos into question/answer rows (image paths relative to ROOT)."""
     from llavatune.data import tools
@@ -528,7 +533,7 @@ def data_from_folders(
 
 @data_app.command("synth", epilog="Example:\n\n  llavatune data synth --kind shapes --n 200 --out data/shapes")
 def data_synth(
-    out: Path = typer.Option(..., help="folder to write images and JSON into"),
+    out: Path = typer.Option(..., callback=local_out, help="folder to write images and JSON into"),
     kind: Optional[str] = typer.Option(None, help="shapes | defects"),
     n: Optional[int] = typer.Option(None, help="images (defects: per class)"),
     seed: Optional[int] = typer.Option(None),

@@ -114,6 +114,15 @@ def data_name(ref: str | Path) -> str:
     return re.sub(r"^hf:/+", "hf://", str(ref))
 
 
+def local_out(path: str | Path) -> str | Path:
+    """An output path as given, refused when it names the hub: llavatune reads from the hub but writes only here,
+    and a Path would quietly turn `hf://datasets/x` into the local folder `hf:/datasets/x`."""
+    if re.match(r"hf:/", str(path)):
+        raise LlavatuneError(f"{data_name(path)}: outputs are written here, not to the hub. Give a local path, then "
+                             "upload the result with `hf upload ORG/NAME PATH` (data: `--repo-type dataset`) if it should be on the hub.")
+    return path
+
+
 def data_revision(local: Path) -> str | None:
     """The commit of the hub-cache dataset snapshot that `local` (a data_path) lies in."""
     for folder in Path(local).parents:

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Literal
 
+from llavatune.hub import local_out
+
 
 @dataclasses.dataclass
 class LoraSpec:
@@ -96,6 +98,7 @@ class TrainConfig:
     dry_run: bool = False            # print the plan (model, data, trainable counts, steps, memory) and stop
 
     def __post_init__(self):
+        local_out(self.out)
         if self.eval_data is None and (self.eval_answers or self.eval_every is not None):
             raise ValueError("eval_every / eval_answers evaluate on held-out rows: give eval_data=FILE too.")
         if self.eval_answers < 0 or (self.eval_every or 0) < 0:
