@@ -102,6 +102,19 @@ def test_images_go_before_the_text_whatever_the_order_of_the_parts(tiny_model_di
     assert tagged[0][0]["content"] == "Look: <image> Colour?"  # the text's own tag (the template moves it first)
 
 
+def test_a_phone_photo_is_served_upright_as_training_reads_it(tmp_path):
+    """A JPEG whose EXIF says 'rotate 90 degrees': training turns it upright; serving took it sideways before."""
+    from llavatune.data.images import load
+    from llavatune.serve import decode_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "phone.jpg", exif=exif)
+    uri = "data:image/jpeg;base64," + base64.b64encode((tmp_path / "phone.jpg").read_bytes()).decode()
+    served, trained = decode_image(uri, ServeConfig(model=tmp_path)), load("phone.jpg", tmp_path, "f:1")
+    assert served.size == trained.size == (20, 40) and served.tobytes() == trained.tobytes()
+
+
 def test_text_first_is_answered_as_image_first(server):
     image, text = {"type": "image_url", "image_url": {"url": png_uri()}}, {"type": "text", "text": "Which shape?"}
     first, last = (post(server, {"model": "finetuned", **user(*parts)}).json() for parts in ([image, text],

@@ -32,6 +32,7 @@ try:  # the [serve] extra; a clear message when it is missing
 except ImportError as err:  # pragma: no cover
     raise ImportError("llavatune serve needs the serve extra: pip install 'llavatune[serve]'") from err
 
+from llavatune.data import images as imagelib
 from llavatune.data.formats import IMAGE_TAG
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import Answer
@@ -110,8 +111,7 @@ def decode_image(url: str, cfg: ServeConfig):
     try:
         with warnings.catch_warnings():  # a few KB of PNG can decode to gigabytes: over PIL's pixel limit, refused
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(raw)) as img:
-                return img.convert("RGB")
+            return imagelib.rgb(io.BytesIO(raw))  # upright, as training read it
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ApiError(413, f"image has more than {Image.MAX_IMAGE_PIXELS:,} pixels", param="image_url") from None
     except (UnidentifiedImageError, OSError):
@@ -314,7 +314,6 @@ class Samples:
 
     def get(self, index: int) -> dict:
         """Row `index`: its first image as a data URI, the first question, the reference answer."""
-        from llavatune.data import images as imagelib
 
         if self.cfg.data is None:
             raise ApiError(404, "no dataset: start the server with --data FILE --images DIR")
@@ -357,7 +356,6 @@ def main(cfg: ServeConfig) -> None:
               "models. Set LLAVATUNE_API_KEY (or --api-key).", file=sys.stderr)
     _check_port(cfg.host, cfg.port)  # before the models load, which may take minutes
     if cfg.data is not None:  # a sample tab that could show nothing is said at start
-        from llavatune.data import images as imagelib
 
         imagelib.check_findable(cfg.data, cfg.images, "--images")
     slots = load_slots(cfg)

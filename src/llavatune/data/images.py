@@ -161,12 +161,17 @@ def load(ref: str | bytes | TableImage, image_dir: Path | None, where: str) -> I
     """An RGB image, EXIF-rotated. Missing or undecodable files raise DataError naming the sample."""
     file = source(ref, image_dir, where)
     try:
-        with Image.open(file) as img:
-            img = ImageOps.exif_transpose(img)
-            return img.convert("RGB")
+        return rgb(file)
     except DECODE_ERRORS as err:
         name = ref if isinstance(ref, str) else "embedded image"
         raise DataError(f"{where}: image '{name}' cannot be decoded ({err}).") from None
+
+
+def rgb(file) -> Image.Image:
+    """The image of a file or file object, upright (a phone photo's EXIF orientation applied) and RGB: what training
+    sees, so that serving and chat see the same."""
+    with Image.open(file) as img:
+        return ImageOps.exif_transpose(img).convert("RGB")
 
 
 def read_bytes(ref: str | bytes | TableImage, image_dir: Path | None, where: str) -> bytes:
