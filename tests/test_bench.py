@@ -43,3 +43,17 @@ def test_image_prep_benchmark_runs():
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if "processor" in line]
     assert len(rows) == 6 and all("x)" in row for row in rows)
+
+
+def test_parquet_reads_benchmark_runs():
+    """benchmarks/parquet_reads.py (quoted in docs/data.md) runs; its groups are the sizes it says."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "parquet_reads.py"
+    done = subprocess.run([sys.executable, str(script), "--rows", "120"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    groups = [int(line.split("groups:")[0].split()[-1]) for line in done.stdout.splitlines() if "groups:" in line]
+    assert groups[:2] == [2, 1] and groups[2] >= 3  # 100 rows, 256 rows, ~4 MB of ~100 KB photos
+    assert "before / now" in done.stdout

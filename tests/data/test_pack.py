@@ -72,6 +72,28 @@ def test_parquet_packs_the_image_files_with_the_rows(shapes_data, tmp_path):
         tools.convert_file(str(shapes_data / "qa.json"), "messages", str(tmp_path / "m.parquet"), shapes_data)
 
 
+def test_row_groups_close_at_group_bytes_of_images_and_a_rewritten_file_is_read_anew(shapes_data, tmp_path,
+                                                                                     monkeypatch):
+    """A sample reads its image's whole row group, so a group holds about GROUP_BYTES of images (and at most
+    `chunk` rows); rows without images add no bytes. A file written again under its name is read again."""
+    import pyarrow.parquet as pq
+
+    from llavatune.data import pack
+
+    plain = list(read_records(shapes_data / "qa.json"))[:12]
+    sizes = [(shapes_data / r.images[0]).stat().st_size for r in plain]
+    monkeypatch.setattr(pack, "GROUP_BYTES", sum(sizes[:3]))  # three images close a group
+    out = tmp_path / "qa.parquet"
+    write_parquet(out, iter(plain), shapes_data, chunk=256)
+    assert [pq.ParquetFile(out).metadata.row_group(g).num_rows for g in range(4)] == [3, 3, 3, 3]
+    first = list(read_records(out))
+    assert [im.group for r in first for im in r.images] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert [r.images[0].read() for r in first] == [(shapes_data / r.images[0]).read_bytes() for r in plain]
+    write_parquet(out, iter(plain[::-1]), shapes_data)  # the same name, other rows: nothing stale is read
+    assert [r.images[0].read() for r in read_records(out)] == [(shapes_data / r.images[0]).read_bytes()
+                                                               for r in plain[::-1]]
+
+
 def test_convert_unpacks_the_images_a_dataset_holds_into_a_folder(shapes_data, tmp_path):
     """parquet -> LLaVA JSON + image folder: files named as stored beside the bytes, the same bytes, other fields
     kept; rerunning reuses the files, and a different file already there is never overwritten."""
@@ -115,6 +137,8 @@ def test_convert_unpacks_the_images_a_dataset_holds_into_a_folder(shapes_data, t
         tools.convert_file(str(tmp_path / "bad.parquet"), "llava", str(tmp_path / "bad.json"), tmp_path / "bad")
     with pytest.raises(LlavatuneError, match=r"unpack them into a folder with `llavatune data convert"):
         tools.convert_file(str(data), "llava", str(tmp_path / "no.json"))
-    for folder in (tmp_path / "images.zip", Path("hf://datasets/someone/shapes/images")):  # a Path, as the CLI gives it
-        with pytest.raises(LlavatuneError, match=r"images are unpacked into a folder here; name a local folder"):
-            tools.convert_file(str(data), "llava", str(tmp_path / "no.json"), folder)
+    with pytest.raises(LlavatuneError, match=r"images are unpacked into a folder here; name a local folder"):
+        tools.convert_file(str(data), "llava", str(tmp_path / "no.json"), tmp_path / "images.zip")
+    for folder in ("hf://datasets/someone/shapes/images", "hf://datasets/someone/shapes"):  # as Paths, from the CLI
+        with pytest.raises(LlavatuneError, match=r"outputs are written here, not to the hub"):
+            tools.convert_file(str(data), "llava", str(tmp_path / "no.json"), Path(folder))
