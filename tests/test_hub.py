@@ -265,3 +265,44 @@ def test_a_hub_split_comes_down_shard_by_shard_as_it_is_read(hub_cache, tiny_mod
     hub.data_shards.cache_clear()
     hub.data_path.cache_clear()
     assert [r.turns for r in read_records(ref)] == [r.turns for r in records]
+
+
+def test_a_whole_dataset_is_not_data_and_its_error_lists_the_splits_to_pick(hub_cache, tmp_path, monkeypatch):
+    """'hf://datasets/ORG/NAME' (what the hub page shows) read as the local folder 'hf:/datasets/ORG/NAME', 'file not
+    found'. Which split to read is the user's choice: the error names them as patterns, or the hub page offline. A
+    listing that fails on the network (httpx2's ConnectError, not a hub error) leaves the download to say why."""
+    import types
+    from pathlib import PurePosixPath
+
+    from huggingface_hub import HfApi
+
+    from llavatune.data.checks import ValidateConfig
+    from llavatune.data.checks import main as validate
+
+    monkeypatch.chdir(tmp_path)  # where the errors of hub data are reported
+    names = ["README.md", "qa.json", "data/test-00000-of-00002.parquet", "data/test-00001-of-00002.parquet",
+             "Art/validation-00000-of-00001.parquet", "Math/validation-00000-of-00001.parquet"]
+    assert hub.split_patterns([PurePosixPath(n) for n in names]) == [
+        "qa.json", "data/test-*.parquet", "*/validation-*.parquet"]
+    with pytest.raises(LlavatuneError, match=r"^hf://datasets/someone/bench names a whole dataset: .* for example "
+                       r"hf://datasets/someone/bench/data/validation-\*.parquet \(its files: https://huggingface.co/"
+                       r"datasets/someone/bench/tree/main\)\.$"):
+        validate(ValidateConfig(data="hf://datasets/someone/bench"))  # offline
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(HfApi, "dataset_info", lambda api, repo_id, revision=None, **kw: types.SimpleNamespace(
+        siblings=[types.SimpleNamespace(rfilename=name) for name in names]))
+    with pytest.raises(LlavatuneError, match=r"for example hf://datasets/someone/bench/qa.json; its data files: "
+                                             r"qa.json, data/test-\*.parquet, \*/validation-\*.parquet\.$"):
+        validate(ValidateConfig(data="hf://datasets/someone/bench/"))
+
+    class ConnectError(Exception):
+        pass
+
+    def offline(api, repo_id, revision=None, **kw):
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(HfApi, "dataset_info", offline)
+    assert hub.data_shards("hf://datasets/someone/bench/data") is None
+    with pytest.raises(LlavatuneError, match=r"for example hf://datasets/someone/bench/data/validation"):
+        validate(ValidateConfig(data="hf://datasets/someone/bench"))
+    assert not list(tmp_path.iterdir())  # no report of data that was never read

@@ -17,6 +17,7 @@ from llavatune.errors import LlavatuneError
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_DATA = re.compile(r"hf:/+datasets/([\w.-]+/[\w.-]+)(?:@([^/]+))?/(.+)")  # ORG/NAME, revision, path
+HUB_DATASET = re.compile(r"hf:/+datasets/([\w.-]+/[\w.-]+)(?:@([^/]+))?/?")  # a whole dataset, no path in it
 TEXT_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 DATA_SUFFIXES = (".json", ".jsonl", ".tsv", ".parquet", ".arrow")
 
@@ -44,6 +45,8 @@ def data_path(ref: str | Path) -> Path:
     """`hf://datasets/ORG/NAME[@REVISION]/PATH` as the local path of PATH in the hub cache (downloaded once, and
     looked up once per process: a run names its data several times); any other path as it is. A typed config holds
     the reference as a Path, which reads `hf:/datasets/...`."""
+    if whole := HUB_DATASET.fullmatch(str(ref)):
+        raise _whole_dataset(ref, whole.group(1), whole.group(2))
     match = HUB_DATA.fullmatch(str(ref))
     if not match:
         return Path(ref)
@@ -63,20 +66,15 @@ def data_shards(ref: str | Path) -> tuple[str, ...] | None:
     comes down when the reading reaches it (`eval --limit 100` of a split of 60 shards downloads one). None for a
     single file, offline, or when the hub cannot be asked (data_path then says why, or finds the files in the
     cache)."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
-
     match = HUB_DATA.fullmatch(str(ref))
-    if not match or constants.HF_HUB_OFFLINE:
+    if not match:
         return None
     repo_id, revision, inner = match.group(1), match.group(2), match.group(3).rstrip("/")
     if not is_pattern(inner) and PurePosixPath(inner).suffix.lower() in DATA_SUFFIXES:
         return None  # one file
-    try:
-        info = HfApi().dataset_info(repo_id, revision=revision)
-    except (HfHubHTTPError, OSError, ValueError):
+    names = _listing(repo_id, revision)
+    if names is None:
         return None
-    names = [PurePosixPath(s.rfilename) for s in info.siblings or []]
     if is_pattern(inner):
         files = sorted(n for n in names if matches(n, PurePosixPath(inner)))
     else:
@@ -84,6 +82,52 @@ def data_shards(ref: str | Path) -> tuple[str, ...] | None:
     files = [f for f in files if f.suffix.lower() == ".parquet"] + [f for f in files if f.suffix.lower() == ".arrow"]
     at = f"@{revision}" if revision else ""  # not the commit listed: a download by branch records the branch's
     return tuple(f"hf://datasets/{repo_id}{at}/{f}" for f in files) or None  # commit, which an offline run reads
+
+
+def _whole_dataset(ref: str | Path, repo_id: str, revision: str | None) -> LlavatuneError:
+    """A dataset named without a path in it: its splits (and subsets) are files, and which to read is the user's
+    choice. The error lists them as patterns where the hub answers."""
+    name = data_name(ref).rstrip("/")
+    patterns = split_patterns(_listing(repo_id, revision) or [])
+    if not patterns:
+        return LlavatuneError(f"{name} names a whole dataset: name the file, folder or files of one split in it, for "
+                              f"example {name}/data/validation-*.parquet (its files: "
+                              f"https://huggingface.co/datasets/{repo_id}/tree/main).")
+    more = ", ..." if len(patterns) > 8 else ""
+    return LlavatuneError(f"{name} names a whole dataset: name the file, folder or files of one split in it, for "
+                          f"example {name}/{patterns[0]}; its data files: {', '.join(patterns[:8])}{more}.")
+
+
+def _listing(repo_id: str, revision: str | None) -> list[PurePosixPath] | None:
+    """The files of a hub dataset; None offline, or when the hub cannot be asked for any reason (the hub's, or the
+    network's, which huggingface_hub raises through httpx or httpx2 by its version): a download then says why."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        info = HfApi().dataset_info(repo_id, revision=revision)
+    except Exception:  # noqa: BLE001 (a listing only spares downloads; its failure is reported by the download)
+        return None
+    return [PurePosixPath(s.rfilename) for s in info.siblings or []]
+
+
+def split_patterns(names: list[PurePosixPath]) -> list[str]:
+    """A dataset's data files as one pattern per split: data/test-00000-of-00003.parquet, ... -> data/test-*.parquet;
+    a split kept in one folder per subject (MMMU's Art/validation-..., Math/validation-...) -> */validation-*.parquet."""
+    folders: dict[str, set[PurePosixPath]] = {}
+    for name in names:
+        if name.suffix.lower() in DATA_SUFFIXES:
+            shard = re.sub(r"-\d+(-of-\d+)?$", "-*", name.stem) + name.suffix
+            folders.setdefault(shard, set()).add(name.parent)
+    patterns = []
+    for shard, parents in sorted(folders.items()):
+        depths = {len(p.parts) for p in parents}
+        if len(parents) > 1 and len(depths) == 1:
+            patterns.append(str(PurePosixPath(*["*"] * depths.pop(), shard)))
+        else:
+            patterns += [str(p / shard) for p in sorted(parents)]
+    return patterns
 
 
 def is_pattern(path: str | Path) -> bool:
@@ -106,7 +150,8 @@ def matches(name: PurePosixPath, pattern: PurePosixPath) -> bool:
 
 
 def is_hub_data(ref: str | Path) -> bool:
-    return bool(HUB_DATA.fullmatch(str(ref)))
+    """A name on the hub (hf://...; a Path folds it to hf:/...), whether or not it names data that can be read."""
+    return str(ref).startswith("hf:/")
 
 
 def data_name(ref: str | Path) -> str:
@@ -117,7 +162,7 @@ def data_name(ref: str | Path) -> str:
 def local_out(path: str | Path) -> str | Path:
     """An output path as given, refused when it names the hub: llavatune reads from the hub but writes only here,
     and a Path would quietly turn `hf://datasets/x` into the local folder `hf:/datasets/x`."""
-    if re.match(r"hf:/", str(path)):
+    if is_hub_data(path):
         raise LlavatuneError(f"{data_name(path)}: outputs are written here, not to the hub. Give a local path, then "
                              "upload the result with `hf upload ORG/NAME PATH` (data: `--repo-type dataset`) if it should be on the hub.")
     return path

@@ -21,6 +21,7 @@ from rich.table import Table
 from llavatune import hub
 from llavatune.data import images as imagelib
 from llavatune.data.formats import IMAGE_TAG, DataError, Record, beside, iter_rows, to_record, with_suffix
+from llavatune.data.pack import atomic_file  # data that cannot be read leaves no report file
 from llavatune.errors import LlavatuneError
 
 console = Console(stderr=True)
@@ -84,7 +85,7 @@ def main(cfg: ValidateConfig) -> Report:
         from llavatune.model.meta import load_text_side
         text_side = load_text_side(cfg.model, cfg.template)
     path, seen, name = report_path(cfg), {}, hub.data_name(cfg.data)
-    with path.open("w") as sink, console.status(f"validating {name}") as status:
+    with atomic_file(path) as tmp, tmp.open("w") as sink, console.status(f"validating {name}") as status:
         report = Report(sink)
         for row_number, row in iter_rows(Path(cfg.data)):
             report.rows += 1

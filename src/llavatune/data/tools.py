@@ -21,7 +21,6 @@ from llavatune.data.formats import DataError, Record, extra_fields, iter_rows, l
 from llavatune.data.pack import atomic_file, column_types, unpack, write_parquet
 from llavatune.data.tables import TableImage, is_table, stored_path
 from llavatune.errors import LlavatuneError
-from llavatune.hub import local_out
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -198,7 +197,7 @@ def convert_file(data: str, to: str, out: str, image_dir: Path | None = None) ->
         # JSON rows may gain fields anywhere (a first pass finds them all); a table's columns are its own
         columns = None if is_table(data) or data == "-" else column_types(map(extra_fields, read_records(data)))
         return write_parquet(out, read_records(data), image_dir, columns=columns)
-    records = read_records(data) if image_dir is None else unpack(read_records(data), local_out(image_dir))
+    records = read_records(data) if image_dir is None else unpack(read_records(data), image_dir)
     return write_rows(out, (ROW_LAYOUTS[to](record) for record in records))
 
 
