@@ -115,6 +115,17 @@ def test_a_phone_photo_is_served_upright_as_training_reads_it(tmp_path):
     assert served.size == trained.size == (20, 40) and served.tobytes() == trained.tobytes()
 
 
+def test_a_remote_image_that_cannot_be_fetched_is_a_400_not_a_500(tmp_path):
+    from llavatune.serve import ApiError, decode_image
+
+    with socket.socket() as free:  # a port nobody listens on: the connection is refused
+        free.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{free.getsockname()[1]}/x.png"
+    with pytest.raises(ApiError) as err:
+        decode_image(url, ServeConfig(model=tmp_path, allow_remote_images=True))
+    assert err.value.status == 400 and err.value.message.startswith(f"{url}: cannot be downloaded (")
+
+
 def test_text_first_is_answered_as_image_first(server):
     image, text = {"type": "image_url", "image_url": {"url": png_uri()}}, {"type": "text", "text": "Which shape?"}
     first, last = (post(server, {"model": "finetuned", **user(*parts)}).json() for parts in ([image, text],

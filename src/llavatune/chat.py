@@ -1,9 +1,11 @@
 """Verb `chat`: talk to a model in the terminal, with images; streamed answers.
 
     llavatune chat runs/tiny-lora --image photo.png
+    llavatune chat runs/tiny-lora --image https://example.com/photo.jpg
     llavatune chat models/tiny-tuned --image photo.png --prompt "What colour is the shape?"
 
-In the conversation: /image PATH attaches an image to the next question, /reset starts over, /quit leaves.
+In the conversation: /image PATH (or an http(s) URL) attaches an image to the next question, /reset starts over,
+/quit leaves.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from llavatune.errors import LlavatuneError
 class ChatConfig:
     model: Path
     adapter: Path | None = None
-    image: Path | None = None
+    image: str | None = None         # an image file or http(s) URL for the first question
     prompt: str | None = None        # answer this once and exit (for scripts)
     load_4bit: bool = False
     template: str | None = None      # conversation template (default: the model's own)
@@ -30,7 +32,7 @@ class ChatConfig:
     top_p: float = 1.0
 
 
-COMMANDS = "/image PATH, /reset, /quit"
+COMMANDS = "/image PATH or URL, /reset, /quit"
 
 
 def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
@@ -56,7 +58,7 @@ def main(cfg: ChatConfig, stdin=None, stdout=None) -> None:
             continue
         if line.startswith("/image "):
             try:  # a mistyped path is said and the conversation goes on
-                pending.append(imagelib.open_file(Path(line[7:].strip())))
+                pending.append(imagelib.open_file(line[7:].strip()))
                 stdout.write("(image attached to your next message)\n")
             except LlavatuneError as err:
                 stdout.write(f"({err} Nothing attached.)\n")

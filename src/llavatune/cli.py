@@ -255,7 +255,7 @@ def _same_command(ctx: typer.Context) -> list[str]:
 def chat(
     model: Path = typer.Argument(..., help="llava-hf folder or hub id, run or checkpoint"),
     adapter: Optional[Path] = typer.Option(None, help="a LoRA run or checkpoint to apply to MODEL"),
-    image: Optional[Path] = typer.Option(None, help="an image for the first question"),
+    image: Optional[str] = typer.Option(None, help="an image file or http(s) URL for the first question"),
     prompt: Optional[str] = typer.Option(None, help="answer this once and exit"),
     load_4bit: bool = typer.Option(False, "--load-4bit", help="load the LLM in 4-bit (CUDA + bitsandbytes)"),
     template: Optional[str] = typer.Option(None, help="conversation template (default: the model's own)"),

@@ -103,7 +103,10 @@ def decode_image(url: str, cfg: ServeConfig):
         if not cfg.allow_remote_images:
             raise ApiError(400, "remote image URLs are refused; send a base64 data URI, or start the server with "
                                 "--allow-remote-images", param="image_url")
-        raw = _fetch(url, limit)
+        try:
+            raw = imagelib.fetch(url, limit)
+        except LlavatuneError as err:
+            raise ApiError(400, str(err), param="image_url") from None
     else:
         raise ApiError(400, "image_url must be a base64 data URI (file paths are never read)", param="image_url")
     if len(raw) > limit:
@@ -116,14 +119,6 @@ def decode_image(url: str, cfg: ServeConfig):
         raise ApiError(413, f"image has more than {Image.MAX_IMAGE_PIXELS:,} pixels", param="image_url") from None
     except (UnidentifiedImageError, OSError):
         raise ApiError(400, "image_url does not hold a decodable image", param="image_url") from None
-
-
-def _fetch(url: str, limit: int) -> bytes:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (opt-in by --allow-remote-images)
-        raw = response.read(limit + 1)
-    return raw
 
 
 def parse_messages(body: dict, cfg: ServeConfig) -> tuple[list[dict], list]:

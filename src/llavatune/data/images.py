@@ -190,9 +190,20 @@ def embedded(ref: bytes | TableImage, where: str) -> bytes:
         raise DataError(f"{where}: its image in {ref.file} cannot be read ({err}).") from None
 
 
+URL_MB = 50  # the most an image given by URL to chat or the Python API may weigh
+
+
 def open_file(path: str | Path) -> Image.Image:
-    """An image named by its own path, not relative to a data folder (chat, the Python API), read as load() reads
-    training images."""
+    """An image named by its own path or an http(s) URL, not relative to a data folder (chat, the Python API), read
+    as load() reads training images."""
+    if str(path).startswith(("http://", "https://")):
+        raw = fetch(str(path), URL_MB << 20)
+        if len(raw) > URL_MB << 20:
+            raise DataError(f"{path}: larger than {URL_MB} MB; is it an image?")
+        try:
+            return rgb(io.BytesIO(raw))
+        except DECODE_ERRORS as err:
+            raise DataError(f"{path}: not a decodable image ({err}).") from None
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: no such image file.")
@@ -263,3 +274,17 @@ def _resized(height: int, width: int, size) -> tuple[int, int] | None:
     if size.height and size.width and not (size.max_height and size.max_width):
         return size.height, size.width
     return None
+
+
+def fetch(url: str, limit: int) -> bytes:
+    """The first limit + 1 bytes at an http(s) URL (more than `limit`: too large, for the caller to say)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (http(s) only, checked by callers)
+            return response.read(limit + 1)
+    except urllib.error.HTTPError as err:
+        raise DataError(f"{url}: cannot be downloaded (HTTP {err.code} {err.reason}).") from None
+    except (OSError, ValueError) as err:  # no connection (urllib's URLError), a timeout, a malformed URL
+        raise DataError(f"{url}: cannot be downloaded ({getattr(err, 'reason', None) or err}).") from None
