@@ -344,6 +344,17 @@ def test_worker_processes_give_the_same_answers_and_name_a_bad_image(tiny_model_
                                                  "images": None}))
 
 
+def test_rows_a_metric_cannot_score_fail_before_any_model_answers(shapes_data, tmp_path):
+    """--metrics mmbench on rows without MMBench's index, or mme on answers that are not yes/no, failed after every
+    model had answered the whole set. The model here does not exist: the error comes before it is loaded."""
+    common = dict(model=tmp_path / "no-model", data=shapes_data / "qa.json", images=shapes_data, limit=4)
+    with pytest.raises(LlavatuneError, match=r"--metrics mmbench: \S*qa.json:1 has no integer \"index\""):
+        main(EvalConfig(out=tmp_path / "e1", metrics=["em", "mmbench"], **common))
+    with pytest.raises(LlavatuneError, match=r"--metrics mme: MME reference answers are yes or no"):
+        main(EvalConfig(out=tmp_path / "e2", metrics=["mme"], **common))
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
+
+
 def test_a_questions_only_set_is_answered_not_scored(tiny_model_dir, shapes_data, tmp_path):
     """A benchmark's test split (or a list of questions) has no reference answers: the answers are written in
     LLaVA's layout, the same as those of the scored set, and nothing is scored or marked right or wrong."""

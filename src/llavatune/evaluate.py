@@ -315,6 +315,8 @@ def main(cfg: EvalConfig) -> dict:
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
     items = samples(cfg)
+    if scored(items):  # the references as answers: rows a metric cannot score (no MMBench index ...) fail now
+        score([s.answer for s in items], items, cfg.metrics)
     runs = {"base" if (cfg.compare or cfg.adapter) else "model": (cfg.model, None)}
     if cfg.compare is not None:
         runs["finetuned"] = (cfg.compare, None)
