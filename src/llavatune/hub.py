@@ -89,13 +89,12 @@ def _whole_dataset(ref: str | Path, repo_id: str, revision: str | None) -> Llava
     choice. The error lists them as patterns where the hub answers."""
     name = data_name(ref).rstrip("/")
     patterns = split_patterns(_listing(repo_id, revision) or [])
+    head = f"{name} names a whole dataset: name the file, folder or files of one split in it, for example {name}/"
     if not patterns:
-        return LlavatuneError(f"{name} names a whole dataset: name the file, folder or files of one split in it, for "
-                              f"example {name}/data/validation-*.parquet (its files: "
+        return LlavatuneError(f"{head}data/validation-*.parquet (its files: "
                               f"https://huggingface.co/datasets/{repo_id}/tree/main).")
     more = ", ..." if len(patterns) > 8 else ""
-    return LlavatuneError(f"{name} names a whole dataset: name the file, folder or files of one split in it, for "
-                          f"example {name}/{patterns[0]}; its data files: {', '.join(patterns[:8])}{more}.")
+    return LlavatuneError(f"{head}{patterns[0]}; its data files: {', '.join(patterns[:8])}{more}.")
 
 
 def _listing(repo_id: str, revision: str | None) -> list[PurePosixPath] | None:
@@ -114,7 +113,7 @@ def _listing(repo_id: str, revision: str | None) -> list[PurePosixPath] | None:
 
 def split_patterns(names: list[PurePosixPath]) -> list[str]:
     """A dataset's data files as one pattern per split: data/test-00000-of-00003.parquet, ... -> data/test-*.parquet;
-    a split kept in one folder per subject (MMMU's Art/validation-..., Math/validation-...) -> */validation-*.parquet."""
+    a split kept in a folder per subject (MMMU's Art/validation-..., Math/validation-...) -> */validation-*.parquet."""
     folders: dict[str, set[PurePosixPath]] = {}
     for name in names:
         if name.suffix.lower() in DATA_SUFFIXES:
@@ -164,7 +163,8 @@ def local_out(path: str | Path) -> str | Path:
     and a Path would quietly turn `hf://datasets/x` into the local folder `hf:/datasets/x`."""
     if is_hub_data(path):
         raise LlavatuneError(f"{data_name(path)}: outputs are written here, not to the hub. Give a local path, then "
-                             "upload the result with `hf upload ORG/NAME PATH` (data: `--repo-type dataset`) if it should be on the hub.")
+                             "upload the result with `hf upload ORG/NAME PATH` (data: `--repo-type dataset`) if it "
+                             "should be on the hub.")
     return path
 
 
