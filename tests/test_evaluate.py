@@ -218,6 +218,31 @@ def test_mmbench_table_is_scored_by_circular_eval_over_its_rotated_copies(tmp_pa
         score(["A"], items, ["mmbench"])
 
 
+def test_docvqa_and_chartqa_rows_are_asked_as_lmms_eval_asks_them_and_scored_by_their_rules(tmp_path):
+    """lmms-lab's DocVQA rows (questionId, question, answers: every accepted answer) score by ANLS against the
+    closest answer; ChartQA's (question, answer, type) by relaxed accuracy, per split too. The questions end with
+    lmms-eval's instructions: `short` for DocVQA, `word` for ChartQA."""
+    from llavatune.evaluate import per_sample, samples, score
+
+    docvqa = [{"questionId": 1, "question": "What is the date?", "answers": ["3/12/1988", "March 12, 1988"]},
+              {"questionId": 2, "question": "Who signed?", "answers": ["J. Smith"]}]
+    (tmp_path / "docvqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in docvqa))
+    items = samples(EvalConfig(model=tmp_path, data=tmp_path / "docvqa.jsonl", out=tmp_path / "o", prompt_suffix="short"))
+    assert items[0].question_turns[0][1] == "What is the date?\nAnswer the question using a single word or phrase."
+    assert per_sample(["3/12/1998", "Smith"], items, "anls") == [pytest.approx(1 - 1 / 9), 1 - 3 / 8]  # a misread
+    assert per_sample(["the manager"], items[1:], "anls") == [0.0]  # digit, a partial name; another answer: 1 - 10/11
+    assert score(["march 12, 1988", "j. smith"], items, ["anls", "em"]) == {"anls": 1.0, "exact_match": 0.5}
+
+    chartqa = [{"question": "What is the peak?", "answer": "12.5", "type": "human_test"},
+               {"question": "Which year?", "answer": "2019", "type": "augmented_test"}]
+    (tmp_path / "chartqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chartqa))
+    items = samples(EvalConfig(model=tmp_path, data=tmp_path / "chartqa.jsonl", out=tmp_path / "o", prompt_suffix="word"))
+    assert items[1].question_turns[0][1] == "Which year?\nAnswer the question with a single word."
+    assert score(["12", "2020"], items, ["relaxed"]) == {"relaxed_accuracy": 1.0, "relaxed_augmented": 1.0,
+                                                        "relaxed_human": 1.0}  # 4% and 0.05% off
+    assert score(["13.2", "twenty"], items, ["relaxed"])["relaxed_accuracy"] == 0.0
+
+
 def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys):
     """lmms-lab/MME's layout (question, answer, category, question_id = the image's name, image bytes): scored as
     MME with LLaVA-1.5's short-answer instruction added; the answers file keeps each question_id and the question

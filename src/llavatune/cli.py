@@ -32,7 +32,8 @@ def settings(example: str):
 
 CONFIG = typer.Option(None, "--config", help="YAML file with the verb's options")
 SUFFIX_HELP = ("added to every question: short (LLaVA-1.5's \"Answer the question using a single word or phrase.\" on "
-               "a new line), letter, letter-cn, unanswerable (VizWiz's), or your own text (\\n for a line break)")
+               "a new line), word (ChartQA's \"... with a single word.\"), letter, letter-cn, unanswerable (VizWiz's), "
+               "or your own text (\\n for a line break)")
 
 
 @app.callback()
@@ -189,7 +190,8 @@ def eval_(
                                           "table of images by id (GQA's)"),
     compare: Optional[Path] = typer.Option(None, help="a second (fine-tuned) model: labels base / finetuned"),
     adapter: Optional[Path] = typer.Option(None, help="or: MODEL with this LoRA run as the second model"),
-    metrics: Optional[str] = typer.Option(None, help="comma list of em (default), vqa, yesno, pope, choice, mme, mmbench, mmmu"),
+    metrics: Optional[str] = typer.Option(None, help="comma list of em (default), vqa, yesno, pope, choice, mme, "
+                                          "mmbench, mmmu, anls (DocVQA), relaxed (ChartQA)"),
     limit: Optional[int] = typer.Option(None, help="only the first N samples"),
     batch_size: Optional[int] = typer.Option(None, help="default 1; batched answers are the same"),
     max_new_tokens: Optional[int] = typer.Option(None),

@@ -30,14 +30,14 @@ from llavatune.data.loader import auto_workers, in_workers
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
 from llavatune.inference.journal import Journal, files_stamp, fingerprint
-from llavatune.metrics import (choice_right, exact_match, mmbench_letter, mmbench_scores, mme_label,
-                               mme_scores, mmmu_right, mmmu_scores, pope_scores, vqa_accuracy, yes_or_no,
-                               yesno_scores)
+from llavatune.metrics import (anls, choice_right, exact_match, mmbench_letter, mmbench_scores, mme_label,
+                               mme_scores, mmmu_right, mmmu_scores, pope_scores, relaxed_correct, relaxed_scores,
+                               vqa_accuracy, yes_or_no, yesno_scores)
 from llavatune.model import load as loadlib
 from llavatune.report import metric_table, trained_count, write_all
 
 console = Console(stderr=True)
-METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme", "mmbench", "mmmu")
+METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme", "mmbench", "mmmu", "anls", "relaxed")
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ class EvalConfig:
     compare: Path | None = None      # a second model (the fine-tuned one): labels base / finetuned
     adapter: Path | None = None      # or: the same model with this adapter as the second model
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])  # em, vqa, yesno, pope, choice, mme,
-    #   mmbench, mmmu
+    #   mmbench, mmmu, anls (DocVQA, InfoVQA), relaxed (ChartQA)
     limit: int | None = None
     batch_size: int = 1              # batch 1 by default for comparability; batched answers are identical
     max_new_tokens: int = 32
@@ -57,7 +57,7 @@ class EvalConfig:
     device: str = "auto"
     data_workers: int | Literal["auto"] = "auto"  # processes opening images and encoding the next batches;
     #   auto: up to 4 on a GPU, none on a CPU (as in train)
-    prompt_suffix: str = ""          # added to every question: text, or short / letter / letter-cn /
+    prompt_suffix: str = ""          # added to every question: text, or short / word / letter / letter-cn /
     #   unanswerable (formats.SUFFIXES)
     ocr_tokens: bool = False         # TextVQA rows: their "ocr_tokens" after the question, as LLaVA-1.5 asks them
 
@@ -230,6 +230,11 @@ def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str
             out.update(mmmu_scores([r == 1 for r in per_sample(preds, items, "mmmu")], [mmmu_row(s)[2] for s in items]))
         except ValueError as err:
             raise LlavatuneError(f"--metrics mmmu: {err}") from None
+    if "anls" in metrics:
+        out["anls"] = sum(per_sample(preds, items, "anls")) / n
+    if "relaxed" in metrics:
+        out.update(relaxed_scores([r == 1 for r in per_sample(preds, items, "relaxed")],
+                                  [(s.record.raw or {}).get("type") for s in items]))
     return out
 
 
@@ -240,12 +245,16 @@ def per_sample(preds: list[str], items: list[Sample], metric: str) -> list[float
     refs = [s.answer for s in items]
     if metric == "vqa":
         return [vqa_accuracy(p, gt_answers(s)) for p, s in zip(preds, items)]
+    if metric == "anls":
+        return [anls(p, gt_answers(s)) for p, s in zip(preds, items)]
     if metric in ("yesno", "pope"):
         right = [yes_or_no(p) == yes_or_no(r) for p, r in zip(preds, refs)]
     elif metric == "mme":
         right = [mme_label(p) == mme_label(r) for p, r in zip(preds, refs)]
     elif metric == "choice":
         right = list(map(choice_right, preds, refs))
+    elif metric == "relaxed":
+        right = list(map(relaxed_correct, preds, refs))
     elif metric == "mmmu":
         right = [mmmu_right(p, r, *mmmu_row(s)) for p, r, s in zip(preds, refs, items)]
     elif metric == "mmbench":  # this row (one copy of its question) alone

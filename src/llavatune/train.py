@@ -65,8 +65,8 @@ class TrainConfig:
     grad_accum: int = 1              # micro-batches per step; global batch = batch_size x devices x grad_accum
     steps: int | None = None         # optimizer steps; default: `epochs` over the data
     epochs: float = 1.0              # passes over the data when steps is not given (fractions allowed)
-    prompt_suffix: str = ""          # added to every question, as eval's --prompt-suffix: short / letter / letter-cn /
-    #   unanswerable or text; for question/answer rows (the hub's sets), so that training asks as evaluation will
+    prompt_suffix: str = ""          # added to every question, as eval's --prompt-suffix: short / word / letter /
+    #   letter-cn / unanswerable or text; for question/answer rows (the hub's sets), so that training asks as eval will
     max_length: int = 2048           # tokens per sample, image tokens included; longer ones are cut at the end
     #   (one whose image tokens do not fit is dropped and counted)
     max_grad_norm: float = 1.0       # gradient clipping (0: none)

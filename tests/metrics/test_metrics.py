@@ -1,12 +1,14 @@
-"""Metrics against hand-computed values from the official definitions (VQA / TextVQA, POPE, MMBench, MME)."""
+"""Metrics against hand-computed values from the official definitions (VQA / TextVQA, POPE, MMBench, MME, MMMU,
+DocVQA's ANLS, ChartQA's relaxed accuracy)."""
 
 from __future__ import annotations
 
 import pytest
 
-from llavatune.metrics import (choice_accuracy, exact_match, extract_choice, mmbench_letter, mmbench_scores,
+from llavatune.metrics import (anls, choice_accuracy, exact_match, extract_choice, mmbench_letter, mmbench_scores,
                                mme_label, mme_scores, mmmu_right, mmmu_scores, normalize_vqa_answer, pope_scores,
-                               vqa_accuracy, yes_or_no, yesno_scores)
+                               relaxed_correct, relaxed_scores, vqa_accuracy, yes_or_no, yesno_scores)
+from llavatune.metrics.anls import levenshtein
 from llavatune.metrics.mmmu import mmmu_choice, mmmu_open
 
 
@@ -175,3 +177,36 @@ def test_mmmu_scores_overall_and_per_discipline():
     assert scores == {"mmmu_accuracy": pytest.approx(2 / 3), "mmmu_art_and_design": 1.0, "mmmu_science": 0.0}
     with pytest.raises(ValueError, match="split_Subject_number"):
         mmmu_scores([True], ["Art-1"])
+
+
+def test_levenshtein():
+    assert [levenshtein(a, b) for a, b in [("", ""), ("", "abc"), ("kitten", "sitting"), ("flaw", "lawn"),
+                                           ("abc", "abc"), ("ab", "ba")]] == [0, 3, 3, 2, 0, 2]
+
+
+def test_anls_as_docvqa_scores_it():
+    """1 - distance / the longer text, against the closest reference; under 0.5 it is a wrong answer, 0."""
+    assert anls("Kitten", ["sitting", "kitten"]) == 1.0            # case does not count; the closest reference
+    assert anls("  the  cat ", ["the cat"]) == 1.0                  # nor runs of whitespace
+    assert anls("3/12/1998", ["3/12/1988"]) == pytest.approx(1 - 1 / 9)  # a misread digit: 0.889
+    assert anls("flaw", ["lawn"]) == 0.5 and anls("abcde", ["abxyz"]) == 0.0  # 1 - 2/4 counts, 1 - 3/5 = 0.4 not
+    # the length is the raw texts', before whitespace is folded (lmms-eval's and Qwen-VL's code): 1 - 1/9, not 1 - 1/5
+    assert anls("abcd    e", ["abcde"]) == pytest.approx(1 - 1 / 9)
+    assert anls("", [""]) == 1.0
+
+
+@pytest.mark.parametrize("pred,answer,right", [
+    ("12", "12.5", True),      # 4% off
+    ("13.2", "12.5", False),   # 5.6% off
+    ("57%", "0.56", True),     # a percentage reads as its share
+    ("0", "0", True), ("0.0", "0", False),  # a reference of 0 is compared as text
+    ("Yes", "yes", True), ("Yes.", "yes", False),  # text must match, case aside
+    (" 12 ", "12", True),      # float() reads past spaces
+])
+def test_relaxed_correct_as_chartqa_scores_it(pred, answer, right):
+    assert relaxed_correct(pred, answer) is right
+
+
+def test_relaxed_scores_overall_and_per_chartqa_split():
+    right, kinds = [True, False, True, True], ["human_test", "human_test", "augmented_test", None]
+    assert relaxed_scores(right, kinds) == {"relaxed_accuracy": 0.75, "relaxed_augmented": 1.0, "relaxed_human": 0.5}

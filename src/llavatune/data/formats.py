@@ -400,9 +400,10 @@ def _decode_data_uri(uri: str, where: str) -> bytes:
 
 
 # The instructions LLaVA-1.5 adds to short-answer and multiple-choice questions (its data and question files hold
-# them; the hub's sets do not).
+# them; the hub's sets do not), and lmms-eval's for ChartQA.
 SUFFIXES = {
     "short": "\nAnswer the question using a single word or phrase.",
+    "word": "\nAnswer the question with a single word.",  # ChartQA's, as lmms-eval asks it
     "letter": "\nAnswer with the option's letter from the given choices directly.",
     "letter-cn": "\n请直接回答选项字母。",
     "unanswerable": "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\nAnswer the "
