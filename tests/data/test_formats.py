@@ -150,8 +150,8 @@ def test_llava_benchmark_question_files(tmp_path):
 def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
     """The layout of lmms-lab's evaluation sets (parquet, image bytes inside): MME / POPE (question, answer,
     category), VQAv2 (answers with their confidence, multiple_choice_answer), TextVQA (answers as strings),
-    MMBench (index, hint, options A-D, a letter), ScienceQA (choices, the index of the answer, an image or none), and a
-    test split without answers. MMBench questions are built as LLaVA's model_vqa_mmbench builds them: the hint on its
+    MMBench (index, hint, options A-D, a letter), ScienceQA (choices, the index of the answer, an image or none), AI2D
+    (options, the index as text), and a test split without answers. MMBench questions are built as LLaVA's model_vqa_mmbench builds them: the hint on its
     own line first (none when 'nan'), then one line per option up to the first missing one; ScienceQA's as lmms-eval's
     scienceqa task builds them ("Context: " + hint)."""
     image = {"bytes": png_bytes(), "path": None}
@@ -201,6 +201,12 @@ def test_question_answer_rows_of_the_hub_evaluation_sets(tmp_path):
                          ("assistant", "B")]  # the right choice's index as its letter
     assert sqa_text.images == [] and sqa_text.turns == [("user", "Which word is longer?\nA. sun\nB. planet"),
                                                          ("assistant", "B")]
+    # AI2D's: "options" and the right one's index as text; asked as lmms-eval's ai2d task asks it (its options were
+    # left out and the reference was "1" before)
+    ai2d = {"question": "Which part is the leaf?", "options": ["root", "leaf", "stem"], "answer": "1", "image": image}
+    pq.write_table(pa.Table.from_pylist([ai2d]), tmp_path / "ai2d.parquet")
+    assert next(read_records(tmp_path / "ai2d.parquet")).turns == [
+        ("user", "<image>\nWhich part is the leaf?\nA. root\nB. leaf\nC. stem"), ("assistant", "B")]
     pq.write_table(pa.Table.from_pylist([{"question": "What?", "answer": "x", "img": image}]), tmp_path / "f.parquet")
     with pytest.raises(DataError, match=r"f.parquet:1: column 'img' holds images, .* ds.rename_column\('img', 'image'\)"):
         list(read_records(tmp_path / "f.parquet"))

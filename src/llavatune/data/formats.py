@@ -12,7 +12,8 @@ Formats (detected per row, so mixed files work):
   MMBench, SEED-Bench, ...): {"question", "image" (or GQA's "imageId", an id in a table of images),
   "answer" | "multiple_choice_answer" | "answers" (optional),
   "hint" and options "A".."D" or "choice_a".."choice_d" (optional)}; asked as LLaVA's model_vqa_mmbench asks
-  (hint, question, "A. ..." lines); ScienceQA's "choices" list with an answer index, asked as lmms-eval asks;
+  (hint, question, "A. ..." lines); ScienceQA's "choices" (AI2D's "options") list with an answer index, asked
+  as lmms-eval asks;
   MMMU's "options" list, "question_type" and images "image_1".."image_7", asked as lmms-eval's mmmu task asks;
 - files: .json (a list, streamed object by object), .jsonl, .tsv (MMBench's tables, images as base64), and HF
   datasets on disk (.parquet / .arrow, or a `save_to_disk` folder) whose image column holds bytes; any of these in
@@ -239,18 +240,21 @@ def _no_other_image_column(row: dict, where: str) -> None:
 def _question_row(row: dict, where: str) -> tuple[str, str | None]:
     """(the question, the reference answer or None when the row has none). Options come as MMBench's columns "A".."D"
     or SEED-Bench's "choice_a".."choice_d" (up to the first missing one), built as LLaVA's model_vqa_mmbench builds
-    them: the hint, the question, then "A. ..." lines; or as ScienceQA's "choices" list with the index of the
-    right one as "answer", built as lmms-eval's scienceqa task builds them: "Context: " + the hint (when there is
-    one), the question, the "A. ..." lines, and the reference is the letter. The answer is otherwise "answer",
+    them: the hint, the question, then "A. ..." lines; or as ScienceQA's "choices" (AI2D's "options") list with the
+    index of the right one as "answer" (AI2D's as text), built as lmms-eval's scienceqa and ai2d tasks build them:
+    "Context: " + the hint (when there is one), the question, the "A. ..." lines, and the reference is the letter. The answer is otherwise "answer",
     VQAv2's "multiple_choice_answer", or the most common of "answers". MMMU's rows: see _mmmu_question."""
     if "question_type" in row and "options" in row:
         return _mmmu_question(row, where)
-    if isinstance(row.get("choices"), list):  # ScienceQA
-        options = [str(c) for c in row["choices"]]
+    listed = row.get("choices", row.get("options"))  # ScienceQA's "choices", AI2D's "options"
+    if isinstance(listed, list):
+        options = [str(c) for c in listed]
         hint = "" if missing(row.get("hint")) else f"Context: {row['hint']}\n"
         letters = string.ascii_uppercase
         question = hint + row["question"] + "".join(f"\n{letter}. {c}" for letter, c in zip(letters, options))
         answer = row.get("answer")
+        if isinstance(answer, str) and answer.isdigit():  # AI2D keeps the index as text
+            answer = int(answer)
         if isinstance(answer, int) and 0 <= answer < len(options):
             return question, letters[answer]
         return question, None if missing(answer) else str(answer)
