@@ -218,7 +218,7 @@ def test_mmbench_table_is_scored_by_circular_eval_over_its_rotated_copies(tmp_pa
         score(["A"], items, ["mmbench"])
 
 
-def test_docvqa_and_chartqa_rows_are_asked_as_lmms_eval_asks_them_and_scored_by_their_rules(tmp_path):
+def test_docvqa_chartqa_and_ocrbench_rows_are_asked_as_lmms_eval_asks_them_and_scored_by_their_rules(tmp_path):
     """lmms-lab's DocVQA rows (questionId, question, answers: every accepted answer) score by ANLS against the
     closest answer; ChartQA's (question, answer, type) by relaxed accuracy, per split too. The questions end with
     lmms-eval's instructions: `short` for DocVQA, `word` for ChartQA."""
@@ -241,6 +241,16 @@ def test_docvqa_and_chartqa_rows_are_asked_as_lmms_eval_asks_them_and_scored_by_
     assert score(["12", "2020"], items, ["relaxed"]) == {"relaxed_accuracy": 1.0, "relaxed_augmented": 1.0,
                                                         "relaxed_human": 1.0}  # 4% and 0.05% off
     assert score(["13.2", "twenty"], items, ["relaxed"])["relaxed_accuracy"] == 0.0
+
+    # OCRBench's rows keep their accepted answers as a list in "answer": before, such a row had no reference and the
+    # whole set was answered without a score
+    ocr = [{"question": "what is written in the image?", "answer": ["CENTRAL", "central station"],
+            "dataset": "IIIT5K", "question_type": "Regular Text Recognition"}]
+    (tmp_path / "ocrbench.jsonl").write_text(json.dumps(ocr[0]) + "\n")
+    items = samples(EvalConfig(model=tmp_path, data=tmp_path / "ocrbench.jsonl", out=tmp_path / "o"))
+    assert items[0].answer == "CENTRAL"
+    assert score(["It reads Central."], items, ["ocrbench", "em"]) == {
+        "ocrbench_accuracy": 1.0, "ocrbench_Regular Text Recognition": 1.0, "exact_match": 0.0}
 
 
 def test_a_hub_evaluation_set_in_its_own_layout(tiny_model_dir, tmp_path, capsys):

@@ -191,7 +191,7 @@ def eval_(
     compare: Optional[Path] = typer.Option(None, help="a second (fine-tuned) model: labels base / finetuned"),
     adapter: Optional[Path] = typer.Option(None, help="or: MODEL with this LoRA run as the second model"),
     metrics: Optional[str] = typer.Option(None, help="comma list of em (default), vqa, yesno, pope, choice, mme, "
-                                          "mmbench, mmmu, anls (DocVQA), relaxed (ChartQA)"),
+                                          "mmbench, mmmu, anls (DocVQA), relaxed (ChartQA), ocrbench"),
     limit: Optional[int] = typer.Option(None, help="only the first N samples"),
     batch_size: Optional[int] = typer.Option(None, help="default 1; batched answers are the same"),
     max_new_tokens: Optional[int] = typer.Option(None),

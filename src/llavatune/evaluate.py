@@ -31,13 +31,13 @@ from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import GenerationConfig, answers, encode
 from llavatune.inference.journal import Journal, files_stamp, fingerprint
 from llavatune.metrics import (anls, choice_right, exact_match, mmbench_letter, mmbench_scores, mme_label,
-                               mme_scores, mmmu_right, mmmu_scores, pope_scores, relaxed_correct, relaxed_scores,
-                               vqa_accuracy, yes_or_no, yesno_scores)
+                               mme_scores, mmmu_right, mmmu_scores, ocrbench_right, ocrbench_scores, pope_scores,
+                               relaxed_correct, relaxed_scores, vqa_accuracy, yes_or_no, yesno_scores)
 from llavatune.model import load as loadlib
 from llavatune.report import metric_table, trained_count, write_all
 
 console = Console(stderr=True)
-METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme", "mmbench", "mmmu", "anls", "relaxed")
+METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme", "mmbench", "mmmu", "anls", "relaxed", "ocrbench")
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ class EvalConfig:
     compare: Path | None = None      # a second model (the fine-tuned one): labels base / finetuned
     adapter: Path | None = None      # or: the same model with this adapter as the second model
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["em"])  # em, vqa, yesno, pope, choice, mme,
-    #   mmbench, mmmu, anls (DocVQA, InfoVQA), relaxed (ChartQA)
+    #   mmbench, mmmu, anls (DocVQA, InfoVQA), relaxed (ChartQA), ocrbench
     limit: int | None = None
     batch_size: int = 1              # batch 1 by default for comparability; batched answers are identical
     max_new_tokens: int = 32
@@ -191,8 +191,10 @@ def scored(items: list[Sample]) -> bool:
 
 
 def gt_answers(sample: Sample) -> list[str]:
-    """The human answers of a VQA row ("answers": 10 strings or {"answer": ...} dicts), else the reference."""
-    raw = (sample.record.raw or {}).get("answers")
+    """The human answers of a VQA row ("answers": 10 strings or {"answer": ...} dicts), the accepted answers of an
+    OCRBench row ("answer" as a list), else the reference."""
+    row = sample.record.raw or {}
+    raw = row["answer"] if isinstance(row.get("answer"), list) else row.get("answers")
     if not raw:
         return [sample.answer]
     return [a["answer"] if isinstance(a, dict) else str(a) for a in raw]
@@ -235,6 +237,9 @@ def score(preds: list[str], items: list[Sample], metrics: list[str]) -> dict[str
     if "relaxed" in metrics:
         out.update(relaxed_scores([r == 1 for r in per_sample(preds, items, "relaxed")],
                                   [(s.record.raw or {}).get("type") for s in items]))
+    if "ocrbench" in metrics:
+        out.update(ocrbench_scores([r == 1 for r in per_sample(preds, items, "ocrbench")],
+                                   [(s.record.raw or {}).get("question_type") for s in items]))
     return out
 
 
@@ -255,6 +260,8 @@ def per_sample(preds: list[str], items: list[Sample], metric: str) -> list[float
         right = list(map(choice_right, preds, refs))
     elif metric == "relaxed":
         right = list(map(relaxed_correct, preds, refs))
+    elif metric == "ocrbench":
+        right = [ocrbench_right(p, gt_answers(s), (s.record.raw or {}).get("dataset")) for p, s in zip(preds, items)]
     elif metric == "mmmu":
         right = [mmmu_right(p, r, *mmmu_row(s)) for p, r, s in zip(preds, refs, items)]
     elif metric == "mmbench":  # this row (one copy of its question) alone

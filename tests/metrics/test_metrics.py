@@ -1,5 +1,5 @@
 """Metrics against hand-computed values from the official definitions (VQA / TextVQA, POPE, MMBench, MME, MMMU,
-DocVQA's ANLS, ChartQA's relaxed accuracy)."""
+DocVQA's ANLS, ChartQA's relaxed accuracy, OCRBench)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 
 from llavatune.metrics import (anls, choice_accuracy, exact_match, extract_choice, mmbench_letter, mmbench_scores,
                                mme_label, mme_scores, mmmu_right, mmmu_scores, normalize_vqa_answer, pope_scores,
-                               relaxed_correct, relaxed_scores, vqa_accuracy, yes_or_no, yesno_scores)
+                               ocrbench_right, ocrbench_scores, relaxed_correct, relaxed_scores, vqa_accuracy,
+                               yes_or_no, yesno_scores)
 from llavatune.metrics.anls import levenshtein
 from llavatune.metrics.mmmu import mmmu_choice, mmmu_open
 
@@ -210,3 +211,14 @@ def test_relaxed_correct_as_chartqa_scores_it(pred, answer, right):
 def test_relaxed_scores_overall_and_per_chartqa_split():
     right, kinds = [True, False, True, True], ["human_test", "human_test", "augmented_test", None]
     assert relaxed_scores(right, kinds) == {"relaxed_accuracy": 0.75, "relaxed_augmented": 1.0, "relaxed_human": 0.5}
+
+
+def test_ocrbench_right_when_an_accepted_answer_is_inside_the_answer():
+    assert ocrbench_right("The word is CENTRAL.", ["central"], "IIIT5K")            # inside, case aside
+    assert ocrbench_right("ＳＴＯＰ sign", ["stop"], "IC13")                          # full-width letters fold
+    assert not ocrbench_right("cent ral", ["central"], "IIIT5K")                    # spaces count in text
+    assert ocrbench_right("x ^ { 2 } + 1", ["x^{2}+1"], "HME100k")                  # formulas: spaces do not,
+    assert not ocrbench_right("X^{2}+1", ["x^{2}+1"], "HME100k")                    # case does
+    assert ocrbench_right("it says exit", ["entrance", "exit"], "docVQA")           # any accepted answer
+    assert ocrbench_scores([True, False, True], ["Doc-oriented VQA", "Doc-oriented VQA", "Regular Text Recognition"]) \
+        == {"ocrbench_accuracy": 2 / 3, "ocrbench_Doc-oriented VQA": 0.5, "ocrbench_Regular Text Recognition": 1.0}

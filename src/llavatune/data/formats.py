@@ -243,7 +243,8 @@ def _question_row(row: dict, where: str) -> tuple[str, str | None]:
     them: the hint, the question, then "A. ..." lines; or as ScienceQA's "choices" (AI2D's "options") list with the
     index of the right one as "answer" (AI2D's as text), built as lmms-eval's scienceqa and ai2d tasks build them:
     "Context: " + the hint (when there is one), the question, the "A. ..." lines, and the reference is the letter. The answer is otherwise "answer",
-    VQAv2's "multiple_choice_answer", or the most common of "answers". MMMU's rows: see _mmmu_question."""
+    VQAv2's "multiple_choice_answer", or the most common of "answers" (or of "answer" as a list, OCRBench's). MMMU's
+    rows: see _mmmu_question."""
     if "question_type" in row and "options" in row:
         return _mmmu_question(row, where)
     listed = row.get("choices", row.get("options"))  # ScienceQA's "choices", AI2D's "options"
@@ -269,7 +270,8 @@ def _question_row(row: dict, where: str) -> tuple[str, str | None]:
     for key in ("answer", "multiple_choice_answer"):
         if isinstance(row.get(key), (str, int, float)) and not missing(row[key]):
             return question, str(row[key])
-    answers = [a.get("answer") if isinstance(a, dict) else a for a in row.get("answers") or []]
+    listed = row["answer"] if isinstance(row.get("answer"), list) else row.get("answers")  # OCRBench: "answer"
+    answers = [a.get("answer") if isinstance(a, dict) else a for a in listed or []]
     answers = [str(a) for a in answers if a is not None]
     return question, collections.Counter(answers).most_common(1)[0][0] if answers else None
 

@@ -1,0 +1,32 @@
+"""OCRBench as lmms-eval scores it (`ocrbench_process_results`): an answer is right when one of the accepted answers
+is inside it, both lower-cased with full-width ASCII folded to ASCII and line breaks as spaces; for the handwritten
+formulas (rows of the "HME100k" dataset) with every space and line break removed and case kept. The published
+score is the count right on the 1,000 questions: 1,000 x ocrbench_accuracy."""
+
+from __future__ import annotations
+
+
+def _fold(text: str) -> str:
+    """Full-width ASCII (U+FF01..U+FF5E) and the ideographic space as their ASCII forms; nothing else changes."""
+    return "".join(" " if c == "\u3000" else chr(ord(c) - 0xFEE0) if "\uff01" <= c <= "\uff5e" else c for c in text)
+
+
+def ocrbench_right(pred: str, answers: list[str], dataset: str | None) -> bool:
+    if dataset == "HME100k":
+        def squeeze(text: str) -> str:
+            return text.strip().replace("\n", " ").replace(" ", "")
+        return any(squeeze(a) in squeeze(pred) for a in answers)
+
+    def plain(text: str) -> str:
+        return _fold(text).lower().strip().replace("\n", " ")
+    return any(plain(a) in plain(pred.strip()) for a in answers)
+
+
+def ocrbench_scores(right: list[bool], kinds: list[str | None]) -> dict[str, float]:
+    """ocrbench_accuracy, then the share right per question type (the row's "question_type": Regular Text
+    Recognition, Scene Text-centric VQA, ...)."""
+    out = {"ocrbench_accuracy": sum(right) / max(1, len(right))}
+    for kind in sorted({k for k in kinds if k}):
+        mine = [r for r, k in zip(right, kinds) if k == kind]
+        out[f"ocrbench_{kind}"] = sum(mine) / len(mine)
+    return out
