@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from llavatune.metrics.groups import group_shares, share
+
 CIRCULAR = 1_000_000  # a copy's index: the question's + k * CIRCULAR
 LETTERS = "ABCDE"     # E: "none of them", a letter MMBench's matcher may read but never the reference
 WRAPS = [("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"), ("(", ")."), (":", ""), (":", ","),
@@ -46,15 +48,9 @@ def mmbench_scores(preds: list[str], refs: list[str], indices: list[int], option
         right[index % CIRCULAR] &= letter == ref.strip().upper()
     firsts = [(index, category, l2) for index, category, l2 in zip(indices, categories, l2_categories)
               if index < CIRCULAR]
-    out = {"mmbench_circular": _share([right[i] for i, _, _ in firsts]), "mmbench_unread": unread / max(1, len(preds))}
+    hits = [right[i] for i, _, _ in firsts]
+    out = {"mmbench_circular": share(hits), "mmbench_unread": unread / max(1, len(preds))}
     for position in (2, 1):  # the 6 abilities (l2-category), then the 20 leaf categories
-        groups: dict[str, list[bool]] = defaultdict(list)
-        for row in firsts:
-            if row[position]:
-                groups[row[position]].append(right[row[0]])
-        out.update({f"mmbench_{name}": _share(hits) for name, hits in sorted(groups.items())})
+        out.update(group_shares("mmbench", hits, [row[position] for row in firsts]))
     return out
 
-
-def _share(hits: list[bool]) -> float:
-    return sum(hits) / max(1, len(hits))

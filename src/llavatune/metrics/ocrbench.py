@@ -5,6 +5,8 @@ score is the count right on the 1,000 questions: 1,000 x ocrbench_accuracy."""
 
 from __future__ import annotations
 
+from llavatune.metrics.groups import group_shares, share
+
 
 def _fold(text: str) -> str:
     """Full-width ASCII (U+FF01..U+FF5E) and the ideographic space as their ASCII forms; nothing else changes."""
@@ -25,8 +27,4 @@ def ocrbench_right(pred: str, answers: list[str], dataset: str | None) -> bool:
 def ocrbench_scores(right: list[bool], kinds: list[str | None]) -> dict[str, float]:
     """ocrbench_accuracy, then the share right per question type (the row's "question_type": Regular Text
     Recognition, Scene Text-centric VQA, ...)."""
-    out = {"ocrbench_accuracy": sum(right) / max(1, len(right))}
-    for kind in sorted({k for k in kinds if k}):
-        mine = [r for r, k in zip(right, kinds) if k == kind]
-        out[f"ocrbench_{kind}"] = sum(mine) / len(mine)
-    return out
+    return {"ocrbench_accuracy": share(right), **group_shares("ocrbench", right, kinds)}

@@ -5,6 +5,8 @@ is compared as given, so "Yes." is not "yes"."""
 
 from __future__ import annotations
 
+from llavatune.metrics.groups import group_shares, share
+
 
 def _number(text: str) -> float | None:
     try:
@@ -23,8 +25,5 @@ def relaxed_correct(pred: str, answer: str, tolerance: float = 0.05) -> bool:
 def relaxed_scores(right: list[bool], kinds: list[str | None]) -> dict[str, float]:
     """relaxed_accuracy over all questions and, where rows say which ChartQA split they are from ("type":
     human_test or augmented_test), over each: the human-written questions are the hard ones."""
-    out = {"relaxed_accuracy": sum(right) / max(1, len(right))}
-    for kind in sorted({k for k in kinds if k}):
-        mine = [r for r, k in zip(right, kinds) if k == kind]
-        out[f"relaxed_{kind.removesuffix('_test')}"] = sum(mine) / len(mine)
-    return out
+    splits = [k.removesuffix("_test") if k else None for k in kinds]
+    return {"relaxed_accuracy": share(right), **group_shares("relaxed", right, splits)}
