@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -56,7 +57,7 @@ def test_every_problem_is_reported_with_its_row(tmp_path, tiny_model_dir):
     assert lines[2].endswith("list one image per tag, or remove the extra tag")
 
 
-def test_clean_file_passes_and_cli_exit_codes(tmp_path, capsys):
+def test_clean_file_passes_and_cli_exit_codes(tmp_path, capsys, monkeypatch):
     images = tmp_path / "images"
     images.mkdir()
     Image.new("RGB", (8, 8)).save(images / "ok.png")
@@ -64,6 +65,9 @@ def test_clean_file_passes_and_cli_exit_codes(tmp_path, capsys):
     data.write_text(json.dumps([good(1), good(2, answer="blue")]))
     report = main(ValidateConfig(data=data, images=images))
     assert report.rows == 2 and report.bad_rows == 0
+    monkeypatch.chdir(tmp_path)  # the summary is one line: as the two-column table's title it wrapped
+    main(ValidateConfig(data=Path("d.json"), images=Path("images")))
+    assert "d.json: 2 rows, 0 with problems" in capsys.readouterr().err.splitlines()
     data.write_text(json.dumps([good(1), good(2, image="nope.png")]))
     with pytest.raises(SystemExit) as exit_info:
         run(["data", "validate", str(data), "--images", str(images)])

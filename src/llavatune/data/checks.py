@@ -171,7 +171,9 @@ def report_path(cfg: ValidateConfig) -> Path:
 
 
 def write_report(cfg: ValidateConfig, report: Report, tokens_checked: bool) -> None:
-    table = Table(title=f"{cfg.data}: {report.rows:,} rows, {report.bad_rows:,} with problems")
+    # a line of its own: as the table's title it wrapped to the two narrow columns' width
+    console.print(f"{hub.data_name(cfg.data)}: {report.rows:,} rows, {report.bad_rows:,} with problems")
+    table = Table()
     table.add_column("problem")
     table.add_column("rows", justify="right")
     for reason, count in report.problems.most_common():
