@@ -379,6 +379,25 @@ def test_worker_processes_give_the_same_answers_and_name_a_bad_image(tiny_model_
                                                  "images": None}))
 
 
+@pytest.mark.parametrize("row,metric", [
+    ({"question": "Q?", "options": ["a", "b"], "answer": "1"}, "choice"),  # AI2D
+    ({"question": "Q?", "answer": ["x", "y"], "dataset": "IIIT5K"}, "ocrbench"),
+    ({"question": "Q?", "answer": "yes", "category": "adversarial"}, "pope"),
+    ({"question": "Q?", "answers": ["x"] * 10}, "vqa"),
+    ({"question": "Q?", "answer": "12", "type": "human_test"}, "relaxed"),  # ChartQA
+    ({"question": "Q?", "answer": "yes", "category": "color"}, None),  # MME's: yes/no, em reads it
+    ({"question": "Q?", "answer": "x"}, None),
+])
+def test_a_benchmark_layout_scored_by_exact_match_gets_a_note_naming_its_metric(row, metric, tmp_path):
+    """Exact match on VQAv2 or OCRBench reads far below the published numbers; the rows' layout (never the file's
+    name) says which metric the benchmark scores with."""
+    from llavatune.evaluate import benchmark_metric, samples
+
+    (tmp_path / "set.jsonl").write_text(json.dumps(row) + "\n")
+    found = benchmark_metric(samples(EvalConfig(model=tmp_path, data=tmp_path / "set.jsonl", out=tmp_path / "o")))
+    assert (found and found[0]) == metric
+
+
 def test_rows_a_metric_cannot_score_fail_before_any_model_answers(shapes_data, tmp_path):
     """--metrics mmbench on rows without MMBench's index, or mme on answers that are not yes/no, failed after every
     model had answered the whole set. The model here does not exist: the error comes before it is loaded."""

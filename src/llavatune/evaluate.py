@@ -115,6 +115,30 @@ def samples(cfg: EvalConfig) -> list[Sample]:
     return out
 
 
+def benchmark_metric(items: list[Sample]) -> tuple[str, str] | None:
+    """(the metric, what in the rows shows it) when the rows have the layout of a benchmark whose own score is not
+    exact match, read from the rows (never from the file's name); else None."""
+    rows = [s.record.raw or {} for s in items if s.record.raw]
+    if not rows or items[0].answer is None:
+        return None
+    first = rows[0]
+    if "question_type" in first and "options" in first:
+        return "mmmu", "MMMU's question_type and options"
+    if any(isinstance(r.get("index"), int) and r["index"] >= 1_000_000 for r in rows):
+        return "mmbench", "MMBench's rotated copies (index + k x 1,000,000)"
+    if isinstance(first.get("answer"), list):
+        return "ocrbench", "OCRBench's list of accepted answers in 'answer'"
+    if first.get("type") in ("human_test", "augmented_test"):
+        return "relaxed", "ChartQA's human_test / augmented_test type"
+    if {r.get("category") for r in rows} <= {"adversarial", "popular", "random"} and "category" in first:
+        return "pope", "POPE's adversarial / popular / random categories"
+    if isinstance(first.get("answers"), list) and len(first["answers"]) == 10:
+        return "vqa", "ten human answers per question, as VQAv2 and TextVQA have"
+    if isinstance(first.get("choices", first.get("options")), list) or "A" in first or "choice_a" in first:
+        return "choice", "options to choose from, answered by letter"
+    return None
+
+
 def answer_all(model_path: Path, adapter: Path | None, items: list[Sample], cfg: EvalConfig,
                label: str = "model", share: Share = Share()) -> tuple[list[str], dict, int, Journal]:
     """The model's answers, its parameter counts (total; trained in the run that made it, when known), how many
@@ -333,6 +357,9 @@ def main(cfg: EvalConfig) -> dict:
     items = samples(cfg)
     if scored(items):  # the references as answers: rows a metric cannot score (no MMBench index ...) fail now
         score([s.answer for s in items], items, cfg.metrics)
+    if cfg.metrics == ["em"] and (found := benchmark_metric(items)) and share.rank == 0:
+        console.print(f"note: these rows have {found[1]}; --metrics {found[0]} scores them as that benchmark does "
+                      "(exact match alone will not match its published numbers)")
     runs = {"base" if (cfg.compare or cfg.adapter) else "model": (cfg.model, None)}
     if cfg.compare is not None:
         runs["finetuned"] = (cfg.compare, None)
