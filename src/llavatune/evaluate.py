@@ -118,7 +118,7 @@ def samples(cfg: EvalConfig) -> list[Sample]:
 def benchmark_metric(items: list[Sample]) -> tuple[str, str] | None:
     """(the metric, what in the rows shows it) when the rows have the layout of a benchmark whose own score is not
     exact match, read from the rows (never from the file's name); else None."""
-    rows = [s.record.raw or {} for s in items if s.record.raw]
+    rows = [s.record.raw for s in items if s.record.raw]
     if not rows or items[0].answer is None:
         return None
     first = rows[0]
@@ -285,7 +285,8 @@ def per_sample(preds: list[str], items: list[Sample], metric: str) -> list[float
     elif metric == "relaxed":
         right = list(map(relaxed_correct, preds, refs))
     elif metric == "ocrbench":
-        right = [ocrbench_right(p, gt_answers(s), (s.record.raw or {}).get("dataset")) for p, s in zip(preds, items)]
+        datasets = [(s.record.raw or {}).get("dataset") for s in items]  # HME100k's formulas: spaces do not count
+        right = [ocrbench_right(p, gt_answers(s), d) for p, s, d in zip(preds, items, datasets)]
     elif metric == "mmmu":
         right = [mmmu_right(p, r, *mmmu_row(s)) for p, r, s in zip(preds, refs, items)]
     elif metric == "mmbench":  # this row (one copy of its question) alone
