@@ -26,6 +26,30 @@ def test_a_failed_write_leaves_the_old_folder_and_no_temporary(tmp_path):
         write_atomically(out, False, lambda folder: None)
 
 
+def test_a_write_that_fills_the_disk_says_so_in_one_line(tmp_path, monkeypatch):
+    """torch.save on a full disk raises a RuntimeError about inline_container.cc (safetensors its own error): the
+    run stopped with that, not knowing why. The space left is said, and that nothing was lost."""
+    import collections
+
+    from llavatune.model import save
+
+    out = tmp_path / "checkpoint-200"
+    out.mkdir()
+    (out / "old.txt").write_text("kept")
+
+    def full(folder):
+        (folder / "half.bin").write_bytes(b"x")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(save.shutil, "disk_usage", lambda path: usage(10 << 30, (10 << 30) - (3 << 20), 3 << 20))
+    with pytest.raises(LlavatuneError, match=r"checkpoint-200: not written, 3 MB are left on its disk \(\[enforce "
+                                             r"fail.*file write failed\)\. Nothing half-written stays.*resume=auto"):
+        write_atomically(out, True, full)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-200"] and (out / "old.txt").read_text() == "kept"
+
+
 def test_saving_on_a_cpu_machine_is_quiet_where_deepspeed_is_installed(tiny_model_dir, tmp_path):
     """accelerate imports DeepSpeed on every save_pretrained; unprepared, DeepSpeed warns on a machine with no GPU
     that it could not find one, on every build, merge, convert and full checkpoint."""

@@ -16,6 +16,9 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise LlavatuneError(f"{out} exists and is not empty. Choose another --out, or pass --overwrite to replace it.")
 
 
+LOW_SPACE = 1 << 30  # bytes left on a disk under which a failed write is said to be a full disk
+
+
 def write_atomically(out: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a fresh temporary folder next to `out`, then move it into place.
     A crash half-way leaves `out` as it was (plus a `.tmp-*` folder that names itself as incomplete)."""
@@ -29,10 +32,27 @@ def write_atomically(out: Path, overwrite: bool, write: Callable[[Path], None]) 
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)
+    except Exception as err:
+        full = _full_disk(out, err)
+        if full is None:
+            raise
+        raise full from err
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _full_disk(out: Path, err: Exception) -> LlavatuneError | None:
+    """A write that failed with the disk (nearly) full, said as such: the writers say it each their own way (an
+    OSError, torch's "file write failed", safetensors' StorageFull). None when there is room left."""
+    free = shutil.disk_usage(out.parent).free
+    if free >= LOW_SPACE:
+        return None
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return LlavatuneError(f"{out}: not written, {free / 2**20:,.0f} MB are left on its disk ({first}). Nothing "
+                          "half-written stays, and what was there before is as it was. Free space and run again (a "
+                          "training run continues from its last complete checkpoint with resume=auto).")
 
 
 def save_model(model, processor, folder: Path, **kwargs) -> None:
