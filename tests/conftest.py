@@ -136,7 +136,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The README's main command, `make demo`, for real and once per session: (its folder, seconds, the
-    before/after line it prints last). test_demo checks its numbers; the docs that run the demo (`make demo`,
+    before/after line it prints last, what it wrote to stderr). test_demo checks its numbers; the docs that run the demo (`make demo`,
     `llavatune demo --out ...`) get a copy of its folder instead of a rerun."""
     import json
     import subprocess
@@ -147,7 +147,7 @@ def demo_run(tmp_path_factory):
     result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "demo", f"OUT={out}"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, time.perf_counter() - started, json.loads(result.stdout.splitlines()[-1])
+    return out, time.perf_counter() - started, json.loads(result.stdout.splitlines()[-1]), result.stderr
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from llavatune.metrics import exact_match
 
 @pytest.mark.slow
 def test_demo_numbers(demo_run):
-    out, seconds, printed = demo_run
+    out, seconds, printed, shown = demo_run
     assert seconds < 300
+    assert "Loading weights" not in shown and "6/6 evaluate base vs fine-tuned" in shown  # its own output only
     saved = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(saved) == {"n", "models", "cut_at_max_new_tokens"} and set(saved["models"]) == {"base", "finetuned"}
     # the tuned model ends its answers itself; the random base runs most of them into the limit

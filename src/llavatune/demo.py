@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from llavatune.config import load, save_run_config
+from llavatune.progress import without_transformers_bars
 
 console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
 
@@ -32,6 +33,13 @@ class DemoConfig:
 
 
 def main(cfg: DemoConfig) -> dict:
+    """The whole run; transformers' "Loading weights" bars are left out: five of them, each for an instant, for a
+    model of 134K parameters, between the steps' own output."""
+    with without_transformers_bars():
+        return _run(cfg)
+
+
+def _run(cfg: DemoConfig) -> dict:
     from llavatune import build, configs, evaluate, merge, train
     from llavatune.data import tools
     from llavatune.data.synth import SynthConfig

@@ -4,6 +4,7 @@ there a bar redraws every 30 seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from tqdm.auto import tqdm
@@ -16,3 +17,17 @@ def live() -> bool:
 
 def bar(total: int, desc: str, **kwargs) -> tqdm:
     return tqdm(total=total, desc=desc, dynamic_ncols=True, mininterval=0.1 if live() else 30.0, **kwargs)
+
+
+@contextlib.contextmanager
+def without_transformers_bars():
+    """transformers' own bars ("Loading weights", "Writing model shards") off within the block, then as before."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()

@@ -63,17 +63,13 @@ def save_model(model, processor, folder: Path, **kwargs) -> None:
     transformers' "Writing model shards" bar is kept off: it drew a line at every checkpoint of a run, between
     the lines of the run's own progress, for a write that the run reports itself."""
     import torch
-    from transformers.utils import logging as hf_logging
+
+    from llavatune.progress import without_transformers_bars
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with without_transformers_bars():
         model.save_pretrained(folder, **kwargs)
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
     processor.save_pretrained(folder)
 
 
