@@ -15,7 +15,8 @@ def live() -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
-def bar(total: int, desc: str, **kwargs) -> tqdm:
+def bar(total: int | None, desc: str, **kwargs) -> tqdm:
+    """A bar to `total` (None: a count and a rate, for a stream of unknown length)."""
     return tqdm(total=total, desc=desc, dynamic_ncols=True, mininterval=0.1 if live() else 30.0, **kwargs)
 
 

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 
 from PIL import Image
 
-from llavatune import hub
+from llavatune import hub, progress
 from llavatune.data import images as imagelib
 from llavatune.data.formats import DataError, Record, llava_row
 from llavatune.data.tables import TableImage, stored_path
@@ -64,7 +64,8 @@ def write_parquet(path: Path | str, records: Iterable[Record], image_dir: Path |
         columns = column_types({k: v for k, v in row.items() if k not in schema.names} for _, row in first)
     schema = pa.schema([*schema, *columns], metadata={"huggingface": json.dumps({"info": {"features": features}})})
     n = 0
-    with atomic_file(Path(path)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    bar = progress.bar(None, f"packing {Path(path).name}", unit="row")  # reading every image file: hours for 665K
+    with atomic_file(Path(path)) as tmp, pq.ParquetWriter(tmp, schema) as writer, bar:
         for group in _groups(itertools.chain(first, rows), chunk):
             for where, row in group:
                 if set(row) - set(schema.names):
@@ -76,6 +77,7 @@ def write_parquet(path: Path | str, records: Iterable[Record], image_dir: Path |
                 raise DataError(f"{group[0][0]} or one of the {len(group) - 1} rows after it: a field's type differs "
                                 f"from the first {chunk} rows' ({err}).") from None
             n += len(group)
+            bar.update(len(group))
     return n
 
 
@@ -140,10 +142,12 @@ def unpack(records: Iterable[Record], image_dir: Path) -> Iterator[Record]:
         raise LlavatuneError(f"--images {image_dir}: images are unpacked into a folder here; name a local folder.")
     files: dict[str, str] = {}  # sha256 of an image's bytes -> its file, for the images met in this run
     taken: set[str] = set()     # names known to hold other bytes
-    for record in records:
-        refs = [ref if isinstance(ref, str) else _unpacked(record, k, ref, root, files, taken)
-                for k, ref in enumerate(record.images)]
-        yield dataclasses.replace(record, images=refs)
+    with progress.bar(None, f"unpacking into {root}", unit="row") as bar:
+        for record in records:
+            refs = [ref if isinstance(ref, str) else _unpacked(record, k, ref, root, files, taken)
+                    for k, ref in enumerate(record.images)]
+            bar.update()
+            yield dataclasses.replace(record, images=refs)
     if files:
         print(f"unpacked {len(files):,} images into {root}", file=sys.stderr)
 
