@@ -242,9 +242,9 @@ def _question_row(row: dict, where: str) -> tuple[str, str | None]:
     or SEED-Bench's "choice_a".."choice_d" (up to the first missing one), built as LLaVA's model_vqa_mmbench builds
     them: the hint, the question, then "A. ..." lines; or as ScienceQA's "choices" (AI2D's "options") list with the
     index of the right one as "answer" (AI2D's as text), built as lmms-eval's scienceqa and ai2d tasks build them:
-    "Context: " + the hint (when there is one), the question, the "A. ..." lines, and the reference is the letter. The answer is otherwise "answer",
-    VQAv2's "multiple_choice_answer", or the most common of "answers" (or of "answer" as a list, OCRBench's). MMMU's
-    rows: see _mmmu_question."""
+    "Context: " + the hint (when there is one), the question, the "A. ..." lines, and the reference is the letter.
+    The answer is otherwise "answer", VQAv2's "multiple_choice_answer", or the most common of "answers" (or of
+    "answer" as a list, OCRBench's). MMMU's rows: see _mmmu_question."""
     if "question_type" in row and "options" in row:
         return _mmmu_question(row, where)
     listed = row.get("choices", row.get("options"))  # ScienceQA's "choices", AI2D's "options"
