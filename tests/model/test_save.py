@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,19 @@ def test_a_failed_write_leaves_the_old_folder_and_no_temporary(tmp_path):
     assert (out / "old.txt").read_text() == "kept"
     with pytest.raises(LlavatuneError, match="--overwrite"):
         write_atomically(out, False, lambda folder: None)
+
+
+def test_the_writers_refuse_a_hub_name_as_the_cli_does(tmp_path, monkeypatch):
+    """The Python API (build.main, merge.main, ...) reaches the writers without the CLI's --out check."""
+    from llavatune.data.pack import atomic_file
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LlavatuneError, match="outputs are written here, not to the hub"):
+        write_atomically(Path("hf://datasets/me/model"), False, lambda folder: None)
+    with pytest.raises(LlavatuneError, match="outputs are written here, not to the hub"):
+        with atomic_file(Path("hf://datasets/me/qa.json")):
+            pass
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_write_that_fills_the_disk_says_so_in_one_line(tmp_path, monkeypatch):

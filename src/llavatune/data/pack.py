@@ -29,6 +29,7 @@ from llavatune.errors import LlavatuneError
 def atomic_file(path: Path) -> Iterator[Path]:
     """A temporary name to write, renamed to `path` at the end: a reader never sees half a file, and a failed
     write leaves nothing behind."""
+    hub.local_out(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

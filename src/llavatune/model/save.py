@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from llavatune.errors import LlavatuneError
+from llavatune.hub import local_out
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
@@ -22,7 +23,7 @@ LOW_SPACE = 1 << 30  # bytes left on a disk under which a failed write is said t
 def write_atomically(out: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a fresh temporary folder next to `out`, then move it into place.
     A crash half-way leaves `out` as it was (plus a `.tmp-*` folder that names itself as incomplete)."""
-    out = Path(out)
+    out = Path(local_out(out))  # a Path folds hf://x to the local hf:/x
     check_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
