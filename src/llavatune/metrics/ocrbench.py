@@ -8,9 +8,8 @@ from __future__ import annotations
 from llavatune.metrics.groups import group_shares, share
 
 
-def _fold(text: str) -> str:
-    """Full-width ASCII (U+FF01..U+FF5E) and the ideographic space as their ASCII forms; nothing else changes."""
-    return "".join(" " if c == "\u3000" else chr(ord(c) - 0xFEE0) if "\uff01" <= c <= "\uff5e" else c for c in text)
+# full-width ASCII (U+FF01..U+FF5E) and the ideographic space as their ASCII forms; nothing else changes
+FOLD = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: " "}
 
 
 def ocrbench_right(pred: str, answers: list[str], dataset: str | None) -> bool:
@@ -20,7 +19,7 @@ def ocrbench_right(pred: str, answers: list[str], dataset: str | None) -> bool:
         return any(squeeze(a) in squeeze(pred) for a in answers)
 
     def plain(text: str) -> str:
-        return _fold(text).lower().strip().replace("\n", " ")
+        return text.translate(FOLD).lower().strip().replace("\n", " ")
     return any(plain(a) in plain(pred.strip()) for a in answers)
 
 
