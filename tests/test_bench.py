@@ -32,28 +32,27 @@ def test_llava665k_length_mix():
     assert max(len(s["input_ids"]) for s in samples) > 576 + 300  # a long tail, not fixed lengths
 
 
-def test_image_prep_benchmark_runs():
-    """benchmarks/image_prep.py (quoted in docs/training.md) runs, and its pixel-equality check holds."""
+def benchmark_script(name: str, *args: str) -> str:
+    """What benchmarks/NAME prints, run as a user runs it; a failure shows its stderr."""
     import subprocess
     import sys
     from pathlib import Path
 
-    script = Path(__file__).parents[1] / "benchmarks" / "image_prep.py"
-    done = subprocess.run([sys.executable, str(script), "--repeat", "1"], capture_output=True, text=True, timeout=300)
+    script = Path(__file__).parents[1] / "benchmarks" / name
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if "processor" in line]
+    return done.stdout
+
+
+def test_image_prep_benchmark_runs():
+    """benchmarks/image_prep.py (quoted in docs/training.md) runs, and its pixel-equality check holds."""
+    rows = [line for line in benchmark_script("image_prep.py", "--repeat", "1").splitlines() if "processor" in line]
     assert len(rows) == 6 and all("x)" in row for row in rows)
 
 
 def test_parquet_reads_benchmark_runs():
     """benchmarks/parquet_reads.py (quoted in docs/data.md) runs; its groups are the sizes it says."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).parents[1] / "benchmarks" / "parquet_reads.py"
-    done = subprocess.run([sys.executable, str(script), "--rows", "120"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    groups = [int(line.split("groups:")[0].split()[-1]) for line in done.stdout.splitlines() if "groups:" in line]
+    printed = benchmark_script("parquet_reads.py", "--rows", "120")
+    groups = [int(line.split("groups:")[0].split()[-1]) for line in printed.splitlines() if "groups:" in line]
     assert groups[:2] == [2, 1] and groups[2] >= 3  # 100 rows, 256 rows, ~4 MB of ~100 KB photos
-    assert "before / now" in done.stdout
+    assert "before / now" in printed

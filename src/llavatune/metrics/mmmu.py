@@ -15,6 +15,8 @@ from __future__ import annotations
 import random
 import re
 
+from llavatune.metrics.groups import share
+
 DISCIPLINES = {
     "Art and Design": ("Art", "Art_Theory", "Design", "Music"),
     "Business": ("Accounting", "Economics", "Finance", "Manage", "Marketing"),
@@ -68,11 +70,11 @@ def mmmu_right(answer: str, reference: str, question_type: str, options: list[st
 def mmmu_scores(rights: list[bool], question_ids: list[str]) -> dict[str, float]:
     """{"mmmu_accuracy", "mmmu_<discipline>" ...} over the questions given."""
     subjects = [_subject(q) for q in question_ids]
-    out = {"mmmu_accuracy": sum(rights) / max(1, len(rights))}
-    for discipline, members in DISCIPLINES.items():
+    out = {"mmmu_accuracy": share(rights)}
+    for discipline, members in DISCIPLINES.items():  # in MMMU's order of disciplines, not sorted
         hits = [r for r, s in zip(rights, subjects) if s in members]
         if hits:
-            out[f"mmmu_{discipline.lower().replace(' ', '_')}"] = sum(hits) / len(hits)
+            out[f"mmmu_{discipline.lower().replace(' ', '_')}"] = share(hits)
     return out
 
 
