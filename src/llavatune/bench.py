@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
+from llavatune import progress
 from llavatune.errors import LlavatuneError
 
-console = Console()
+console = progress.results
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
 
 

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from rich.console import Console
 
+from llavatune import progress
 from llavatune.config import save_run_config
 from llavatune.data.templates import get_template
 from llavatune.errors import LlavatuneError
 from llavatune.model import compose, tiny
 
-console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
+console = progress.messages
 
 
 @dataclasses.dataclass

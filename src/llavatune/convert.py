@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from rich.console import Console
 
+from llavatune import progress
 from llavatune.config import save_run_config
 from llavatune.errors import LlavatuneError
 
-console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
+console = progress.messages
 KINDS = {"llava": "original LLaVA", "llava-lora": "original LLaVA LoRA", "llava-projector": "stage-1 projector",
          "xtuner": "xtuner", "hf": "llava-hf"}
 ORIGINAL_ARCHS = {"LlavaLlamaForCausalLM": "llama", "LlavaMistralForCausalLM": "mistral"}

@@ -13,12 +13,12 @@ import json
 import time
 from pathlib import Path
 
-from rich.console import Console
 
 from llavatune.config import load, save_run_config
+from llavatune import progress
 from llavatune.progress import without_transformers_bars
 
-console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
+console = progress.messages
 
 
 @dataclasses.dataclass

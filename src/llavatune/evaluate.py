@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
 from llavatune import progress
@@ -36,7 +35,7 @@ from llavatune.metrics import (anls, choice_right, exact_match, mmbench_letter, 
 from llavatune.model import load as loadlib
 from llavatune.report import metric_table, trained_count, write_all
 
-console = Console(stderr=True)
+console = progress.messages
 METRICS = ("em", "vqa", "yesno", "pope", "choice", "mme", "mmbench", "mmmu", "anls", "relaxed", "ocrbench")
 
 
@@ -418,4 +417,4 @@ def print_table(result: dict) -> None:
         table.add_column(name, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    progress.results.print(table)

@@ -13,10 +13,9 @@ import json
 import math
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-from llavatune import hub
+from llavatune import hub, progress
 from llavatune.config import read_run_config
 from llavatune.errors import LlavatuneError
 
@@ -132,7 +131,7 @@ def main(cfg: InfoConfig) -> dict:
                 table.add_row(f"adapter {k}", _cell(k, v))
         else:
             table.add_row(key, _cell(key, value))
-    Console().print(table)
+    progress.results.print(table)
     return info
 
 

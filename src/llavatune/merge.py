@@ -12,8 +12,8 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from rich.console import Console
 
+from llavatune import progress
 from llavatune.config import read_run_config, save_run_config
 from llavatune.data import images as imagelib
 from llavatune.errors import LlavatuneError
@@ -21,7 +21,7 @@ from llavatune.model import load as loadlib
 from llavatune.model.save import check_out_dir, save_model, write_atomically
 from llavatune.model.trainable import unwrap
 
-console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
+console = progress.messages
 TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}  # of the largest value. float32 merges measure
 #   ~1e-6; in half precision the merged weights are rounded (the demo's model: 3e-3 in float16, 2e-2 in bfloat16), so
 #   there the check catches gross losses only: a dropped projector or adapter moved the demo's logits by 0.9

@@ -1,13 +1,20 @@
-"""Progress bars that suit where the output goes. On a terminal or in a notebook a bar redraws itself many times
-a second; written to a file (nohup, a cluster scheduler, CI) each redraw is appended to one ever longer line, so
-there a bar redraws every 30 seconds."""
+"""What the terminal shows: messages, tables and progress bars, each suited to where the output goes.
+
+Messages are soft-wrapped: a terminal wraps them, a log file keeps each one whole on its line (a path in it stays
+one piece to copy). On a terminal or in a notebook a bar redraws itself many times a second; written to a file
+(nohup, a cluster scheduler, CI) each redraw is appended to one ever longer line, so there a bar redraws every
+30 seconds."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 
+from rich.console import Console
 from tqdm.auto import tqdm
+
+messages = Console(stderr=True, soft_wrap=True)  # notes, warnings, what was written where
+results = Console(soft_wrap=True)  # a verb's answer (tables, numbers): stdout, to pipe or redirect
 
 
 def live() -> bool:

@@ -15,16 +15,15 @@ import json
 import re
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-from llavatune import hub
+from llavatune import hub, progress
 from llavatune.data import images as imagelib
 from llavatune.data.formats import IMAGE_TAG, DataError, Record, beside, iter_rows, to_record, with_suffix
 from llavatune.data.pack import atomic_file  # data that cannot be read leaves no report file
 from llavatune.errors import LlavatuneError
 
-console = Console(stderr=True)
+console = progress.messages
 NEAR_TAG = re.compile(r"<\s*image\s*>", re.IGNORECASE)  # <Image>, < image >: meant as the tag, read as text
 
 

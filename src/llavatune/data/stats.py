@@ -7,15 +7,14 @@ import collections
 import dataclasses
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from llavatune import hub
+from llavatune import hub, progress
 from llavatune.data.formats import DataError, beside, iter_rows, to_record, with_suffix
 from llavatune.errors import LlavatuneError
 
-console = Console()
+console = progress.results
 
 
 @dataclasses.dataclass

@@ -10,17 +10,16 @@ import math
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
-from llavatune import hub
+from llavatune import hub, progress
 from llavatune.data import formats
 from llavatune.data.formats import iter_rows
 from llavatune.errors import LlavatuneError
 from llavatune.model import shapes, trainable
 from llavatune.train import TrainConfig, eval_interval, total_steps
 
-console = Console()
+console = progress.results
 GIB = 2**30
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from tqdm.auto import tqdm
 
-from llavatune import hub
+from llavatune import hub, progress
 from llavatune.config import read_run_config, save_run_config, to_dict
 from llavatune.data import formats
 from llavatune.data import images as imagelib
@@ -28,7 +27,7 @@ from llavatune.training import checkpoint, distributed, fast, loop, validate
 from llavatune.training.logging import RunLogger
 from llavatune.training.optim import build_optimizer, build_scheduler, continue_schedule
 
-console = Console(stderr=True, soft_wrap=True)  # messages: the terminal wraps them, a log keeps them whole
+console = progress.messages
 PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
