@@ -203,8 +203,9 @@ def eval_(
     procs: Optional[int] = typer.Option(None, help="CPU processes, each answering a share of the questions"),
     overrides: Optional[list[str]] = settings("template=vicuna_v1 device=cpu"),
 ):
-    """Answer an evaluation set greedily with one or two models and score the answers. Answers are written as
-    they come: the same command after a kill answers only the rest."""
+    """Answer an evaluation set greedily with one or two models and score the answers.
+
+    Answers are written as they come: the same command after a kill answers only the rest."""
     import os
     import subprocess
 
@@ -354,14 +355,20 @@ def configs_show(name: str = typer.Argument(..., help="recipe name")):
 @configs_app.command("keys", epilog="Example:\n\n  llavatune configs keys")
 def configs_keys():
     """Every key a training recipe may set (or key=value may override): type, default and meaning."""
-    from rich.console import Console
     from rich.table import Table
 
-    from llavatune import configs
-    table = Table("key", "type", "default", "meaning", title="training recipe keys", show_lines=False)
+    from llavatune import configs, progress
+    if not progress.results.is_terminal or progress.results.width < 120:  # piped to grep, or a table too narrow
+        for key, kind, default, meaning in configs.keys():
+            print(f"{key}  ({kind}, {'required' if default == '(required)' else 'default ' + default})  {meaning}")
+        return
+    table = Table("key", title="training recipe keys")
+    table.add_column("type", max_width=24)  # a long Literal wraps; the meaning keeps the room
+    table.add_column("default")
+    table.add_column("meaning", overflow="fold")  # a file name in it folds instead of ending in "..."
     for row in configs.keys():
         table.add_row(*row)
-    Console().print(table)
+    progress.results.print(table)
 
 
 @configs_app.command("copy", epilog="Example:\n\n  llavatune configs copy tiny-lora my-recipe.yaml")
@@ -497,22 +504,29 @@ def data_split(data: str = typer.Argument(...), val: float = typer.Option(0.1, h
 @data_app.command("mix", epilog="Example:\n\n  llavatune data mix data/qa.json:1 data/captions.json:0.5 --out data/mix.json")
 def data_mix(sources: list[str] = typer.Argument(..., help="FILE or FILE:WEIGHT (0.5 = half, 2 = twice)"),
              seed: int = typer.Option(0), out: str = typer.Option(..., callback=local_out, help=OUT_HELP)):
-    """Mix datasets with weights, shuffled with a seed."""
+    """Mix datasets with weights, shuffled with a seed.
+
+    Image paths stay as they are: JSON sources must name their images relative to one folder.
+
+    Sources with images in different folders: pack each into .parquet first (data convert), then mix into a .parquet."""
     from llavatune.data import tools
     _ok(tools.write_rows(out, tools.mix(sources, seed)), out)
 
 
 @data_app.command("convert", epilog="Examples:\n\n  llavatune data convert data/qa.json --to messages --out data/qa.jsonl"
-                  "\n\n  llavatune data convert data/qa.json --to llava --images data --out data/qa.parquet"
-                  "\n\n  llavatune data convert data/qa.parquet --to llava --images data/unpacked --out data/qa.json")
-def data_convert(data: str = typer.Argument(...), to: str = typer.Option(..., help="llava | sharegpt | messages"),
+                  "\n\n  llavatune data convert data/qa.json --images data --out data/qa.parquet"
+                  "\n\n  llavatune data convert data/qa.parquet --images data/unpacked --out data/qa.json")
+def data_convert(data: str = typer.Argument(...), to: str = typer.Option("llava", help="llava | sharegpt | messages"),
                  out: str = typer.Option(..., callback=local_out,
                                          help=".json, .jsonl, or .parquet: LLaVA rows with the images inside"),
                  images: Optional[Path] = typer.Option(None, help="for a .parquet --out: the folder the image files "
                                                        "are read from; for JSON: the folder the images inside the "
                                                        "data (parquet bytes, data URIs) are unpacked to")):
-    """Convert between LLaVA JSON, ShareGPT and OpenAI messages; pack rows and images into one parquet file, or
-    unpack a parquet dataset into JSON and an image folder."""
+    """Convert between LLaVA JSON, ShareGPT and OpenAI messages; pack images into parquet, or unpack them.
+
+    To a .parquet --out, each row's image files (read from --images) go inside it.
+
+    From data holding images (parquet, data URIs) to JSON, the images are written into --images, the rows name them."""
     from llavatune.data import tools
     _ok(tools.convert_file(data, to, out, images), out)
 

@@ -68,7 +68,7 @@ def test_parquet_packs_the_image_files_with_the_rows(shapes_data, tmp_path):
     (tmp_path / "mixed.json").write_text(json.dumps(rows[:3]))
     with pytest.raises(LlavatuneError, match=r"field 'answers' holds values of different types"):
         tools.convert_file(str(tmp_path / "mixed.json"), "llava", str(tmp_path / "mixed.parquet"), shapes_data)
-    with pytest.raises(LlavatuneError, match="a parquet file holds LLaVA rows; use --to llava"):
+    with pytest.raises(LlavatuneError, match="a parquet file holds LLaVA rows, not messages ones: leave out --to"):
         tools.convert_file(str(shapes_data / "qa.json"), "messages", str(tmp_path / "m.parquet"), shapes_data)
 
 

@@ -149,7 +149,9 @@ def test_from_folders_passes_over_what_is_not_a_photo(tmp_path, capsys):
     (root / "NG" / "notes.txt").write_text("batch 7")
     rows = tools.from_folders(root, "q", {})
     assert sorted({r["image"].split("/")[0] for r in rows}) == ["NG", "OK"] and len(rows) == 4
-    assert "photos per class: NG 2, OK 2; 1 other file(s) passed over" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "photos per class: NG 2, OK 2; 1 other file(s) passed over" in err
+    assert f"image paths are relative to {root}: pass --images {root}" in err  # the rows name no folder of their own
     (root / "SCRATCH").mkdir()
     with pytest.raises(LlavatuneError, match=r"SCRATCH: no photos \(.png .jpg"):
         tools.from_folders(root, "q", {})

@@ -457,7 +457,7 @@ def llava_row(record: Record) -> dict:
     row: dict[str, Any] = {"id": record.id}
     if any(not isinstance(im, str) for im in record.images):
         raise DataError(f"{record.source}: its images are inside the data (bytes), which LLaVA JSON cannot hold: "
-                        "unpack them into a folder with `llavatune data convert DATA --to llava --images DIR --out "
+                        "unpack them into a folder with `llavatune data convert DATA --images DIR --out "
                         "FILE.json`, or write a .parquet file, which holds them.")
     if len(record.images) == 1:
         row["image"] = record.images[0]

@@ -117,7 +117,7 @@ def _embedded(record: Record, image_dir: Path | None) -> tuple[str, dict]:
     for k, ref in enumerate(record.images):
         if isinstance(ref, str) and image_dir is None:
             raise DataError(f"{record.source}: image '{ref}' is a file; packing files into a parquet file needs their "
-                            "folder: llavatune data convert DATA --to llava --images DIR --out NAME.parquet")
+                            "folder: llavatune data convert DATA --images DIR --out NAME.parquet")
         images.append({"bytes": imagelib.read_bytes(ref, image_dir, record.source),
                        "path": ref if isinstance(ref, str) else _stored_path(record, k)})
     return record.source, {**llava_row(dataclasses.replace(record, images=[])), "images": images}

@@ -55,7 +55,7 @@ def _json(row: dict, n: int, out: Path | str) -> str:
         if isinstance(value, (bytes, bytearray, TableImage)):
             raise DataError(f"--out {out}: row {n} holds image bytes (it comes from a parquet / arrow dataset), which "
                             "JSON cannot hold: write a .parquet file (--out NAME.parquet), or unpack the images into a "
-                            "folder first (llavatune data convert DATA --to llava --images DIR --out NAME.json).")
+                            "folder first (llavatune data convert DATA --images DIR --out NAME.json).")
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
     return json.dumps(row, ensure_ascii=False, default=no_bytes)
 
@@ -193,7 +193,7 @@ def convert_file(data: str, to: str, out: str, image_dir: Path | None = None) ->
         raise LlavatuneError(f"--to must be llava, sharegpt or messages, got '{to}'.")
     if str(out).endswith(".parquet"):
         if to != "llava":
-            raise LlavatuneError(f"--out {out}: a parquet file holds LLaVA rows; use --to llava.")
+            raise LlavatuneError(f"--out {out}: a parquet file holds LLaVA rows, not {to} ones: leave out --to.")
         # JSON rows may gain fields anywhere (a first pass finds them all); a table's columns are its own
         columns = None if is_table(data) or data == "-" else column_types(map(extra_fields, read_records(data)))
         return write_parquet(out, read_records(data), image_dir, columns=columns)
@@ -271,6 +271,7 @@ def from_folders(root: Path, question: str, answers: dict[str, str]) -> list[dic
                 {"from": "gpt", "value": answers.get(folder.name, folder.name)}]})
     other = f"; {passed_over} other file(s) passed over" if passed_over else ""
     print("photos per class: " + ", ".join(f"{name} {n}" for name, n in counts.items()) + other, file=sys.stderr)
+    print(f"image paths are relative to {root}: pass --images {root} (images={root} in training)", file=sys.stderr)
     return rows
 
 
