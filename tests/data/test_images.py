@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from llavatune.data.formats import DataError
-from llavatune.data.images import check, check_root, exists, load, resolve
+from llavatune.data.formats import DataError, Record
+from llavatune.data.images import check, check_most_found, check_root, exists, load, resolve
 
 
 def test_paths_cannot_leave_the_folder(tmp_path):
@@ -12,6 +12,22 @@ def test_paths_cannot_leave_the_folder(tmp_path):
     for bad in ("../x.png", "/etc/passwd", "a/../../x.png"):
         with pytest.raises(DataError, match="leaves the image folder"):
             resolve(bad, tmp_path, "f:1")
+
+
+def test_a_folder_without_most_of_the_images_is_an_error_at_once(tmp_path):
+    """A few missing images are for the run to skip; a folder that the paths are not relative to is said first."""
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png")
+    rows = [Record(str(k), [("user", "<image>")], [name], f"d.json:{k + 1}")
+            for k, name in enumerate(["a.png", "b.png", "gone.png", "../a.png"])]
+    check_most_found(rows[:3], tmp_path)  # 2 of 3 there
+    check_most_found(rows, tmp_path)  # 2 of 4: half
+    with pytest.raises(DataError, match=r"images=.*: 2 of 3 images checked are not there \(the first: d.json:3: "
+                                        r"'gone.png'\)\. images names the folder"):
+        check_most_found(rows[1:], tmp_path)  # one path leaves the folder: it counts as not there
+    many = [Record(str(k), [("user", "<image>")], ["a.png" if k % 7 else "gone.png"], "") for k in range(1000)]
+    check_most_found(many, tmp_path)  # 50 of the 1,000 looked at, spread over them
+    check_most_found([Record("t", [("user", "hi")])], None)  # no folder: check_folder_given's to say
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -291,20 +291,27 @@ def test_cli_train_with_a_shipped_recipe_name(tiny_model_dir, shapes_data, tmp_p
 
 
 def test_data_with_no_usable_sample_stops_with_a_reason(tiny_model_dir, shapes_data, tmp_path, capsys):
-    data = tmp_path / "gone.json"
     rows = json.loads((shapes_data / "qa.json").read_text())[:6]
-    for row in rows:
-        row["image"] = "images/missing.png"
-    data.write_text(json.dumps(rows))
-    with pytest.raises(LlavatuneError, match=r"no usable training sample .*the first: .*gone.json:\d+: image"):
-        train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "steps=2", f"data={data}"))
+    broken = tmp_path / "broken"  # images that are there but do not decode: met only when drawn
+    (broken / "images").mkdir(parents=True)
+    (broken / "images" / "bad.png").write_bytes(b"not a png")
+    data = tmp_path / "broken.json"
+    data.write_text(json.dumps([{**row, "image": "images/bad.png"} for row in rows]))
+    with pytest.raises(LlavatuneError, match=r"no usable training sample: (\d+) of \1 samples drawn were dropped "
+                                             r"\(bad image: \1\); the first: .*broken.json:\d+"):
+        train(train_config(tiny_model_dir, broken, tmp_path / "run", "steps=2", f"data={data}"))
     assert "every sample of this step was dropped; no update" in capsys.readouterr().out  # step 1, before the stop
-    assert not (tmp_path / "run" / "final").exists()
-    wrong = tmp_path / "wrong_images"  # an existing folder without the images, and a run too short to draw 64
+    assert not (tmp_path / "run" / "final").exists()  # no adapter that learned nothing
+    # images missing, or a folder the paths are not relative to: said before the model loads (none here)
+    data = tmp_path / "gone.json"
+    data.write_text(json.dumps([{**row, "image": "images/missing.png"} for row in rows]))
+    with pytest.raises(LlavatuneError, match=r"images=.*: 6 of 6 images checked are not there \(the first: "
+                                             r".*gone.json:1: 'images/missing.png'\)"):
+        train(train_config(tmp_path / "no-model", shapes_data, tmp_path / "run1", "steps=2", f"data={data}"))
+    wrong = tmp_path / "wrong_images"
     wrong.mkdir()
-    with pytest.raises(LlavatuneError, match=r"no usable training sample among the 8 drawn .*qa.json:\d+: image"):
-        train(train_config(tiny_model_dir, shapes_data, tmp_path / "run3", "steps=2", f"images={wrong}"))
-    assert not (tmp_path / "run3" / "final").exists()  # no adapter that learned nothing
+    with pytest.raises(LlavatuneError, match=r"images=.*wrong_images: (\d+) of \1 images checked are not there"):
+        train(train_config(tmp_path / "no-model", shapes_data, tmp_path / "run3", "steps=2", f"images={wrong}"))
     with pytest.raises(LlavatuneError, match="images=.*nowhere: no such folder"):  # before the model loads
         train(train_config(tiny_model_dir, shapes_data, tmp_path / "run2", "steps=2", f"images={tmp_path / 'nowhere'}"))
     # images= left out: said at once, before the model (none here) is looked for

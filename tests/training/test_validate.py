@@ -107,11 +107,13 @@ def test_evaluation_resumes_with_the_run(tiny_model_dir, shapes_data, tmp_path):
 
 
 def test_unusable_eval_data_is_named(tiny_model_dir, shapes_data, tmp_path):
+    data = shutil.copytree(shapes_data, tmp_path / "data")
+    (data / "broken.png").write_bytes(b"not a png")  # there: a missing image is said before the model loads
     bad = tmp_path / "val.json"
-    bad.write_text(json.dumps([{"id": "x", "image": "missing.png", "conversations": [
+    bad.write_text(json.dumps([{"id": "x", "image": "broken.png", "conversations": [
         {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "red"}]}]))
     with pytest.raises(LlavatuneError, match="eval_data: none of its 1 samples is usable"):
-        train(train_config(tiny_model_dir, shapes_data, tmp_path / "run", "steps=1", f"eval_data={bad}"))
+        train(train_config(tiny_model_dir, data, tmp_path / "run", "steps=1", f"eval_data={bad}"))
 
 
 def test_ctrl_c_during_evaluation_keeps_the_finished_step(tiny_model_dir, shapes_data, tmp_path, monkeypatch):

@@ -87,9 +87,12 @@ def check_root(image_dir: Path | None, key: str = "images") -> None:
 
 
 def check_findable(data: Path | str, image_dir: Path | None, key: str = "images") -> None:
-    """The image folder (or archive) exists, and is given if the data's first 1,000 rows name image files."""
+    """The image folder (or archive) exists, is given if the data's first 1,000 rows name image files, and holds
+    most of the images they name."""
     check_root(image_dir, key)
-    check_folder_given(itertools.islice(read_records(data, strict=False), 1000), image_dir, key)
+    first = list(itertools.islice(read_records(data, strict=False), 1000))
+    check_folder_given(first, image_dir, key)
+    check_most_found(first, image_dir, key)
 
 
 def check_folder_given(records: Iterable[Record], image_dir: Path | None, key: str = "images") -> None:
@@ -103,6 +106,29 @@ def check_folder_given(records: Iterable[Record], image_dir: Path | None, key: s
             raise DataError(f"{record.source}: the sample names image '{named}', but no image folder was given: "
                             f"{key}=DIR names the folder (or .zip archive) that the data's image paths are relative to "
                             "(or the table of images that its image ids are in).")
+
+
+def check_most_found(records: list[Record], image_dir: Path | None, key: str = "images", sample: int = 50) -> None:
+    """At least half of `sample` image files named by the rows, spread over them, are in the folder: a folder that
+    the paths are not relative to is said before a model loads, not met as most samples dropped (a few missing
+    images are for the run's on_bad_image to skip or stop on)."""
+    if image_dir is None:
+        return
+    named = [(r.source, ref) for r in records for ref in r.images if isinstance(ref, str)]
+    picked = named[::max(1, len(named) // sample)][:sample]
+    missing = [(where, ref) for where, ref in picked if not _found(ref, image_dir, where)]
+    if len(missing) * 2 > len(picked):
+        where, ref = missing[0]
+        raise DataError(f"{key}={image_dir}: {len(missing)} of {len(picked)} images checked are not there (the "
+                        f"first: {where}: '{ref}'). {key} names the folder that the data's image paths are relative "
+                        "to; `llavatune data validate DATA --images DIR` lists every missing image.")
+
+
+def _found(ref: str, image_dir: Path, where: str) -> bool:
+    try:
+        return exists(ref, image_dir, where)
+    except DataError:  # outside the folder: that sample's own error, when it is drawn
+        return False
 
 
 def _local(image_dir: Path | None) -> Path | None:

@@ -95,9 +95,9 @@ def _stop_if_nothing_usable(dataset, ranks: Ranks, device, ended: bool) -> None:
     dropped = sum(dataset.skipped.values())
     hopeless = dataset.served == 0 and dropped > 0 and (ended or dropped >= min(len(dataset), 64))
     if not ranks.all_true(not hopeless, device):
-        first = next(iter(dataset.first_dropped.values()), "")
-        raise LlavatuneError(f"no usable training sample among the {dropped} drawn ({dict(dataset.skipped)}; the "
-                             f"first: {first}). Run `llavatune data validate` on the data with --images and --model.")
+        first = next(iter(dataset.first_dropped.values()), "").rstrip(".")
+        raise LlavatuneError(f"no usable training sample: {dataset.dropped()}; the first: {first}. Run "
+                             "`llavatune data validate` on the data with --images and --model.")
 
 
 def memory_gib(device: torch.device) -> float:

@@ -103,9 +103,8 @@ class Run:
                            ranks=self.ranks, evaluate=self._evaluator(model, logger))
         save(state, "final")
         logger.close()
-        dropped = dict(self.dataset.skipped)
-        self._say(f"[green]done[/green]: {state.step} steps, final checkpoint {self.out / 'final'}"
-                  + (f"; samples dropped on rank 0: {dropped}" if dropped else ""))
+        self._say(f"[green]done[/green]: {state.step} step{'s' * (state.step != 1)}, final checkpoint "
+                  f"{self.out / 'final'}" + (f"; on rank 0, {self.dataset.dropped()}" if self.dataset.skipped else ""))
         if self.ranks.main and cfg.eval_data is not None:
             self._say(validate.summary(logger.rows, self.out, state.step))
         return self.out / "final"
