@@ -306,3 +306,23 @@ def test_a_whole_dataset_is_not_data_and_its_error_lists_the_splits_to_pick(hub_
     with pytest.raises(LlavatuneError, match=r"for example hf://datasets/someone/bench/data/validation"):
         validate(ValidateConfig(data="hf://datasets/someone/bench"))
     assert not list(tmp_path.iterdir())  # no report of data that was never read
+
+
+def test_the_python_api_refuses_an_output_on_the_hub_too(tmp_path, monkeypatch):
+    """The CLI checks --out; a config made in Python (a notebook's EvalConfig(out=...)) is checked on its own."""
+    from llavatune import build, merge
+    from llavatune.bench import BenchConfig
+    from llavatune.data.synth import SynthConfig
+    from llavatune.demo import DemoConfig
+    from llavatune.evaluate import EvalConfig
+
+    monkeypatch.chdir(tmp_path)
+    out = "hf://datasets/me/x"
+    made = [lambda: EvalConfig(model="m", data="d.json", out=out), lambda: DemoConfig(out=out),
+            lambda: SynthConfig(out=out), lambda: BenchConfig(out=out),
+            lambda: build.main(build.BuildConfig(preset="tiny", out=out)),
+            lambda: merge.main(merge.MergeConfig(run="nowhere", out=out))]
+    for make in made:
+        with pytest.raises(LlavatuneError, match="outputs are written here, not to the hub"):
+            make()
+    assert not (tmp_path / "hf:").exists()

@@ -34,6 +34,7 @@ from rich.table import Table
 
 from llavatune import progress
 from llavatune.errors import LlavatuneError
+from llavatune.hub import local_out
 
 console = progress.results
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
@@ -67,6 +68,9 @@ class BenchConfig:
     prompt_tokens: int = 32              # text tokens after the image
     seed: int = 0
     out: Path | None = None              # JSON results (default: bench-<shape>-<method>.json)
+
+    def __post_init__(self):
+        local_out(self.out)
 
 
 def synthetic(cfg: BenchConfig, config, n: int) -> list[dict]:

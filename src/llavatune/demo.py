@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 
-from llavatune.config import load, save_run_config
 from llavatune import progress
+from llavatune.config import load, save_run_config
+from llavatune.hub import local_out
 from llavatune.progress import without_transformers_bars
 
 console = progress.messages
@@ -30,6 +31,9 @@ class DemoConfig:
     val: float = 0.15                # held-out share for the before/after evaluation
     seed: int = 0
     overwrite: bool = True           # the demo folder is rebuilt on every run
+
+    def __post_init__(self):
+        local_out(self.out)
 
 
 def main(cfg: DemoConfig) -> dict:

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from rich.table import Table
 
-from llavatune import progress
+from llavatune import hub, progress
 from llavatune.config import save_run_config
 from llavatune.data import images as imagelib
 from llavatune.data.features import key as image_key
@@ -59,6 +59,9 @@ class EvalConfig:
     prompt_suffix: str = ""          # added to every question: text, or short / word / letter / letter-cn /
     #   unanswerable (formats.SUFFIXES)
     ocr_tokens: bool = False         # TextVQA rows: their "ocr_tokens" after the question, as LLaVA-1.5 asks them
+
+    def __post_init__(self):
+        hub.local_out(self.out)  # the Python API too: a Path folds hf://x to a local hf:/x folder
 
 
 @dataclasses.dataclass

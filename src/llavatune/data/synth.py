@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from llavatune.hub import local_out
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("left", "right", "top", "bottom")
@@ -51,6 +53,7 @@ class SynthConfig:
     lang: str = "en"                # en | zh (shapes questions and answers in Chinese)
 
     def __post_init__(self):
+        local_out(self.out)
         if self.lang not in ("en", "zh"):
             raise ValueError(f"lang must be en or zh, got {self.lang!r}")
         if self.kind not in ("shapes", "defects"):

@@ -13,6 +13,8 @@ from llavatune.hub import local_out
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
+    """`out` is local (not a hub name) and new, empty, or to be replaced."""
+    local_out(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise LlavatuneError(f"{out} exists and is not empty. Choose another --out, or pass --overwrite to replace it.")
 
@@ -23,7 +25,7 @@ LOW_SPACE = 1 << 30  # bytes left on a disk under which a failed write is said t
 def write_atomically(out: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a fresh temporary folder next to `out`, then move it into place.
     A crash half-way leaves `out` as it was (plus a `.tmp-*` folder that names itself as incomplete)."""
-    out = Path(local_out(out))  # a Path folds hf://x to the local hf:/x
+    out = Path(out)
     check_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
