@@ -67,6 +67,7 @@ def test_images_may_be_file_paths_and_any_mode(tiny_model_dir, rgb_image, tmp_pa
     from llavatune.data.formats import DataError
 
     model = llavatune.load(tiny_model_dir, device="cpu")
+    assert repr(model) == f"Model('{tiny_model_dir}', template='vicuna_v1', device='cpu', dtype=float32)"  # notebook
     rgb_image.save(tmp_path / "photo.png")
     ask = lambda image: model.answers(["<image>\nWhat is it?"], [[image]], max_new_tokens=4)[0]  # noqa: E731
     assert ask(str(tmp_path / "photo.png")) == ask(tmp_path / "photo.png") == ask(rgb_image)

@@ -32,6 +32,10 @@ class Model:
         self.model, self.processor, self.template, self.device, self.name = model, processor, template, device, name
         self.source = source  # the folder the weights (or the adapter) came from
 
+    def __repr__(self) -> str:  # what a notebook shows for `model`
+        return (f"Model({str(self.source)!r}, template={self.template.name!r}, device='{self.device}', "
+                f"dtype={str(self.model.dtype).removeprefix('torch.')})")
+
     def generate(self, conversations: list, images: list[list[Image.Image | str | Path]] | None = None,
                  **generation) -> list[str]:
         """Answers for a batch (left-padded: greedy answers equal one-by-one answers). Each conversation is a
