@@ -52,7 +52,13 @@ def test_llm_that_is_not_a_causal_lm(tiny_parts_dir, tmp_path, capsys):
                    "not a causal language model")
 
 
-def test_vision_that_is_not_an_encoder(tiny_parts_dir, tmp_path, capsys):
+def test_vision_that_is_not_an_encoder(tiny_parts_dir, tmp_path, capsys, monkeypatch):
+    from llavatune.model import compose
+
+    def llm_loaded(*_):
+        raise AssertionError("the LLM (minutes for a 7B one) was loaded before the encoder was checked")
+
+    monkeypatch.setattr(compose, "load_llm", llm_loaded)
     one_line_error(["build", "--llm", str(tiny_parts_dir / "llm-llama"), "--vision",
                     str(tiny_parts_dir / "llm-llama"), "--out", str(tmp_path / "o")], capsys,
                    "not a vision encoder")

@@ -87,10 +87,10 @@ def load_parts(cfg: BuildConfig) -> compose.Parts:
     from llavatune.model.load import DTYPES
 
     dtype = None if cfg.dtype == "auto" else DTYPES[cfg.dtype]
+    with console.status(f"loading vision encoder {cfg.vision}"):  # first: a wrong --vision is said in seconds,
+        tower, mean, std = compose.load_vision(cfg.vision, dtype)  # not after a 7B LLM has loaded
     with console.status(f"loading LLM {cfg.llm}"):
         llm, tokenizer = compose.load_llm(cfg.llm, dtype)
-    with console.status(f"loading vision encoder {cfg.vision}"):
-        tower, mean, std = compose.load_vision(cfg.vision, dtype or next(llm.parameters()).dtype)
     if next(tower.parameters()).dtype != next(llm.parameters()).dtype:
         tower = tower.to(next(llm.parameters()).dtype)
     return compose.Parts(llm, tokenizer, tower, mean, std)
