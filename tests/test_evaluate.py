@@ -409,6 +409,14 @@ def test_rows_a_metric_cannot_score_fail_before_any_model_answers(shapes_data, t
     assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
 
 
+def test_a_second_model_that_is_not_there_fails_before_the_first_answers(tiny_model_dir, shapes_data, tmp_path):
+    """A typo in --compare was found after the base had answered the whole set (hours of VQAv2 on a 7B)."""
+    with pytest.raises(LlavatuneError, match=r"\S*tiny-tuned: no such model"):
+        main(EvalConfig(model=tiny_model_dir, compare=tmp_path / "tiny-tuned", data=shapes_data / "qa.json",
+                        images=shapes_data, out=tmp_path / "e"))
+    assert not (tmp_path / "e").exists()
+
+
 def test_a_questions_only_set_is_answered_not_scored(tiny_model_dir, shapes_data, tmp_path):
     """A benchmark's test split (or a list of questions) has no reference answers: the answers are written in
     LLaVA's layout, the same as those of the scored set, and nothing is scored or marked right or wrong."""

@@ -341,3 +341,5 @@ def test_a_dataset_whose_images_cannot_be_found_is_said_before_the_models_load(t
         serve.main(ServeConfig(model=tiny_model_dir, port=0, data=data))
     with pytest.raises(LlavatuneError, match=r"--images=\S*nowhere: no such folder"):
         serve.main(ServeConfig(model=tiny_model_dir, port=0, data=data, images=shapes_data / "nowhere"))
+    with pytest.raises(LlavatuneError, match=r"\S*tiny-tuned: no such model"):  # the second model, a typo in its name
+        serve.main(ServeConfig(model=tiny_model_dir, port=0, compare=tiny_model_dir.parent / "tiny-tuned"))

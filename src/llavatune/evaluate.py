@@ -369,6 +369,8 @@ def main(cfg: EvalConfig) -> dict:
         runs["finetuned"] = (cfg.compare, None)
     elif cfg.adapter is not None:
         runs["finetuned"] = (cfg.model, cfg.adapter)
+    for model_path, adapter in runs.values():  # a wrong second path is said now, not after the first has answered
+        loadlib.resolve(adapter or model_path)
     predictions, params, result = {}, {}, {"n": len(items), "models": {}, "cut_at_max_new_tokens": {}}
     marks = {}  # per model: each answer's score under the first metric, for the reports
     journals = []

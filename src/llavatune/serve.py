@@ -36,6 +36,7 @@ from llavatune.data import images as imagelib
 from llavatune.data.formats import IMAGE_TAG
 from llavatune.errors import LlavatuneError
 from llavatune.inference.generate import Answer
+from llavatune.model import load as loadlib
 
 
 @dataclasses.dataclass
@@ -351,8 +352,10 @@ def main(cfg: ServeConfig) -> None:
               "models. Set LLAVATUNE_API_KEY (or --api-key).", file=sys.stderr)
     _check_port(cfg.host, cfg.port)  # before the models load, which may take minutes
     if cfg.data is not None:  # a sample tab that could show nothing is said at start
-
         imagelib.check_findable(cfg.data, cfg.images, "--images")
+    for path in (cfg.model, cfg.compare, cfg.adapter):  # each is there before the first one loads
+        if path is not None:
+            loadlib.resolve(path)
     slots = load_slots(cfg)
     print(f"serving {', '.join(slots)} on http://{cfg.host}:{cfg.port}  (OpenAI API at /v1, page at /)")
     uvicorn.run(create_app(cfg, slots), host=cfg.host, port=cfg.port, log_level="warning")
