@@ -26,3 +26,27 @@ def test_a_merge_that_loses_the_adapter_stops_before_writing(demo_run, tmp_path,
                                              r"by \S+ of their largest value .* nothing was written"):
         main(MergeConfig(run=run, out=tmp_path / "lost"))
     assert not (tmp_path / "lost").exists()
+
+
+def test_a_run_whose_base_has_moved_merges_with_base(demo_run, tmp_path):
+    """A run copied from the cluster names a base folder that is not on this machine: said, with the way out
+    (--base), and the merge into the base where it is now equals the merge of the run where it was made."""
+    import shutil
+
+    import yaml
+    from safetensors.torch import load_file
+
+    run = demo_run[0] / "runs" / "lora"
+    main(MergeConfig(run=run, out=tmp_path / "here"))
+    copied = shutil.copytree(run / "final", tmp_path / "copied")
+    config = yaml.safe_load((copied / "run_config.yaml").read_text())
+    base = config["model"]["base"]
+    config["model"]["base"] = "/cluster/models/tiny"
+    (copied / "run_config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(LlavatuneError, match=r"its base model '/cluster/models/tiny' is not there; .* Name where it is "
+                                             r"now \(`llavatune merge RUN --base DIR`"):
+        main(MergeConfig(run=copied, out=tmp_path / "no"))
+    main(MergeConfig(run=copied, out=tmp_path / "moved", base=base))
+    here, moved = load_file(tmp_path / "here" / "model.safetensors"), load_file(tmp_path / "moved" / "model.safetensors")
+    assert here.keys() == moved.keys() and all((here[k] == moved[k]).all() for k in here)
+    assert yaml.safe_load((tmp_path / "moved" / "run_config.yaml").read_text())["model"]["base"] == base

@@ -148,11 +148,12 @@ def merge(
     run: Path = typer.Argument(..., help="a LoRA run folder (its final/ or newest checkpoint) or a checkpoint"),
     out: Path = typer.Option(..., "--out", callback=local_out, help="folder for the merged llava-hf checkpoint"),
     dtype: Optional[str] = typer.Option(None, help="float32 (default) | bfloat16 | float16; never 4-bit"),
+    base: Optional[Path] = typer.Option(None, help="the base model, where the folder the run names has moved"),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ):
     """Fold a LoRA adapter into its base model: a plain llava-hf checkpoint."""
     from llavatune import merge as verb
-    verb.main(cfglib.load(verb.MergeConfig, None, None, dict(run=run, out=out, dtype=dtype,
+    verb.main(cfglib.load(verb.MergeConfig, None, None, dict(run=run, out=out, dtype=dtype, base=base,
                                                              overwrite=overwrite or None)))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from llavatune import progress
+from llavatune import hub, progress
 from llavatune.config import read_run_config, save_run_config
 from llavatune.data import images as imagelib
 from llavatune.errors import LlavatuneError
@@ -31,6 +31,7 @@ TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}  # of the large
 class MergeConfig:
     run: Path                        # a run folder (its final/ or newest checkpoint) or one checkpoint
     out: Path                        # must not exist, or be empty (unless overwrite)
+    base: Path | None = None         # the model the adapter was trained on, where the folder the run names has moved
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the base is reloaded in this dtype, never 4-bit
     overwrite: bool = False
 
@@ -41,7 +42,7 @@ def main(cfg: MergeConfig) -> Path:
     if not loadlib.is_adapter(adapter):
         raise LlavatuneError(f"{adapter} holds full weights, not an adapter: it is already a plain checkpoint "
                              "(load or copy it as is).")
-    base = loadlib.base_of(adapter)
+    base = loadlib.resolve(cfg.base) if cfg.base is not None else loadlib.base_of(adapter)
     with console.status(f"merging {adapter} into {base}"):
         model, processor = loadlib.load(base, adapter=adapter, dtype=loadlib.DTYPES[cfg.dtype])
         before = probe(model, processor)
@@ -50,11 +51,14 @@ def main(cfg: MergeConfig) -> Path:
     console.print(f"checked: the merged model gives the adapter's outputs on a probe (largest difference "
                   f"{difference:.1e} of the largest value)")
     run = read_run_config(adapter) or {}
+    model_info = {**run.get("model", {}), "merged_from": str(adapter.resolve())}
+    if cfg.base is not None:  # the base it was merged into, not the moved one the run names
+        model_info.pop("base_revision", None)
+        model_info["base"] = str(cfg.base) if hub.is_hub_id(cfg.base) else str(base.resolve())
 
     def write(folder: Path) -> None:
         save_model(merged, processor, folder)
-        save_run_config(folder, "merge", cfg, model={**run.get("model", {}), "merged_from": str(adapter.resolve())},
-                        source_run=run.get("config"))
+        save_run_config(folder, "merge", cfg, model=model_info, source_run=run.get("config"))
 
     write_atomically(cfg.out, cfg.overwrite, write)
     console.print(f"[green]merged[/green] {adapter} into {cfg.out}")

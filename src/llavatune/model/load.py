@@ -78,7 +78,8 @@ def base_of(adapter_dir: Path, download: bool = True) -> Path:
         return hub.local_copy(base, revision, download)
     if not base or not Path(base).exists():
         raise LlavatuneError(f"{adapter_dir}: its base model {base!r} is not there; an adapter needs the model it "
-                             "was trained on (pass it with --model, or restore that folder).")
+                             "was trained on. Name where it is now (`llavatune merge RUN --base DIR`; `llavatune chat "
+                             "DIR --adapter RUN`, eval and serve alike), or restore that folder.")
     return Path(base)
 
 
