@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +47,26 @@ def test_wrong_type_names_the_key():
         load(Run, None, ["out=x", "steps=ten"])
     with pytest.raises(ConfigError, match=r"'method' must be one of lora, full; got 'loar'. Did you mean 'lora'"):
         load(Run, None, ["out=x", "method=loar"])
+
+
+def test_numbers_out_of_range_are_said_when_read():
+    """A type does not bound a number: lr=-1 reached torch's optimizer, batch_size=0 a range() deep in the data
+    order, warmup_ratio=1.5 and steps=0 trained without a word."""
+    from llavatune.chat import ChatConfig
+    from llavatune.train import TrainConfig
+
+    common = ["model=m", "data=d.json", "out=o"]
+    for override, said in [("lr=-1", "lr must be above 0, got -1.0"), ("batch_size=0", "batch_size must be above 0"),
+                           ("steps=0", "steps must be above 0"), ("save_every=-1", "save_every must be 0 or more"),
+                           ("warmup_ratio=1.5", "warmup_ratio is a share of the steps, from 0 to 1, got 1.5"),
+                           ("lora.r=0", "lora: r must be above 0"), ("lora.dropout=1", "lora: dropout is a probability")]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(said)}"):
+            load(TrainConfig, None, [*common, override])
+    assert load(TrainConfig, None, [*common, "steps=null", "save_every=0", "warmup_ratio=0"]).steps is None
+    for override, said in [("max_new_tokens=0", "max_new_tokens must be above 0"), ("top_p=1.5", "top_p is a share"),
+                           ("temperature=-1", "temperature must be 0 or more")]:
+        with pytest.raises(ConfigError, match=f"^{said}"):
+            load(ChatConfig, None, ["model=m", override])
 
 
 def test_missing_required_and_bad_override():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llavatune.data import images as imagelib
 from llavatune.errors import LlavatuneError
+from llavatune.inference.generate import GenerationConfig
 
 
 @dataclasses.dataclass
@@ -30,6 +31,9 @@ class ChatConfig:
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
+
+    def __post_init__(self):  # generation's bounds, said before the model loads
+        GenerationConfig(self.max_new_tokens, self.temperature, self.top_p)
 
 
 COMMANDS = "/image PATH or URL, /reset, /quit"

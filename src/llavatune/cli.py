@@ -265,12 +265,14 @@ def chat(
     template: Optional[str] = typer.Option(None, help="conversation template (default: the model's own)"),
     max_new_tokens: Optional[int] = typer.Option(None),
     temperature: Optional[float] = typer.Option(None, help="0 = greedy (default)"),
+    top_p: Optional[float] = typer.Option(None, help="with a temperature: sample from this share of the "
+                                                     "probability mass (default 1)"),
 ):
     """Chat in the terminal (streamed; /image PATH, /reset, /quit), or answer one --prompt."""
     from llavatune import chat as verb
     verb.main(cfglib.load(verb.ChatConfig, None, None, dict(
         model=model, adapter=adapter, image=image, prompt=prompt, load_4bit=load_4bit or None, template=template,
-        max_new_tokens=max_new_tokens, temperature=temperature)))
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)))
 
 
 @app.command(epilog="Example:\n\n  llavatune serve runs/demo/models/tiny --compare runs/demo/models/tiny-tuned "

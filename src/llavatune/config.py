@@ -96,7 +96,18 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:  # a __post_init__ check
-        raise ConfigError(f"{where or cls.__name__}: {err}") from None
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from None  # where: the nested key (lora)
+
+
+def check_bounds(cfg, above_zero: tuple[str, ...] = (), at_least_zero: tuple[str, ...] = ()) -> None:
+    """Numbers a type does not bound (None passes: not set): lr=-1 or batch_size=0 is said when the config is
+    read, not met later as a torch error."""
+    for name in above_zero:
+        if (value := getattr(cfg, name)) is not None and value <= 0:
+            raise ValueError(f"{name} must be above 0, got {value}")
+    for name in at_least_zero:
+        if (value := getattr(cfg, name)) is not None and value < 0:
+            raise ValueError(f"{name} must be 0 or more, got {value}")
 
 
 def _is_required(f: dataclasses.Field) -> bool:

@@ -20,7 +20,7 @@ import torch
 from rich.table import Table
 
 from llavatune import hub, progress
-from llavatune.config import save_run_config
+from llavatune.config import check_bounds, save_run_config
 from llavatune.data import images as imagelib
 from llavatune.data.features import key as image_key
 from llavatune.data.formats import (DataError, Record, missing, mmmu_options, read_records, with_ocr_tokens,
@@ -62,6 +62,7 @@ class EvalConfig:
 
     def __post_init__(self):
         hub.local_out(self.out)  # the Python API too: a Path folds hf://x to a local hf:/x folder
+        check_bounds(self, above_zero=("limit", "batch_size", "max_new_tokens"))
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
+from llavatune.config import check_bounds
 from llavatune.hub import local_out
 
 
@@ -24,6 +25,11 @@ class LoraSpec:
     targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])  # or ["all"]
     regex: str | None = None         # full-match on module names; replaces targets (still LLM-only)
     vision: bool = False             # also put LoRA on the vision tower's attention/MLP
+
+    def __post_init__(self):
+        check_bounds(self, above_zero=("r", "alpha"))
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout is a probability below 1, got {self.dropout}")
 
 
 @dataclasses.dataclass
@@ -99,6 +105,11 @@ class TrainConfig:
 
     def __post_init__(self):
         local_out(self.out)
+        check_bounds(self, above_zero=("lr", "projector_lr", "batch_size", "grad_accum", "steps", "epochs",
+                                       "max_length", "log_every", "nan_patience", "memory_budget_gib"),
+                     at_least_zero=("weight_decay", "max_grad_norm", "save_every", "keep_last", "trainable_layers"))
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"warmup_ratio is a share of the steps, from 0 to 1, got {self.warmup_ratio}")
         if self.eval_data is None and (self.eval_answers or self.eval_every is not None):
             raise ValueError("eval_every / eval_answers evaluate on held-out rows: give eval_data=FILE too.")
         if self.eval_answers < 0 or (self.eval_every or 0) < 0:

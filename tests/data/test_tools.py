@@ -77,6 +77,10 @@ def test_a_filter_that_keeps_nothing_or_a_sample_larger_than_the_data_is_said(tm
     assert err.startswith("warning: no row matched; the images' first folders: ") and "textvqa/ (" in err
     assert len(tools.sample(tools.rows_of(data), 50, seed=0)) == 10
     assert "--n 50 asked for, the data has 10 rows: all of them kept" in capsys.readouterr().err
+    with pytest.raises(LlavatuneError, match="--n must be at least 1, got 0"):  # wrote an empty file before
+        tools.sample(tools.rows_of(data), 0, seed=0)
+    with pytest.raises(ValueError, match="n must be above 0, got 0"):
+        SynthConfig(out=tmp_path / "none", n=0)
 
 
 def test_mix_weights(tmp_path):

@@ -74,3 +74,14 @@ def test_images_may_be_file_paths_and_any_mode(tiny_model_dir, rgb_image, tmp_pa
     assert ask(rgb_image.convert("RGBA")) == ask(rgb_image)
     with pytest.raises(DataError, match="nope.png: no such image file"):
         model.chat("What is it?", images=[tmp_path / "nope.png"])
+
+
+def test_top_p_zero_is_greedy_and_bounds_are_checked(tiny_model_dir):
+    """OpenAI's API reads top_p=0 as the top token only: greedy, whatever the temperature (transformers refuses 0)."""
+    model = llavatune.load(tiny_model_dir, device="cpu")
+    greedy = model.chat("Hi", max_new_tokens=6)
+    assert model.chat("Hi", max_new_tokens=6, temperature=1.5, top_p=0.0, seed=1) == greedy
+    for bad, said in [({"max_new_tokens": 0}, "max_new_tokens must be above 0"), ({"top_p": 1.2}, "top_p is a share"),
+                      ({"temperature": -0.5}, "temperature must be 0 or more")]:
+        with pytest.raises(ValueError, match=said):
+            GenerationConfig(**bad)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from llavatune.config import check_bounds
 from llavatune.hub import local_out
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
@@ -54,6 +55,7 @@ class SynthConfig:
 
     def __post_init__(self):
         local_out(self.out)
+        check_bounds(self, above_zero=("n", "size"))
         if self.lang not in ("en", "zh"):
             raise ValueError(f"lang must be en or zh, got {self.lang!r}")
         if self.kind not in ("shapes", "defects"):

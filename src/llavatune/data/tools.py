@@ -68,6 +68,8 @@ def rows_of(path: Path | str) -> Iterator[dict]:
 def sample(rows: Iterable[dict], n: int, seed: int) -> list[dict]:
     """n rows chosen uniformly (reservoir sampling, one pass, O(n) memory), kept in their input order. Fewer
     rows than n: all of them, said on stderr."""
+    if n < 1:
+        raise LlavatuneError(f"--n must be at least 1, got {n}.")
     rng = random.Random(seed)
     reservoir: list[tuple[int, dict]] = []
     for i, row in enumerate(rows):

@@ -7,6 +7,7 @@ import dataclasses
 
 import torch
 
+from llavatune.config import check_bounds
 from llavatune.data.images import presize
 from llavatune.data.templates import Template, render
 
@@ -15,10 +16,15 @@ from llavatune.data.templates import Template, render
 class GenerationConfig:
     max_new_tokens: int = 64
     temperature: float = 0.0          # 0 = greedy
-    top_p: float = 1.0
+    top_p: float = 1.0                # 0 = greedy too (only the top token), as OpenAI's API reads it
     stop: list[str] = dataclasses.field(default_factory=list)
     seed: int | None = None
     static_cache: bool = False        # GPU: compiled decode with a static cache (see speed_kwargs)
+
+    def __post_init__(self):
+        check_bounds(self, above_zero=("max_new_tokens",), at_least_zero=("temperature",))
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"top_p is a share of the probability mass, from 0 to 1, got {self.top_p}")
 
 
 def prompt_text(template: Template, turns: list[tuple[str, str]], tokenizer) -> str:
@@ -46,7 +52,7 @@ def prepare(processor, template: Template, inputs: dict[str, torch.Tensor], cfg:
     inputs = {k: v.to(device) for k, v in inputs.items()}
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
-    sampling = cfg.temperature > 0
+    sampling = cfg.temperature > 0 and cfg.top_p > 0
     stop = [s for s in [*cfg.stop, template.stop] if s]
     kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=sampling,
                   temperature=cfg.temperature if sampling else None, top_p=cfg.top_p if sampling else None,
