@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from llavatune.data.stats import StatsConfig, stats
+from llavatune.data.stats import StatsConfig, _number, stats
 
 
 def test_counts_lengths_and_image_sizes(tmp_path):
@@ -24,6 +24,8 @@ def test_counts_lengths_and_image_sizes(tmp_path):
     assert result["length_max"] == 6 and (tmp_path / "lengths.png").stat().st_size > 0  # 5 words asked, 1 answered
     assert result["images_measured"] == 3 and result["images_over_4mp"] == 1
     assert result["megapixels_max"] == 5.0 and result["megapixels_p50"] == 640 * 480 / 1e6
+    assert [_number(v) for v in (100 * 100 / 1e6, 0.31, 0.0, 1234.5, 12345)] == ["0.01", "0.3", "0.0", "1,234.5",
+                                                                               "12,345"]  # 0.01 MP, not 0.0
     assert "images_measured" not in stats(StatsConfig(data=tmp_path / "data.json", plot=tmp_path / "p.png"))
     Image.new("1", (15000, 15000)).save(tmp_path / "c.png")  # past PIL's pixel limit: passed over, not a crash
     result = stats(StatsConfig(data=tmp_path / "data.json", images=tmp_path, plot=tmp_path / "lengths.png"))

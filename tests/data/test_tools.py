@@ -167,6 +167,8 @@ def test_render_contract_prints_only_the_text():
     assert out.endswith("USER: <image>\nHi ASSISTANT: Hello</s>")
     prompt = llavatune("data", "render", "--template", "vicuna_v1", "--generation-prompt", stdin=conversation)
     assert prompt.endswith("USER: <image>\nHi ASSISTANT:")
+    with pytest.raises(LlavatuneError, match="--template hf renders with a model's own chat template: add --model"):
+        tools.render_conversation(conversation, "hf", False)  # said "this tokenizer has none" of no tokenizer
 
 
 def test_synth_is_deterministic_and_answers_match_pixels(tmp_path):

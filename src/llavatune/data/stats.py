@@ -126,9 +126,15 @@ def _percentiles(lengths: list[int]) -> dict:
 def _print_stats(data, result: dict) -> None:
     table = Table(title=str(data), show_header=False)
     for key, value in result.items():
-        table.add_row(key, f"{value:,.1f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int)
-                      else str(value))
+        table.add_row(key, _number(value) if isinstance(value, (int, float)) else str(value))
     console.print(table)
+
+
+def _number(value: int | float) -> str:
+    """1,234 / 131.5 / 0.0041: a small share (megapixels of a 64x64 image) keeps two digits instead of reading 0.0."""
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.1f}" if value == 0 or abs(value) >= 0.1 else f"{value:.2g}"
 
 
 def _plot(lengths: list[int], unit: str, path: Path) -> None:

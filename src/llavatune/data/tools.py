@@ -294,4 +294,7 @@ def render_conversation(conversation_json: str, template_name: str, generation_p
     if model is not None:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(model)
+    elif template_name == "hf":
+        raise LlavatuneError("--template hf renders with a model's own chat template: add --model DIR (a llava-hf "
+                             "folder or its LLM).")
     return render(get_template(template_name), llava_turns(turns, "<stdin>"), generation_prompt, tokenizer)

@@ -103,7 +103,7 @@ class Run:
                            ranks=self.ranks, evaluate=self._evaluator(model, logger))
         save(state, "final")
         logger.close()
-        self._say(f"[green]done[/green]: {state.step} step{'s' * (state.step != 1)}, final checkpoint "
+        self._say(f"[green]done[/green]: {state.step} {'step' if state.step == 1 else 'steps'}, final checkpoint "
                   f"{self.out / 'final'}" + (f"; on rank 0, {self.dataset.dropped()}" if self.dataset.skipped else ""))
         if self.ranks.main and cfg.eval_data is not None:
             self._say(validate.summary(logger.rows, self.out, state.step))
