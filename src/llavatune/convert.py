@@ -240,7 +240,9 @@ def from_llava(cfg: ConvertConfig, kind: str) -> Path:
                    else _read_weights(weight_files(src)))
         llm = _llm_from_original(src, config, weights)
         has_tokenizer = any(src.glob("tokenizer*"))
-        tokenizer = AutoTokenizer.from_pretrained(src if has_tokenizer else cfg.model_base)
+        # the LLM's config, not src's llava_llama one, which transformers would warn that it does not know
+        tokenizer = (AutoTokenizer.from_pretrained(src, config=llm.config) if has_tokenizer
+                     else AutoTokenizer.from_pretrained(cfg.model_base))
     name, projector_weights = projector_spec(weights)
     vision_ref = cfg.vision or _vision_ref(src, config)
     try:
