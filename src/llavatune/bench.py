@@ -189,7 +189,7 @@ def run_ours(model, micro: list[dict], cfg: BenchConfig, device, dtype) -> float
 
 def run_hf(model, micro: list[dict], cfg: BenchConfig, device, dtype) -> float:
     """The usual recipe: transformers.Trainer over the same micro-batches (one warm-up step untimed)."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     class Batches(torch.utils.data.Dataset):
         def __len__(self):
@@ -214,6 +214,7 @@ def run_hf(model, micro: list[dict], cfg: BenchConfig, device, dtype) -> float:
                              disable_tqdm=True)  # checkpointing is on the model already; unset, Trainer leaves it
     trainer = Trainer(model=model, args=args, train_dataset=Batches(), data_collator=lambda items: items[0],
                       callbacks=[clock])
+    trainer.remove_callback(PrinterCallback)  # its end-of-train dict would sit between our tables, unexplained
     trainer.train()
     return clock.ended - clock.started
 
