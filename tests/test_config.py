@@ -83,9 +83,30 @@ def test_optional_takes_null(tmp_path):
 
 def test_bad_yaml_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("out: [unclosed")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    bad.write_text("out: x\n  steps: 3\n")  # indented by mistake
+    with pytest.raises(ConfigError, match=r"bad.yaml:2:8: not valid YAML \(mapping values are not allowed here\)\.$"):
         load(Run, bad)
+
+
+def test_a_bad_key_in_the_file_names_the_file_and_known_names_are_translated(tmp_path):
+    """What came from the recipe file is said with its name; what an override set is not blamed on the file. Keys
+    spelled as in HF's TrainingArguments or LLaVA's train.py are said with their names here."""
+    from llavatune.train import TrainConfig
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: m\ndata: d.json\nout: o\nlrate: 1\n")
+    with pytest.raises(ConfigError, match=r"recipe.yaml: unknown key 'lrate'. Did you mean 'lr'\?"):
+        load(TrainConfig, recipe)
+    with pytest.raises(ConfigError, match=r"^unknown key 'lrate'"):  # the override's own, which replaced the file's
+        load(TrainConfig, recipe, ["lrate=2"])
+    recipe.write_text("model: m\ndata: d.json\nout: o\nlora: {r: four}\n")
+    with pytest.raises(ConfigError, match=r"recipe.yaml: 'lora.r' must be an integer, got 'four'"):
+        load(TrainConfig, recipe)
+    assert load(TrainConfig, recipe, ["lora.r=4"]).lora.r == 4
+    for key, said in [("learning_rate", "here it is lr."), ("bf16", "here it is precision: bf16."),
+                      ("lora.rank", "here it is lora.r."), ("per_device_train_batch_size", "here it is batch_size.")]:
+        with pytest.raises(ConfigError, match=f"unknown key '{key}' \\(a name from other training scripts\\): {said}"):
+            load(TrainConfig, None, ["model=m", "data=d.json", "out=o", f"{key}=1"])
 
 
 def test_run_config_round_trip(tmp_path):

@@ -32,15 +32,26 @@ _NONE = {"null", "none", "~"}
 def load(cls: type[C], path: Path | str | None = None, overrides: list[str] | None = None,
          flags: dict[str, Any] | None = None) -> C:
     """Resolve a config of type `cls` from a YAML file, then `flags` (None = not given), then overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_yaml(Path(path))
-    for key, value in (flags or {}).items():
-        if value is not None:
-            _set_dotted(data, key, value)
-    for key, value in parse_overrides(overrides or []).items():
+    data: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
+    from_file = set(_dotted_keys(data))
+    for key, value in [*((k, v) for k, v in (flags or {}).items() if v is not None),
+                       *parse_overrides(overrides or []).items()]:
         _set_dotted(data, key, value)
-    return from_dict(cls, data)
+        from_file.discard(key)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as err:
+        if err.key is not None and err.key.split("[")[0] in from_file:  # the file's own value: name the file
+            raise ConfigError(f"{path}: {err}", err.key) from None
+        raise
+
+
+def _dotted_keys(data: dict[str, Any], where: str = ""):
+    """{'lora': {'r': 4}, 'lr': 1} -> 'lora', 'lora.r', 'lr'."""
+    for key, value in data.items():
+        yield _join(where, key)
+        if isinstance(value, dict):
+            yield from _dotted_keys(value, _join(where, key))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -48,8 +59,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found.")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err}).") from None
+    except yaml.YAMLError as err:  # one line: where, and what the parser found there
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top, found {type(data).__name__}.")
     return data
@@ -80,12 +93,13 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     """Build dataclass `cls` from `data`, rejecting unknown keys and coercing values to the declared types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"'{where or cls.__name__}' must be a section of keys, found {data!r}.")
+        raise ConfigError(f"'{where or cls.__name__}' must be a section of keys, found {data!r}.", where or None)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise ConfigError(_unknown_key_message(unknown[0], where, list(fields)))
+        message = _unknown_key_message(unknown[0], where, list(fields), getattr(cls, "KNOWN_AS", {}))
+        raise ConfigError(message, _join(where, unknown[0]))
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], _join(where, name))
@@ -118,8 +132,13 @@ def _join(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
 
-def _unknown_key_message(key: str, where: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
+def _unknown_key_message(key: str, where: str, valid: list[str], known_as: dict[str, str]) -> str:
+    """`known_as`: the names other tools give a key (learning_rate -> lr), said as such."""
+    if key in known_as:
+        return f"unknown key '{_join(where, key)}' (a name from other training scripts): here it is {_join(where, known_as[key])}."
+    # a key the typo starts with (lrate: lr), else the closest spelling
+    close = sorted((k for k in valid if len(k) > 1 and key.startswith(k)), key=len)[-1:] or \
+        difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean '{_join(where, close[0])}'?" if close else ""
     return f"unknown key '{_join(where, key)}'.{hint} Valid keys{' in ' + where if where else ''}: {', '.join(valid)}."
 
@@ -135,19 +154,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[-1])
+        raise ConfigError(errors[-1], key)
     if origin is Literal:
         if value in args:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"'{key}' must be one of {', '.join(map(str, args))}; got {value!r}.{hint}")
+        raise ConfigError(f"'{key}' must be one of {', '.join(map(str, args))}; got {value!r}.{hint}", key)
     if origin is list:
         items = _as_list(value, key)
         return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(items)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping, got {value!r}.")
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}.", key)
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
@@ -165,11 +184,11 @@ def _as_list(value: Any, key: str) -> list:
             if isinstance(parsed, list):
                 return parsed
         return [v.strip() for v in value.split(",") if v.strip()]
-    raise ConfigError(f"'{key}' must be a list, got {value!r}.")
+    raise ConfigError(f"'{key}' must be a list, got {value!r}.", key)
 
 
 def _coerce_scalar(value: Any, tp: type, key: str) -> Any:
-    bad = ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}.")
+    bad = ConfigError(f"'{key}' must be {_type_name(tp)}, got {value!r}.", key)
     if tp is bool:
         if isinstance(value, bool):
             return value

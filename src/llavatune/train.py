@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import math
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from llavatune.config import check_bounds
 from llavatune.hub import local_out
@@ -25,6 +25,9 @@ class LoraSpec:
     targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])  # or ["all"]
     regex: str | None = None         # full-match on module names; replaces targets (still LLM-only)
     vision: bool = False             # also put LoRA on the vision tower's attention/MLP
+
+    KNOWN_AS: ClassVar[dict[str, str]] = {"rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+                                          "target_modules": "targets (or regex)"}  # peft's LoraConfig names
 
     def __post_init__(self):
         check_bounds(self, above_zero=("r", "alpha"))
@@ -102,6 +105,22 @@ class TrainConfig:
     strategy: Literal["ddp", "fsdp", "zero2", "zero3", "zero3-offload"] = "ddp"  # several processes; see docs/multi-gpu.md
     deepspeed_config: Path | None = None  # zero*: a DeepSpeed JSON refining the strategy's (e.g. deepspeed/zero3.json)
     dry_run: bool = False            # print the plan (model, data, trainable counts, steps, memory) and stop
+
+    # the names HF's TrainingArguments and LLaVA's train.py give these keys: said as such, not as unknown keys
+    KNOWN_AS: ClassVar[dict[str, str]] = {
+        "learning_rate": "lr", "mm_projector_lr": "projector_lr", "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs", "max_steps": "steps",
+        "output_dir": "out", "model_name_or_path": "model", "data_path": "data", "image_folder": "images",
+        "model_max_length": "max_length", "lr_scheduler_type": "schedule", "save_steps": "save_every",
+        "save_total_limit": "keep_last", "logging_steps": "log_every", "eval_steps": "eval_every",
+        "dataloader_num_workers": "data_workers", "group_by_modality_length": "group_by_length",
+        "resume_from_checkpoint": "resume", "version": "template (LLaVA's --version names the conversation template)",
+        "bf16": "precision: bf16", "fp16": "precision: fp16", "tf32": "precision (tf32 is on with bf16 on a GPU)",
+        "lora_enable": "method: lora", "bits": "method: qlora (4 bits)", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
+        "lora_dropout": "lora.dropout", "tune_mm_mlp_adapter": "stage: pretrain (the projector alone)",
+        "freeze_backbone": "method: freeze", "vision_tower": "build.vision (or a model built with llavatune build)",
+        "deepspeed": "strategy: zero2 | zero3 | zero3-offload, and deepspeed_config for a JSON of your own",
+        "gradient_checkpointing_kwargs": "checkpoint_layers"}
 
     def __post_init__(self):
         local_out(self.out)
