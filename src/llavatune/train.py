@@ -120,7 +120,9 @@ class TrainConfig:
         "lora_dropout": "lora.dropout", "tune_mm_mlp_adapter": "stage: pretrain (the projector alone)",
         "freeze_backbone": "method: freeze", "vision_tower": "build.vision (or a model built with llavatune build)",
         "deepspeed": "strategy: zero2 | zero3 | zero3-offload, and deepspeed_config for a JSON of your own",
-        "gradient_checkpointing_kwargs": "checkpoint_layers"}
+        "gradient_checkpointing_kwargs": "checkpoint_layers", "mm_projector_type": "build.projector",
+        "mm_vision_select_layer": "the model's own (llavatune build --feature-layer)",
+        "image_aspect_ratio": "the model's own (llavatune build --image-aspect)"}
 
     def __post_init__(self):
         local_out(self.out)
