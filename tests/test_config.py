@@ -59,7 +59,8 @@ def test_numbers_out_of_range_are_said_when_read():
     for override, said in [("lr=-1", "lr must be above 0, got -1.0"), ("batch_size=0", "batch_size must be above 0"),
                            ("steps=0", "steps must be above 0"), ("save_every=-1", "save_every must be 0 or more"),
                            ("warmup_ratio=1.5", "warmup_ratio is a share of the steps, from 0 to 1, got 1.5"),
-                           ("lora.r=0", "lora: r must be above 0"), ("lora.dropout=1", "lora: dropout is a probability")]:
+                           ("lora.r=0", "lora: r must be above 0"),
+                           ("lora.dropout=1", "lora: dropout is a probability")]:
         with pytest.raises(ConfigError, match=f"^{re.escape(said)}"):
             load(TrainConfig, None, [*common, override])
     assert load(TrainConfig, None, [*common, "steps=null", "save_every=0", "warmup_ratio=0"]).steps is None

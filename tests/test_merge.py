@@ -47,6 +47,6 @@ def test_a_run_whose_base_has_moved_merges_with_base(demo_run, tmp_path):
                                              r"now \(`llavatune merge RUN --base DIR`"):
         main(MergeConfig(run=copied, out=tmp_path / "no"))
     main(MergeConfig(run=copied, out=tmp_path / "moved", base=base))
-    here, moved = load_file(tmp_path / "here" / "model.safetensors"), load_file(tmp_path / "moved" / "model.safetensors")
+    here, moved = (load_file(tmp_path / name / "model.safetensors") for name in ("here", "moved"))
     assert here.keys() == moved.keys() and all((here[k] == moved[k]).all() for k in here)
     assert yaml.safe_load((tmp_path / "moved" / "run_config.yaml").read_text())["model"]["base"] == base

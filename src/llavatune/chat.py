@@ -33,7 +33,7 @@ class ChatConfig:
     top_p: float = 1.0
 
     def __post_init__(self):  # generation's bounds, said before the model loads
-        GenerationConfig(self.max_new_tokens, self.temperature, self.top_p)
+        GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
 
 
 COMMANDS = "/image PATH or URL, /reset, /quit"

@@ -34,8 +34,8 @@ def load(cls: type[C], path: Path | str | None = None, overrides: list[str] | No
     """Resolve a config of type `cls` from a YAML file, then `flags` (None = not given), then overrides."""
     data: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
     from_file = set(_dotted_keys(data))
-    for key, value in [*((k, v) for k, v in (flags or {}).items() if v is not None),
-                       *parse_overrides(overrides or []).items()]:
+    given = {k: v for k, v in (flags or {}).items() if v is not None} | parse_overrides(overrides or [])
+    for key, value in given.items():  # an override wins over a flag of the same key
         _set_dotted(data, key, value)
         from_file.discard(key)
     try:
@@ -135,10 +135,10 @@ def _join(where: str, name: str) -> str:
 def _unknown_key_message(key: str, where: str, valid: list[str], known_as: dict[str, str]) -> str:
     """`known_as`: the names other tools give a key (learning_rate -> lr), said as such."""
     if key in known_as:
-        return f"unknown key '{_join(where, key)}' (a name from other training scripts): here it is {_join(where, known_as[key])}."
-    # a key the typo starts with (lrate: lr), else the closest spelling
-    close = sorted((k for k in valid if len(k) > 1 and key.startswith(k)), key=len)[-1:] or \
-        difflib.get_close_matches(key, valid, n=1)
+        return (f"unknown key '{_join(where, key)}' (a name from other training scripts): here it is "
+                f"{_join(where, known_as[key])}.")
+    starts = [k for k in valid if len(k) > 1 and key.startswith(k)]  # a typo that starts with a key: lrate, lr
+    close = [max(starts, key=len)] if starts else difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean '{_join(where, close[0])}'?" if close else ""
     return f"unknown key '{_join(where, key)}'.{hint} Valid keys{' in ' + where if where else ''}: {', '.join(valid)}."
 

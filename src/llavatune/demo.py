@@ -13,11 +13,9 @@ import json
 import time
 from pathlib import Path
 
-
 from llavatune import progress
 from llavatune.config import load, save_run_config
 from llavatune.hub import local_out
-from llavatune.progress import without_transformers_bars
 
 console = progress.messages
 
@@ -39,7 +37,7 @@ class DemoConfig:
 def main(cfg: DemoConfig) -> dict:
     """The whole run; transformers' "Loading weights" bars are left out: five of them, each for an instant, for a
     model of 134K parameters, between the steps' own output."""
-    with without_transformers_bars():
+    with progress.without_transformers_bars():
         return _run(cfg)
 
 
