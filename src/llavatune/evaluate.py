@@ -110,9 +110,7 @@ def samples(cfg: EvalConfig) -> list[Sample]:
         out.append(Sample(record, question, answer))
         if cfg.limit is not None and len(out) >= cfg.limit:
             break
-    imagelib.check_root(cfg.images, "--images")
-    imagelib.check_folder_given((s.record for s in out), cfg.images, "--images")
-    imagelib.check_most_found([s.record for s in out], cfg.images, "--images")
+    imagelib.check_images((s.record for s in out), cfg.images, "--images")
     if out and not any(s.record.images for s in out) and Share.from_env().rank == 0:  # GQA's keep them elsewhere
         console.print(f"warning: none of the {len(out)} questions in {cfg.data} has an image: they are asked as text "
                       "only")

@@ -87,12 +87,17 @@ def check_root(image_dir: Path | None, key: str = "images") -> None:
 
 
 def check_findable(data: Path | str, image_dir: Path | None, key: str = "images") -> None:
-    """The image folder (or archive) exists, is given if the data's first 1,000 rows name image files, and holds
-    most of the images they name."""
+    """check_images on the data's first 1,000 rows."""
+    check_images(itertools.islice(read_records(data, strict=False), 1000), image_dir, key)
+
+
+def check_images(records: Iterable[Record], image_dir: Path | None, key: str = "images") -> None:
+    """The image folder (or archive) exists (checked before `records` is read), is given if the rows name image
+    files, and holds most of the images they name."""
     check_root(image_dir, key)
-    first = list(itertools.islice(read_records(data, strict=False), 1000))
-    check_folder_given(first, image_dir, key)
-    check_most_found(first, image_dir, key)
+    records = list(records)
+    check_folder_given(records, image_dir, key)
+    check_most_found(records, image_dir, key)
 
 
 def check_folder_given(records: Iterable[Record], image_dir: Path | None, key: str = "images") -> None:
