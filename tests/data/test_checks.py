@@ -74,6 +74,21 @@ def test_clean_file_passes_and_cli_exit_codes(tmp_path, capsys, monkeypatch):
     assert exit_info.value.code == 2
 
 
+def test_every_broken_json_line_is_listed(tmp_path):
+    """A JSON-lines file with two cut lines: both are named in one run, and the rows after them are checked."""
+    def text(i, answer="red"):
+        return json.dumps({"id": str(i), "conversations": [{"from": "human", "value": "What colour?"},
+                                                           {"from": "gpt", "value": answer}]})
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join([text(1), '{"id": "2", "conversations": [', text(3, answer=""), "{oops", text(5, "blue")]))
+    with pytest.raises(LlavatuneError, match="3 of 5 rows have problems"):
+        main(ValidateConfig(data=data))
+    found = [line.split(": ")[:2] for line in (tmp_path / "d.jsonl.errors.txt").read_text().splitlines()]
+    assert found == [[f"{data}:2", "not valid JSON"], [f"{data}:3", "empty assistant turn"],
+                     [f"{data}:4", "not valid JSON"]]
+
+
 @pytest.mark.slow
 def test_validate_665k_rows_under_two_minutes(tmp_path):
     """The size of llava_v1_5_mix665k.json, text plus image references whose files are absent."""

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from llavatune import hub, progress
 from llavatune.data import images as imagelib
-from llavatune.data.formats import IMAGE_TAG, DataError, Record, beside, iter_rows, to_record, with_suffix
+from llavatune.data.formats import IMAGE_TAG, BadLine, DataError, Record, beside, iter_rows, to_record, with_suffix
 from llavatune.data.pack import atomic_file  # data that cannot be read leaves no report file
 from llavatune.errors import LlavatuneError
 
@@ -86,7 +86,7 @@ def main(cfg: ValidateConfig) -> Report:
     path, seen, name = report_path(cfg), {}, hub.data_name(cfg.data)
     with atomic_file(path) as tmp, tmp.open("w") as sink, console.status(f"validating {name}") as status:
         report = Report(sink)
-        for row_number, row in iter_rows(Path(cfg.data)):
+        for row_number, row in iter_rows(Path(cfg.data), keep_bad_lines=True):
             report.rows += 1
             if report.rows % 20000 == 0:
                 status.update(f"validating {name}: {report.rows:,} rows")
@@ -102,6 +102,9 @@ def main(cfg: ValidateConfig) -> Report:
 
 
 def check_row(row, where: str, cfg: ValidateConfig, text_side, report: Report, seen: dict) -> None:
+    if isinstance(row, BadLine):
+        report.add(where, "not valid JSON", row.message.split(": ", 1)[-1])
+        return
     try:
         record = with_suffix(to_record(row, where), cfg.prompt_suffix)
     except DataError as err:

@@ -67,10 +67,25 @@ def read_records(path: Path | str, strict: bool = True) -> Iterator[Record]:
                 raise
 
 
-def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
+@dataclasses.dataclass
+class BadLine:
+    """A line of a JSON-lines file that is not JSON, in place of its row: `data validate` lists every such line
+    and reads on, where everything else stops at the first."""
+    message: str
+
+
+def iter_rows(path: Path, keep_bad_lines: bool = False) -> Iterator[tuple[int, dict | BadLine]]:
     """(row number from 1, row dict) for .json / .jsonl / .tsv / .parquet / .arrow files, dataset folders and
     patterns, such files, folders and patterns in a hub dataset (hf://datasets/ORG/NAME/PATH), and JSON lines on
-    standard input when the path is '-'. A table's image cells are TableImage placeholders (see tables.iter_table)."""
+    standard input when the path is '-'. A table's image cells are TableImage placeholders (see tables.iter_table).
+    A JSON line that cannot be parsed raises DataError naming `file:line`, or comes as a BadLine (keep_bad_lines)."""
+    for n, row in _rows(path):
+        if isinstance(row, BadLine) and not keep_bad_lines:
+            raise DataError(row.message)
+        yield n, row
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict | BadLine]]:
     if str(path) == "-":
         yield from _iter_lines(sys.stdin, "<stdin>")
         return
@@ -124,9 +139,10 @@ def _iter_lines(lines, name: str) -> Iterator[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            yield n, json.loads(line)
+            row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{name}:{n}: not valid JSON ({err.msg} at column {err.colno}).") from None
+            row = BadLine(f"{name}:{n}: not valid JSON ({err.msg} at column {err.colno}).")
+        yield n, row
 
 
 def _iter_tsv(path: Path) -> Iterator[tuple[int, dict]]:
