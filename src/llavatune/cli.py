@@ -391,7 +391,7 @@ OUT_HELP = ".json / .jsonl, .parquet (keeps the images of parquet data inside), 
 
 def _ok(n: int, out) -> None:
     if str(out) != "-":
-        print(f"wrote {n:,} rows to {out}", file=sys.stderr)
+        print(f"wrote {n:,} row{'s' * (n != 1)} to {out}", file=sys.stderr)
 
 
 @data_app.command("validate", epilog="Example:\n\n  llavatune data validate data/qa.json --images data "
@@ -496,11 +496,13 @@ def data_repeat(data: str = typer.Argument(...), times: int = typer.Option(..., 
 @data_app.command("split", epilog="Example:\n\n  llavatune data split data/qa.json --val 0.1 --seed 0 --out data/split")
 def data_split(data: str = typer.Argument(...), val: float = typer.Option(0.1, help="validation share (0.1) or rows (200)"),
                seed: int = typer.Option(0),
+               by: str = typer.Option("image", help="image: rows that share an image stay on one side; row: rows "
+                                                    "drawn alone, the exact size"),
                out: Path = typer.Option(..., callback=local_out,
                                         help="folder for train.json and val.json (.parquet for parquet data)")):
-    """Seeded train/validation split with an exact validation size."""
+    """Seeded train/validation split; rows that share an image stay on one side."""
     from llavatune.data import tools
-    for file, n in tools.write_split(data, val, seed, out):
+    for file, n in tools.write_split(data, val, seed, out, by):
         _ok(n, file)
 
 

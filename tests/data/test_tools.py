@@ -70,6 +70,32 @@ def test_filter_text_only_and_repeat_and_split(tmp_path):
             tools.split(data, bad, seed=0)
 
 
+def test_split_keeps_the_rows_of_an_image_on_one_side(tmp_path, capsys):
+    """Three questions on each of 30 photos, and rows with two photos that tie two groups into one: no photo is on
+    both sides by image; drawing rows leaks most of the validation photos into training."""
+    def row(i, *images):
+        return {"id": str(i), "images": list(images), "conversations": [
+            {"from": "human", "value": "<image>\n" * len(images) + f"Q{i}"}, {"from": "gpt", "value": f"A{i}"}]}
+    rows = [row(3 * p + k, f"p{p}.jpg") for p in range(30) for k in range(3)]
+    rows += [row(90 + p, f"p{p}.jpg", f"./p{p + 1}.jpg") for p in range(0, 10, 2)]  # p0+p1, p2+p3, ...
+    data = tmp_path / "photos.json"
+    data.write_text(json.dumps(rows))
+    groups = tools.image_groups(tools.rows_of(data))
+    assert sorted(map(len, groups)) == [3] * 20 + [7] * 5  # ./p1.jpg is p1.jpg
+    photos = lambda part: {os.path.normpath(image) for r in part for image in r["images"]}  # noqa: E731
+    for seed in range(4):  # groups of 3 and 7 cannot always make 20 exactly: a little short then, and said
+        train, val = map(list, tools.split(data, 20, seed=seed))
+        assert photos(train).isdisjoint(photos(val)) and len(train) + len(val) == 95 and 17 <= len(val) <= 20
+        note = f"validation has {len(val)} rows, not 20: rows that share an image stay on one side"
+        assert (note in capsys.readouterr().err) == (len(val) < 20)
+    train, val = map(list, tools.split(data, 20, seed=0, by="row"))
+    assert len(val) == 20 and len(photos(train) & photos(val)) > 10
+    with pytest.raises(LlavatuneError, match="every image of .* is in more than 2 rows"):
+        tools.split(data, 2, seed=0)
+    with pytest.raises(LlavatuneError, match="--by is image or row"):
+        tools.split(data, 2, seed=0, by="photo")
+
+
 def test_a_filter_that_keeps_nothing_or_a_sample_larger_than_the_data_is_said(tmp_path, capsys):
     data = mix_file(tmp_path, n=10)
     assert list(tools.filter_rows(tools.rows_of(data), image_prefix="textvqa/test_images/")) == []

@@ -10,7 +10,9 @@ same input and seed.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
+import posixpath
 import random
 import re
 import sys
@@ -134,18 +136,36 @@ def repeat(path: Path | str, times: int) -> Iterator[dict]:
         yield from rows_of(path)
 
 
-def split(path: Path | str, val: float, seed: int) -> tuple[Iterator[dict], Iterator[dict]]:
-    """An exact split: round(N * val) rows (val a fraction below 1), or `val` rows (a whole number from 1),
-    chosen with the seed, go to validation. (train rows, validation rows), each read again from the file as it is
-    written (a dataset with its images inside is not held in memory); standard input is read once and kept."""
+def split(path: Path | str, val: float, seed: int, by: str = "image") -> tuple[Iterator[dict], Iterator[dict]]:
+    """A seeded split: round(N * val) rows (val a fraction below 1), or `val` rows (a whole number from 1), go to
+    validation. by="image" keeps the rows that share an image on one side (several questions on one photo, a row
+    repeated): whole groups are taken in a seeded order while they fit, so validation may come out a little short
+    of the size asked, which is said on stderr. by="row" draws rows, exactly. (train rows, validation rows), each
+    read again from the file as it is written (a dataset with its images inside is not held in memory); standard
+    input is read once and kept."""
     if not (0 < val < 1 or (val >= 1 and val == int(val))):
         raise LlavatuneError(f"--val is a fraction between 0 and 1 (0.1) or a number of rows (200), got {val}.")
+    if by not in ("image", "row"):
+        raise LlavatuneError(f"--by is image or row, got {by!r}.")
     kept = list(rows_of(path)) if str(path) == "-" else None
-    n_rows = len(kept) if kept is not None else sum(1 for _ in rows_of(path))
+    groups = image_groups(kept if kept is not None else rows_of(path), by)
+    n_rows = sum(map(len, groups))
     n_val = max(1, round(n_rows * val)) if val < 1 else int(val)
     if n_val >= n_rows:
         raise LlavatuneError(f"--val {val:g}: {path} has {n_rows} rows; leave some to train on.")
-    chosen = set(random.Random(seed).sample(range(n_rows), n_val))
+    chosen: set[int] = set()
+    for group in random.Random(seed).sample(groups, len(groups)):
+        if len(chosen) + len(group) <= n_val:
+            chosen.update(group)
+        if len(chosen) == n_val:
+            break
+    if not chosen:
+        raise LlavatuneError(f"--val {val:g}: every image of {path} is in more than {n_val} rows, so no validation "
+                             "set of that size leaves the training images out. Ask for more (--val), or split rows "
+                             "(--by row).")
+    if len(chosen) < n_val:
+        print(f"note: validation has {len(chosen):,} rows, not {n_val:,}: rows that share an image stay on one "
+              "side (--by row splits rows exactly)", file=sys.stderr)
 
     def part(held_out: bool) -> Iterator[dict]:
         rows = kept if kept is not None else rows_of(path)
@@ -153,12 +173,45 @@ def split(path: Path | str, val: float, seed: int) -> tuple[Iterator[dict], Iter
     return part(False), part(True)
 
 
-def write_split(path: Path | str, val: float, seed: int, out: Path) -> list[tuple[Path, int]]:
+def image_groups(rows: Iterable[dict], by: str = "image") -> list[list[int]]:
+    """Row numbers (from 0) in groups, in the order of their first rows: rows that share an image, directly or
+    through other rows, form one group (by="image"); every row alone for by="row", text-only rows, and images
+    inside a table that stores no file name beside them (their bytes are not read to compare them)."""
+    parent: dict[int | str, int | str] = {}
+
+    def root(key):
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]  # path halving: chains stay short
+            key = parent[key]
+        return key
+
+    n = 0
+    for n, row in enumerate(rows, 1):
+        for image in _image_names(row, f"row {n}") if by == "image" else ():
+            parent[root(n - 1)] = root(image)
+    groups: dict[int | str, list[int]] = collections.defaultdict(list)
+    for i in range(n):
+        groups[root(i)].append(i)
+    return list(groups.values())
+
+
+def _image_names(row: dict, where: str) -> list[str]:
+    try:
+        images = to_record(row, where).images
+    except DataError:  # a bad row: alone, as `data validate` would report it
+        return []
+    names = [stored_path(i) if isinstance(i, TableImage) else
+             hashlib.blake2b(i, digest_size=16).hexdigest() if isinstance(i, bytes) else posixpath.normpath(i)
+             for i in images]
+    return [name for name in names if name]
+
+
+def write_split(path: Path | str, val: float, seed: int, out: Path, by: str = "image") -> list[tuple[Path, int]]:
     """`data split`: out/train.json and out/val.json, or .parquet files for parquet / arrow data (whose images are
     inside). Returns (file, rows written) for each."""
     suffix = ".parquet" if is_table(path) else ".json"
     files = [out / f"train{suffix}", out / f"val{suffix}"]
-    return [(file, write_rows(file, rows)) for file, rows in zip(files, split(path, val, seed))]
+    return [(file, write_rows(file, rows)) for file, rows in zip(files, split(path, val, seed, by))]
 
 
 def mix(sources: list[str], seed: int) -> list[dict]:
