@@ -59,12 +59,15 @@ def _run(cfg: DemoConfig) -> dict:
     train_rows, val_rows = tools.split(data / "qa.json", cfg.val, cfg.seed)
     tools.write_rows(data / "train.json", train_rows)
     tools.write_rows(data / "val.json", val_rows)
+    held_out = {row["image"] for row in tools.rows_of(data / "val.json")}  # stage 1 does not see them either
+    tools.write_rows(data / "captions-train.json",
+                     (row for row in tools.rows_of(data / "captions.json") if row["image"] not in held_out))
     step("tiny model")
     base = build.main(build.BuildConfig(out=out / "models" / "tiny", preset="tiny", seed=cfg.seed))
     step("stage 1: projector pre-training")
     recipe = lambda name, *kv: load(train.TrainConfig, configs.path_of(name), [*kv, f"seed={cfg.seed}"])  # noqa: E731
-    stage1 = train.main(recipe("tiny-pretrain", f"model={base}", f"data={data / 'captions.json'}", f"images={data}",
-                               f"out={out / 'runs' / 'pretrain'}", f"steps={cfg.pretrain_steps}"))
+    stage1 = train.main(recipe("tiny-pretrain", f"model={base}", f"data={data / 'captions-train.json'}",
+                               f"images={data}", f"out={out / 'runs' / 'pretrain'}", f"steps={cfg.pretrain_steps}"))
     step("stage 2: LoRA instruction tuning")
     train.main(recipe("tiny-lora", f"model={stage1}", f"data={data / 'train.json'}", f"images={data}",
                       f"out={out / 'runs' / 'lora'}", f"steps={cfg.finetune_steps}",

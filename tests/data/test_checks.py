@@ -81,7 +81,8 @@ def test_every_broken_json_line_is_listed(tmp_path):
                                                            {"from": "gpt", "value": answer}]})
 
     data = tmp_path / "d.jsonl"
-    data.write_text("\n".join([text(1), '{"id": "2", "conversations": [', text(3, answer=""), "{oops", text(5, "blue")]))
+    broken = ['{"id": "2", "conversations": [', "{oops"]
+    data.write_text("\n".join([text(1), broken[0], text(3, answer=""), broken[1], text(5, "blue")]))
     with pytest.raises(LlavatuneError, match="3 of 5 rows have problems"):
         main(ValidateConfig(data=data))
     found = [line.split(": ")[:2] for line in (tmp_path / "d.jsonl.errors.txt").read_text().splitlines()]
