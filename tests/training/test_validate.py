@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import train_config
 from llavatune.data import images as imagelib
+from llavatune.data.formats import Record
 from llavatune.errors import LlavatuneError
 from llavatune.metrics import exact_match
 from llavatune.train import main as train
@@ -140,6 +141,17 @@ def test_ctrl_c_during_evaluation_keeps_the_finished_step(tiny_model_dir, shapes
     assert losses[0] == losses[1] and len(losses[0]) == 4
     a, b = load_file(whole / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_held_out_rows_that_show_training_images_are_counted():
+    def rows(*images):
+        return [Record(id=str(i), turns=[], images=list(refs), source=f"val.json:{i + 1}")
+                for i, refs in enumerate(images)]
+    train = rows(["a.png"], ["b.png", "./c.png"], [b"\x89PNG bytes"], [])
+    assert validate.shared_images(rows(["d.png"], [], [b"other bytes"]), train) is None
+    warning = validate.shared_images(rows(["d.png"], ["e.png", "c.png"], [b"\x89PNG bytes"], ["x/../a.png"]), train)
+    assert warning.startswith("warning: eval_data: 3 of 4 held-out rows show images that the training data has too "
+                              "(the first: val.json:2, c.png)")
 
 
 def test_the_lowest_eval_checkpoint_survives_pruning_and_is_named(tmp_path):

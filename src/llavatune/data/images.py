@@ -6,6 +6,7 @@ at them on large photos."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import itertools
 import os
@@ -22,6 +23,17 @@ from llavatune.data.formats import DataError, Record, read_records
 from llavatune.data.tables import TableImage, iter_table, table_files
 
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def key(ref: str | bytes | TableImage) -> str | None:
+    """A name to tell whether two rows show the same image, without opening either: the path (normalised), a digest of
+    embedded bytes, the file name a table stores beside its image; None for a table image without one (its bytes are
+    not read to compare them)."""
+    if isinstance(ref, TableImage):
+        return ref.path
+    if isinstance(ref, bytes):
+        return hashlib.blake2b(ref, digest_size=16).hexdigest()
+    return posixpath.normpath(ref)
 
 
 def resolve(ref: str, image_dir: Path | None, where: str) -> Path:

@@ -10,15 +10,14 @@ same input and seed.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
-import posixpath
 import random
 import re
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from llavatune.data import images as imagelib
 from llavatune.data.formats import DataError, Record, extra_fields, iter_rows, llava_row, read_records, to_record
 from llavatune.data.pack import atomic_file, column_types, unpack, write_parquet
 from llavatune.data.tables import TableImage, is_table, stored_path
@@ -200,10 +199,7 @@ def _image_names(row: dict, where: str) -> list[str]:
         images = to_record(row, where).images
     except DataError:  # a bad row: alone, as `data validate` would report it
         return []
-    names = [stored_path(i) if isinstance(i, TableImage) else
-             hashlib.blake2b(i, digest_size=16).hexdigest() if isinstance(i, bytes) else posixpath.normpath(i)
-             for i in images]
-    return [name for name in names if name]
+    return [name for name in map(imagelib.key, images) if name]
 
 
 def write_split(path: Path | str, val: float, seed: int, out: Path, by: str = "image") -> list[tuple[Path, int]]:

@@ -145,6 +145,8 @@ class Run:
         self.data_manifest = {**data_manifest(cfg.data), "rows": len(self.dataset)}  # hashed once per run
         if self.eval_dataset is not None:
             self.data_manifest["eval"] = {**data_manifest(cfg.eval_data), "rows": len(self.eval_dataset)}
+            if self.ranks.main and (warning := validate.shared_images(self.eval_dataset.records, self.dataset.records)):
+                console.print(warning)
 
     def _start_logging(self, steps: int, state: loop.State):
         """Rank 0 writes run_config.yaml and trainable.txt and gets the metrics logger; the others a silent one."""
