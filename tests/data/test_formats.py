@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
+import pathlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -128,6 +130,61 @@ def test_json_array_is_streamed_across_chunk_boundaries(tmp_path):
     path = tmp_path / "big.json"
     path.write_text(json.dumps(rows, indent=2))
     assert [r for _, r in _iter_json_array(path, chunk_size=64)] == rows
+
+
+@pytest.mark.parametrize("text, error", [
+    ('[{"a": 1}, ]', r"row 2 \(line 1\): a comma after the last row"),
+    ('[{"a": 1} {"a": 2}]', r"row 2 \(line 1\): no comma between row 1 and this one"),
+    ('[, {"a": 1}]', r"row 1 \(line 1\): a comma with no row before it"),
+    ('[{"a": 1},\n,{"a": 2}]', r"row 2 \(line 2\): a comma with no row before it"),
+    ('[{"a": 1}]\n[{"a": 2}]', r"d.json: line 2: text after the list's closing"),
+    ('[{"a": 1}]\n\n  \n', None),
+    ('[{"a": 1}', r"not closed \(no '\]' after row 1\)"),
+])
+def test_json_array_is_as_strict_as_json_load(tmp_path, text, error):
+    """json.load refuses each of these (white space after the list aside); a streamed read must too, naming where,
+    not skip or merge rows."""
+    path = tmp_path / "d.json"
+    path.write_text(text)
+    if error is None:  # white space after the list is fine
+        assert [r for _, r in _iter_json_array(path, chunk_size=4)] == json.loads(text)
+        return
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    with pytest.raises(DataError, match=error):
+        list(_iter_json_array(path, chunk_size=4))
+
+
+def test_a_bad_row_deep_in_a_json_array_is_named_without_reading_the_rest(tmp_path):
+    """A broken row fails at once with its row and line; a string longer than a chunk still reads whole."""
+    rows = [{"id": str(i), "text": "x" * (300 if i == 3 else 5)} for i in range(40)]
+    lines = json.dumps(rows, indent=1).splitlines()  # row i opens on line 2 + 4 * i
+    row_30 = 2 + 4 * 30
+    lines[row_30] = lines[row_30].replace('"id"', "'id'")
+    text = "\n".join(lines)
+    path = CountingPath(tmp_path / "d.json")
+    path.write_text(text)
+    reader = _iter_json_array(path, chunk_size=64)
+    assert [r for _, r in itertools.islice(reader, 30)] == rows[:30]
+    with pytest.raises(DataError, match=rf"row 31 \(line {row_30 + 1}\): not valid JSON \(Expecting property"):
+        next(reader)
+    assert path.chars_read < text.index("'id'") + 2 * 64  # it did not read on to the end hoping the row would close
+
+
+class CountingPath(type(pathlib.Path())):
+    """A path whose open() counts the characters read through it."""
+    chars_read = 0
+
+    def open(self, *args, **kwargs):
+        f = super().open(*args, **kwargs)
+        read = f.read
+
+        def counted(size=-1):
+            text = read(size)
+            self.chars_read += len(text)
+            return text
+        f.read = counted
+        return f
 
 
 def test_llava_benchmark_question_files(tmp_path):

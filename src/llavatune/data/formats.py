@@ -167,42 +167,66 @@ def _iter_tsv(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[tuple[int, dict]]:
-    """Stream the objects of a top-level JSON list without holding the whole file (bounded memory)."""
+    """Stream the objects of a top-level JSON list without holding the whole file (bounded memory), as strict as
+    json.load: a missing, doubled or trailing comma is an error that names the row and its line."""
     decoder = json.JSONDecoder()
     with path.open(encoding="utf-8-sig") as f:
-        buf, pos, n = f.read(chunk_size), 0, 0
+        buf, pos = f.read(chunk_size), 0
         pos = _skip_ws(buf, pos)
         if buf[pos:pos + 1] != "[":
             if buf[pos:pos + 1] == "{":  # a file of JSON lines saved as .json
                 yield from _iter_jsonl(path)
                 return
             raise DataError(f"{path}: expected a JSON list of samples ('[' first), found {buf[pos:pos + 20]!r}.")
-        pos += 1
+        pos, n, lines, last = pos + 1, 0, 1, "["  # rows read, the file's line at buf[0], "[" / "," / "row"
+
+        def where(at: int) -> str:  # the row being read, and the file's line of buf[at]
+            line = lines + buf.count("\n", 0, at)
+            return f"{path}: row {n + 1} (line {line})"
+
         while True:
             pos = _skip_ws(buf, pos)
             if pos >= len(buf):
                 more = f.read(chunk_size)
                 if not more:
                     raise DataError(f"{path}: the JSON list is not closed (no ']' after row {n}).")
-                buf, pos = buf[pos:] + more, 0
+                lines += buf.count("\n")
+                buf, pos = more, 0
                 continue
-            if buf[pos] == "]":
-                return
-            if buf[pos] == ",":
-                pos += 1
+            char = buf[pos]
+            if char == "]" and last != ",":
+                rest, line = buf[pos + 1:], lines + buf.count("\n", 0, pos + 1)
+                while not rest.strip():  # only white space may follow, up to the end of the file
+                    line += rest.count("\n")
+                    rest = f.read(chunk_size)
+                    if not rest:
+                        return
+                line += rest[:len(rest) - len(rest.lstrip())].count("\n")
+                raise DataError(f"{path}: line {line}: text after the list's closing ']' (two lists in one file?).")
+            if char in ",]" and last != "row":
+                raise DataError(f"{where(pos)}: " + ("a comma with no row before it." if char == "," else
+                                                     "a comma after the last row, which JSON does not allow."))
+            if char == ",":
+                pos, last = pos + 1, ","
                 continue
+            if last == "row":
+                raise DataError(f"{where(pos)}: no comma between row {n} and this one.")
             try:
                 obj, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError as err:  # a row cut by the chunk boundary, or a bad row
-                more = f.read(chunk_size)
+            except json.JSONDecodeError as err:
+                # A row cut by the chunk's end fails at that end, or in a string not closed yet: read on. Any other
+                # failure is in the row itself (reading on there would hold the whole file, copying it per chunk).
+                cut = err.pos >= len(buf) - 32 or err.msg.startswith("Unterminated string")
+                more = f.read(chunk_size) if cut else ""
                 if not more:
-                    raise DataError(f"{path}: row {n + 1}: not valid JSON ({err.msg}).") from None
+                    raise DataError(f"{where(err.pos)}: not valid JSON ({err.msg}).") from None
+                lines += buf.count("\n", 0, pos)
                 buf, pos = buf[pos:] + more, 0
                 continue
-            n += 1
+            n, pos, last = n + 1, end, "row"
             yield n, obj
-            pos = end
             if pos > chunk_size:
+                lines += buf.count("\n", 0, pos)
                 buf, pos = buf[pos:], 0
 
 
