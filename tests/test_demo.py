@@ -19,6 +19,9 @@ def test_demo_numbers(demo_run):
     assert "Loading weights" not in shown and "6/6 evaluate base vs fine-tuned" in shown  # its own output only
     saved = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(saved) == {"n", "models", "cut_at_max_new_tokens"} and set(saved["models"]) == {"base", "finetuned"}
+    # no "shown_in_training" above: held out from both stages, which eval finds from the merged model's records
+    from llavatune.evaluate import trained_on
+    assert [path.name for path, _ in trained_on(out / "models" / "tiny-tuned")] == ["train.json", "captions-train.json"]
     # the tuned model ends its answers itself; the random base runs most of them into the limit
     assert saved["cut_at_max_new_tokens"]["finetuned"] == 0 and saved["cut_at_max_new_tokens"]["base"] > 30
     before, after = saved["models"]["base"]["exact_match"], saved["models"]["finetuned"]["exact_match"]

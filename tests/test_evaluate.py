@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+import yaml
 from conftest import train_config
 
 from llavatune.data.formats import DataError
@@ -28,6 +29,10 @@ def test_batched_equals_one_by_one_and_adapter_compare(tiny_model_dir, shapes_da
     # the two models do answer differently: the adapter is really attached
     assert any(r["base"] != r["finetuned"] for r in rows1)
     assert "trained" in (tmp_path / "b1" / "report.md").read_text()
+    # the run trained on these very questions: its answers to them are counted as memory, the base's are not
+    assert one["shown_in_training"] == {"base": 0, "finetuned": 12}
+    assert "finetuned: " in (report := (tmp_path / "b1" / "report.md").read_text())
+    assert "trained on the images of 12 of these 12 questions" in report.split("finetuned: ")[1].splitlines()[0]
     question = json.loads((shapes_data / "qa.json").read_text())[0]["conversations"][0]["value"]
     assert question.startswith("<image>\n")  # shown without the placeholder and its line break
     for report, cell in (("report.md", f"| {question[8:]} |"), ("report.html", f"<td>{question[8:]}</td>")):
@@ -43,6 +48,41 @@ def test_batched_equals_one_by_one_and_adapter_compare(tiny_model_dir, shapes_da
     messages = [[{"role": r, "content": t} for r, t in s.question_turns] for s in items]
     got = llavatune.load(tiny_model_dir, device="cpu").answers(messages, pil, max_new_tokens=5)
     assert one["cut_at_max_new_tokens"]["base"] == sum(a.finish_reason == "length" for a in got) > 0
+
+
+def test_questions_on_images_the_model_trained_on_are_counted_through_its_runs(tmp_path, monkeypatch, capsys):
+    """A merged model's records lead to its adapter run and on to the stage-1 run that one started from; the
+    questions showing an image either trained on are counted, whatever folder each named the images from."""
+    from llavatune.data.formats import read_records
+    from llavatune.evaluate import Sample, shown_in_training, trained_on
+
+    def folder(name, **doc):  # a model or run folder with the record train / merge write
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run_config.yaml").write_text(yaml.safe_dump(doc))
+        return tmp_path / name
+
+    def data(name, *images):
+        rows = [{"image": image, "conversations": [{"from": "human", "value": "<image>\nQ"},
+                                                    {"from": "gpt", "value": "A"}]} for image in images]
+        (tmp_path / name).write_text(json.dumps(rows))
+        return tmp_path / name
+
+    captions, qa = data("captions.json", "a.png", "b.png"), data("qa.json", "c.png")
+    stage1 = folder("stage1", verb="train", config={"images": str(tmp_path / "img")}, data={"file": str(captions)},
+                    model={"base": str(tmp_path / "base-gone")})
+    lora = folder("lora", verb="train", config={"images": "img"}, data={"file": str(qa)}, model={"base": str(stage1)})
+    merged = folder("merged", verb="merge", model={"base": str(stage1), "merged_from": str(lora)})
+    assert trained_on(merged) == [(qa, "img"), (captions, str(tmp_path / "img"))]
+    assert trained_on(folder("moved", verb="train", data={"file": str(tmp_path / "gone.json")})) == []
+    assert trained_on(folder("built", verb="build")) == []
+
+    monkeypatch.chdir(tmp_path)  # where the lora run ran: its images= is relative to it
+    items = [Sample(r, r.turns[:-1], r.turns[-1][1]) for r in read_records(data("val.json", "c.png", "d.png",
+                                                                                "x/../a.png"))]
+    assert shown_in_training("finetuned", merged, items, tmp_path / "img") == 2
+    assert "finetuned: 2 of 3 questions show images that it was trained on (the first: " in capsys.readouterr().err
+    assert shown_in_training("finetuned", merged, items, tmp_path / "other-img") == 0  # same names, other photos
+    assert shown_in_training("finetuned", stage1, items, tmp_path / "img") == 1
 
 
 def test_a_killed_evaluation_continues_where_it_stopped(tiny_model_dir, shapes_data, tmp_path, monkeypatch):

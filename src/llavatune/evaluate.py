@@ -20,7 +20,7 @@ import torch
 from rich.table import Table
 
 from llavatune import hub, progress
-from llavatune.config import check_bounds, save_run_config
+from llavatune.config import check_bounds, read_run_config, save_run_config
 from llavatune.data import images as imagelib
 from llavatune.data.features import key as image_key
 from llavatune.data.formats import (DataError, Record, missing, mmmu_options, read_records, with_ocr_tokens,
@@ -115,6 +115,43 @@ def samples(cfg: EvalConfig) -> list[Sample]:
         console.print(f"warning: none of the {len(out)} questions in {cfg.data} has an image: they are asked as text "
                       "only")
     return out
+
+
+def trained_on(folder: Path) -> list[tuple[Path, str | None]]:
+    """The data (file, image folder) of the runs that made the model in `folder`, as their run records name them,
+    where the data is still on this machine: a merged model's adapter run, then the model each run started from
+    (stage 2's stage 1). Hub data and models without records (a hub id, a converted checkpoint) give none."""
+    found, seen, folder = [], set(), Path(folder).resolve()
+    while folder not in seen:
+        seen.add(folder)
+        run = read_run_config(folder) or {}
+        data = (run.get("data") or {}).get("file")
+        if run.get("verb") == "train" and data and Path(data).exists():
+            found.append((Path(data), (run.get("config") or {}).get("images")))
+        model = run.get("model") or {}
+        up = model.get("merged_from") or model.get("base")
+        if not up or not Path(up).is_dir():
+            break
+        folder = Path(up).resolve()
+    return found
+
+
+def shown_in_training(label: str, folder: Path, items: list[Sample], image_dir: Path | None) -> int:
+    """How many questions show an image that the runs behind the model in `folder` trained on (trained_on); a
+    warning names the first: the model's answers to those measure what it remembers more than how it sees."""
+    rows = {}  # question's row -> the image
+    for data, images in trained_on(folder):
+        try:
+            with console.status(f"{label}: looking for these images in its training data, {data}"):
+                rows.update(imagelib.shared([s.record for s in items], read_records(data), image_dir, images))
+        except (DataError, LlavatuneError) as err:  # changed since: the check is left, the evaluation goes on
+            console.print(f"note: {label}: its training data could not be read to look for these images: {err}")
+    if rows:
+        where, name = next(iter(rows.items()))
+        console.print(f"warning: {label}: {len(rows)} of {len(items)} questions show images that it was trained on "
+                      f"(the first: {where}, {name}); its answers to them measure memory more than new images. "
+                      "`llavatune data split` keeps the rows of an image on one side.")
+    return len(rows)
 
 
 def benchmark_metric(items: list[Sample]) -> tuple[str, str] | None:
@@ -371,6 +408,11 @@ def main(cfg: EvalConfig) -> dict:
     for model_path, adapter in runs.values():  # a wrong second path is said now, not after the first has answered
         loadlib.resolve(adapter or model_path)
     predictions, params, result = {}, {}, {"n": len(items), "models": {}, "cut_at_max_new_tokens": {}}
+    if share.rank == 0:  # said before the answering, which may take hours
+        shown = {label: shown_in_training(label, loadlib.resolve(adapter or model_path), items, cfg.images)
+                 for label, (model_path, adapter) in runs.items()}
+        if any(shown.values()):
+            result["shown_in_training"] = shown
     marks = {}  # per model: each answer's score under the first metric, for the reports
     journals = []
     for label, (model_path, adapter) in runs.items():

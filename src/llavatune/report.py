@@ -46,15 +46,17 @@ def write_all(out: Path, items, predictions: dict[str, list[str]], result: dict,
                                     "answer_id": f"{label}-{s.record.id}", "model_id": label, "metadata": {}}) + "\n")
 
 
-def _params_line(label: str, p: dict) -> str:
+def _params_line(label: str, p: dict, result: dict) -> str:
     trained = f", {p['trained']:,} trained" if p.get("trained") else ""
-    return f"{label}: {p['total']:,} parameters{trained}"
+    shown = result.get("shown_in_training", {}).get(label)
+    seen = f"; trained on the images of {shown} of these {result['n']} questions" if shown else ""
+    return f"{label}: {p['total']:,} parameters{trained}{seen}"
 
 
 def markdown(items, predictions, result, params, marks, metric) -> str:
     labels = list(predictions)
     lines = [f"# Evaluation: {result['n']} samples", ""]
-    lines += [f"- {_params_line(label, params[label])}" for label in labels] + [""]
+    lines += [f"- {_params_line(label, params[label], result)}" for label in labels] + [""]
     header, rows = metric_table(result)
     if rows:
         lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
@@ -124,7 +126,7 @@ def page(items, predictions, result, params, image_dir, marks, metric) -> str:
                     f"<td>{html.escape(s.answer or '')}</td>{cells}</tr>")
     header, metric_rows = metric_table(result)
     summary = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in metric_rows)
-    models = "".join(f"<li>{html.escape(_params_line(label, params[label]))}</li>" for label in labels)
+    models = "".join(f"<li>{html.escape(_params_line(label, params[label], result))}</li>" for label in labels)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>llavatune evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px}}.ok{{background:#e3f4e1}}.bad{{background:#fbe3e1}}.part{{background:#fbf3d5}}img{{width:64px;height:64px;image-rendering:pixelated}}

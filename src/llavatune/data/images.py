@@ -25,15 +25,26 @@ from llavatune.data.tables import TableImage, iter_table, table_files
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def key(ref: str | bytes | TableImage) -> str | None:
-    """A name to tell whether two rows show the same image, without opening either: the path (normalised), a digest of
-    embedded bytes, the file name a table stores beside its image; None for a table image without one (its bytes are
-    not read to compare them)."""
+def key(ref: str | bytes | TableImage, root: Path | str | None = None) -> str | None:
+    """A name to tell whether two rows show the same image, without opening either: the path (normalised; absolute
+    when the image folder `root` is given, so that rows read with different folders compare), a digest of embedded
+    bytes, the file name a table stores beside its image; None for a table image without one (its bytes are not
+    read to compare them)."""
     if isinstance(ref, TableImage):
         return ref.path
     if isinstance(ref, bytes):
         return hashlib.blake2b(ref, digest_size=16).hexdigest()
-    return posixpath.normpath(ref)
+    return posixpath.normpath(ref) if root is None else os.path.abspath(os.path.join(root, ref))
+
+
+def shared(held_out: Iterable[Record], train: Iterable[Record], held_out_root: Path | str | None = None,
+           train_root: Path | str | None = None) -> list[tuple[str, str]]:
+    """(where, image key) for each held-out row that shows an image the training rows show too, the first such
+    image named. `*_root`: the image folders the two sets' paths are relative to, when they may differ."""
+    shown = [(record.source, [k for ref in record.images if (k := key(ref, held_out_root))]) for record in held_out]
+    wanted = {name for _, names in shown for name in names}
+    found = {k for record in train for ref in record.images if (k := key(ref, train_root)) in wanted}
+    return [(where, next(n for n in names if n in found)) for where, names in shown if found.intersection(names)]
 
 
 def resolve(ref: str, image_dir: Path | None, where: str) -> Path:

@@ -34,15 +34,12 @@ from llavatune.training.distributed import Ranks
 def shared_images(held_out: Iterable[Record], train: Iterable[Record]) -> str | None:
     """A warning when held-out rows show images that the training data has too: their loss and answers then say
     how well the run remembers those images, not how it does on new ones. None when they share none."""
-    shown = [(record.source, [k for k in map(imagelib.key, record.images) if k]) for record in held_out]
-    wanted = {name for _, names in shown for name in names}
-    shared = {name for record in train for name in map(imagelib.key, record.images) if name in wanted}
-    rows = [(where, next(n for n in names if n in shared)) for where, names in shown if shared.intersection(names)]
+    held_out = list(held_out)
+    rows = imagelib.shared(held_out, train)
     if not rows:
         return None
-    where, name = rows[0]
-    return (f"warning: eval_data: {len(rows)} of {len(shown)} held-out rows show images that the training data has "
-            f"too (the first: {where}, {name}); their loss and answers measure memory more than new images. "
+    return (f"warning: eval_data: {len(rows)} of {len(held_out)} held-out rows show images that the training data has "
+            f"too (the first: {', '.join(rows[0])}); their loss and answers measure memory more than new images. "
             "`llavatune data split` keeps the rows of an image on one side.")
 
 
