@@ -195,14 +195,8 @@ def _iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[tuple[in
                 continue
             char = buf[pos]
             if char == "]" and last != ",":
-                rest, line = buf[pos + 1:], lines + buf.count("\n", 0, pos + 1)
-                while not rest.strip():  # only white space may follow, up to the end of the file
-                    line += rest.count("\n")
-                    rest = f.read(chunk_size)
-                    if not rest:
-                        return
-                line += rest[:len(rest) - len(rest.lstrip())].count("\n")
-                raise DataError(f"{path}: line {line}: text after the list's closing ']' (two lists in one file?).")
+                _nothing_after(f, buf[pos + 1:], lines + buf.count("\n", 0, pos + 1), path, chunk_size)
+                return
             if char in ",]" and last != "row":
                 raise DataError(f"{where(pos)}: " + ("a comma with no row before it." if char == "," else
                                                      "a comma after the last row, which JSON does not allow."))
@@ -228,6 +222,18 @@ def _iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[tuple[in
             if pos > chunk_size:
                 lines += buf.count("\n", 0, pos)
                 buf, pos = buf[pos:], 0
+
+
+def _nothing_after(f, rest: str, line: int, path: Path, chunk_size: int) -> None:
+    """Only white space may follow a JSON list's closing ']' up to the end of the file `f`: `rest` is what the
+    buffer holds after it, from the file's line `line`."""
+    while not rest.strip():
+        line += rest.count("\n")
+        rest = f.read(chunk_size)
+        if not rest:
+            return
+    line += rest[:len(rest) - len(rest.lstrip())].count("\n")
+    raise DataError(f"{path}: line {line}: text after the list's closing ']' (two lists in one file?).")
 
 
 def _skip_ws(buf: str, pos: int) -> int:
