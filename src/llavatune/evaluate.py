@@ -405,12 +405,11 @@ def main(cfg: EvalConfig) -> dict:
         runs["finetuned"] = (cfg.compare, None)
     elif cfg.adapter is not None:
         runs["finetuned"] = (cfg.model, cfg.adapter)
-    for model_path, adapter in runs.values():  # a wrong second path is said now, not after the first has answered
-        loadlib.resolve(adapter or model_path)
+    # a wrong second path is said now, not after the first has answered
+    folders = {label: loadlib.resolve(adapter or model_path) for label, (model_path, adapter) in runs.items()}
     predictions, params, result = {}, {}, {"n": len(items), "models": {}, "cut_at_max_new_tokens": {}}
     if share.rank == 0:  # said before the answering, which may take hours
-        shown = {label: shown_in_training(label, loadlib.resolve(adapter or model_path), items, cfg.images)
-                 for label, (model_path, adapter) in runs.items()}
+        shown = {label: shown_in_training(label, folder, items, cfg.images) for label, folder in folders.items()}
         if any(shown.values()):
             result["shown_in_training"] = shown
     marks = {}  # per model: each answer's score under the first metric, for the reports
