@@ -289,17 +289,17 @@ def test_shipped_deepspeed_settings_refine_the_strategy(strategy, tmp_path):
     from llavatune.training.distributed import deepspeed_config
 
     shipped = configs.path_of(f"deepspeed/{strategy}.json")
-    config = deepspeed_config(strategy, 4, 8, 1.0, shipped)
+    config = deepspeed_config(strategy, 4, 8, 1.0, settings=shipped)
     assert config["zero_optimization"]["overlap_comm"] is True  # the GPU setting replaced the CPU-safe default
     assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"],
             config["gradient_clipping"]) == (4, 8, 1.0)
     clash = tmp_path / "mine.json"
     clash.write_text(json.dumps({"train_micro_batch_size_per_gpu": 16}))
     with pytest.raises(LlavatuneError, match="mine.json: 'train_micro_batch_size_per_gpu' is set by the run"):
-        deepspeed_config(strategy, 4, 8, 1.0, clash)
+        deepspeed_config(strategy, 4, 8, 1.0, settings=clash)
     other = "zero2" if strategy != "zero2" else "zero3"
     with pytest.raises(LlavatuneError, match="contradicts"):
-        deepspeed_config(other, 4, 8, 1.0, shipped)
+        deepspeed_config(other, 4, 8, 1.0, settings=shipped)
 
 
 @pytest.mark.slow
@@ -369,3 +369,20 @@ def test_a_failed_in_process_run_leaves_no_process_group(tiny_model_dir, shapes_
                            "gradient_checkpointing=true", "checkpoint_layers=auto"))
     assert not torch.distributed.is_initialized()
     assert {k: os.environ.get(k) for k in before} == before
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_deepspeed_keeps_the_run_autocast(tiny_model_dir, shapes_data, tmp_path, monkeypatch, strategy):
+    """DeepSpeed's engine turns off an autocast begun outside it unless its config owns one (torch_autocast), and
+    on a GPU it sees ours: `torch.is_autocast_enabled()` asks about CUDA. A bf16 run then fed bf16 activations
+    into fp32 adapters and failed at step 1 on an H200 (2026-12-04). On CPU the same question is made to ask
+    about the CPU, where the run's autocast is, so the engine meets it here as it does on a GPU."""
+    from conftest import train_config
+
+    asks = torch.is_autocast_enabled
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: asks(device_type or "cpu"))
+    run = tmp_path / "run"
+    train(train_config(tiny_model_dir, shapes_data, run, "steps=2", "save_every=0", f"strategy={strategy}",
+                       "precision=bf16"))
+    assert len(losses(run)) == 2 and all(l == l for l in losses(run))
+    assert load_file(run / "final" / "adapter_model.safetensors")

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -103,7 +104,11 @@ class Ranks:
         if self.accelerator is not None and torch.distributed.is_initialized():
             if wait:
                 self.barrier()
-            torch.distributed.destroy_process_group()
+            ds_comm = sys.modules.get("deepspeed.comm")
+            if ds_comm is not None and ds_comm.is_initialized():  # also drops the groups DeepSpeed cached, which
+                ds_comm.destroy_process_group()                     # a next run in this process would reuse
+            else:
+                torch.distributed.destroy_process_group()
         for k, v in self.kept_env.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -147,11 +152,11 @@ class Ranks:
         return model
 
     def engine(self, model, optimizer, batch_size: int, grad_accum: int, max_grad_norm: float,
-               settings: Path | None = None):
+               autocast: torch.dtype | None, settings: Path | None = None):
         """(DeepSpeed engine, its optimizer) for strategy zero2 / zero3 / zero3-offload. The engine reduces,
         clips and steps at the last micro-batch of each window (gradient_accumulation_steps = the window); our
-        scheduler keeps driving the learning rates of the same parameter groups. Compute precision stays with
-        our autocast, so each parameter keeps the dtype the run gave it (fp32 adapters over a bf16 base)."""
+        scheduler keeps driving the learning rates of the same parameter groups. Compute precision is the run's
+        autocast (None: fp32), so each parameter keeps the dtype the run gave it (fp32 adapters over a bf16 base)."""
         try:
             deepspeed = _import_deepspeed(cpu=self.accelerator.device.type == "cpu")
         except ImportError:
@@ -159,7 +164,7 @@ class Ranks:
                                  "(or deepspeed), or use strategy=fsdp, which shards the same way.") from None
         name_of = {p: n for n, p in model.named_parameters()}
         self.param_names = [[name_of[p] for p in group["params"]] for group in optimizer.param_groups]
-        config = deepspeed_config(self.strategy, batch_size, grad_accum, max_grad_norm, settings)
+        config = deepspeed_config(self.strategy, batch_size, grad_accum, max_grad_norm, autocast, settings)
         if self.places_weights:  # partition from the CPU one parameter at a time (the engine would move it whole)
             if not self.main:
                 _allocate(model, "cpu")  # each parameter is filled from rank 0 just before it is partitioned
@@ -232,11 +237,11 @@ class Ranks:
 
 
 RUN_OWNED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-             "gradient_clipping", "fp16", "bf16", "optimizer", "scheduler")
+             "gradient_clipping", "fp16", "bf16", "torch_autocast", "optimizer", "scheduler")
 
 
 def deepspeed_config(strategy: str, batch_size: int, grad_accum: int, max_grad_norm: float,
-                     settings: Path | None = None) -> dict:
+                     autocast: torch.dtype | None = None, settings: Path | None = None) -> dict:
     """zero2: optimizer state and gradients partitioned; zero3: the weights too; zero3-offload: ZeRO-3 with
     optimizer state and weights in CPU memory. `settings` (a DeepSpeed JSON, e.g. the shipped
     recipes/deepspeed/zero3.json with its GPU bucket sizes) refines the rest; what the run owns (batch sizes,
@@ -264,6 +269,12 @@ def deepspeed_config(strategy: str, batch_size: int, grad_accum: int, max_grad_n
                                  f"contradicts strategy={strategy}; pick the strategy of that stage.")
         zero.update(user.pop("zero_optimization", {}))
         config.update({k: v for k, v in user.items() if k not in RUN_OWNED})
+    # The engine turns off an autocast begun outside it unless its own section names one (on a GPU: a bf16 run
+    # then fed bf16 activations into fp32 adapters); no lower-precision modules, so gradients are reduced in the
+    # dtype of what trains (fp32), as DDP reduces them. fp16 also gets ZeRO's own loss scaler this way.
+    if autocast is not None:
+        config["torch_autocast"] = {"enabled": True, "dtype": str(autocast).removeprefix("torch."),
+                                    "lower_precision_safe_modules": []}
     return {**config, "train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": grad_accum,
             "gradient_clipping": max_grad_norm if max_grad_norm > 0 else 0.0, "zero_optimization": zero}
 

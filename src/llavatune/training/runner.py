@@ -74,7 +74,7 @@ class Run:
         scheduler = build_scheduler(optimizer, cfg.schedule, round(cfg.warmup_ratio * steps), steps)
         if self.ranks.deepspeed:  # the engine wraps model and optimizer; the scheduler drives the same groups
             model, optimizer = self.ranks.engine(model, optimizer, cfg.batch_size, cfg.grad_accum, cfg.max_grad_norm,
-                                                 cfg.deepspeed_config)
+                                                 self.autocast, cfg.deepspeed_config)
         state = loop.State()
         if resume_from is not None:
             state = self._restore(resume_from, model, optimizer, scheduler)
