@@ -372,17 +372,28 @@ def test_a_failed_in_process_run_leaves_no_process_group(tiny_model_dir, shapes_
 
 
 @pytest.mark.parametrize("strategy", ["zero2", "zero3"])
-def test_deepspeed_keeps_the_run_autocast(tiny_model_dir, shapes_data, tmp_path, monkeypatch, strategy):
+def test_deepspeed_keeps_the_run_autocast_and_sizes_its_bucket(tiny_model_dir, shapes_data, tmp_path, monkeypatch,
+                                                               strategy):
     """DeepSpeed's engine turns off an autocast begun outside it unless its config owns one (torch_autocast), and
     on a GPU it sees ours: `torch.is_autocast_enabled()` asks about CUDA. A bf16 run then fed bf16 activations
     into fp32 adapters and failed at step 1 on an H200 (2026-12-04). On CPU the same question is made to ask
-    about the CPU, where the run's autocast is, so the engine meets it here as it does on a GPU."""
+    about the CPU, where the run's autocast is, so the engine meets it here as it does on a GPU. The engine's
+    gradient bucket holds what trains and no more (DeepSpeed's default is 500M values, 1.86 GiB of GPU memory)."""
+    import deepspeed
+
     from conftest import train_config
+    from llavatune.training.distributed import REDUCE_BUCKET
 
     asks = torch.is_autocast_enabled
     monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: asks(device_type or "cpu"))
+    made, initialize = [], deepspeed.initialize
+    monkeypatch.setattr(deepspeed, "initialize", lambda **kw: made.append(initialize(**kw)) or made[-1])
     run = tmp_path / "run"
     train(train_config(tiny_model_dir, shapes_data, run, "steps=2", "save_every=0", f"strategy={strategy}",
                        "precision=bf16"))
     assert len(losses(run)) == 2 and all(l == l for l in losses(run))
-    assert load_file(run / "final" / "adapter_model.safetensors")
+    engine, optimizer = made[0][:2]
+    assert engine.torch_autocast_enabled() and engine.torch_autocast_dtype() == torch.bfloat16
+    # ZeRO-3 partitions each weight and keeps its whole size as ds_numel
+    trained = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters() if p.requires_grad)
+    assert optimizer.reduce_bucket_size == trained < REDUCE_BUCKET

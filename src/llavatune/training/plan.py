@@ -18,6 +18,7 @@ from llavatune.data.formats import iter_rows
 from llavatune.errors import LlavatuneError
 from llavatune.model import shapes, trainable
 from llavatune.train import TrainConfig, eval_interval, total_steps
+from llavatune.training.distributed import REDUCE_BUCKET
 
 console = progress.results
 GIB = 2**30
@@ -87,6 +88,8 @@ def memory_estimate(model, config, cfg: TrainConfig, strategy: str = "ddp") -> d
                                                 # get logits (training/fast.py), in LLaVA data a small share
     parts = {"weights": weights, "gradients": grads, "optimizer": trained * optim_bytes, "activations": acts,
              "logits": logits}
+    if strategy.startswith("zero"):  # DeepSpeed's fp32 gradient bucket, whole on every device
+        parts["bucket"] = 4 * min(REDUCE_BUCKET, trained)
     out = {k: v / GIB for k, v in parts.items()}
     out["total"] = sum(out.values())
     return out
@@ -102,28 +105,28 @@ def _value_bytes(cfg: TrainConfig) -> int:
 
 def by_strategy(parts: dict[str, dict[str, float]], n_layers: int,
                 devices=(1, 2, 4, 8)) -> dict[str, dict[int, float]]:
-    """GiB per device for each strategy and device count, from each strategy's memory_estimate; activations
-    and logits always stay per device. ddp: a whole copy everywhere. zero2: whole weights, gradients and
-    optimizer state divided by the devices. fsdp / zero3: all three divided, plus two layers' weights whole (the
-    one computing and the one prefetched). zero3-offload: ZeRO-3 with weights and optimizer state in CPU memory
-    (only the gathered layers and the gradient shards stay on the GPU), which is how a model too big for one
-    card trains on it."""
+    """GiB per device for each strategy and device count, from each strategy's memory_estimate; activations,
+    logits and DeepSpeed's gradient bucket always stay per device. ddp: a whole copy everywhere. zero2: whole
+    weights, gradients and optimizer state divided by the devices. fsdp / zero3: all three divided, plus two
+    layers' weights whole (the one computing and the one prefetched). zero3-offload: ZeRO-3 with weights and
+    optimizer state in CPU memory (only the gathered layers and the gradient shards stay on the GPU), which is
+    how a model too big for one card trains on it."""
     plain = parts["ddp"]
     rest = plain["activations"] + plain["logits"]
     layers = 2 * plain["weights"] / n_layers  # gathered in the compute dtype
     out = {}
     for strategy, m in parts.items():
-        w, g, o = m["weights"], m["gradients"], m["optimizer"]
+        w, g, o, whole = m["weights"], m["gradients"], m["optimizer"], rest + m.get("bucket", 0)
         if strategy == "ddp":
             out[strategy] = {n: m["total"] for n in devices}
         elif strategy == "zero2":
-            out[strategy] = {n: w + (g + o) / n + rest for n in devices}
+            out[strategy] = {n: w + (g + o) / n + whole for n in devices}
         elif strategy == "zero3-offload":
-            out[strategy] = {n: g / n + layers + rest for n in devices}
+            out[strategy] = {n: g / n + layers + whole for n in devices}
         elif strategy == "fsdp":  # one process trains as a plain one, without FSDP
             out[strategy] = {n: (w + g + o) / n + layers + rest if n > 1 else plain["total"] for n in devices}
         else:  # zero3, through DeepSpeed even in one process
-            out[strategy] = {n: (w + g + o) / n + (layers if n > 1 else 0) + rest for n in devices}
+            out[strategy] = {n: (w + g + o) / n + (layers if n > 1 else 0) + whole for n in devices}
     return out
 
 
