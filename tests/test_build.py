@@ -166,3 +166,21 @@ def test_shape_preset_builds_the_published_architecture(tmp_path, monkeypatch, f
     assert prompt.startswith("<|im_start|>")  # ChatML: InternLM2's (as xtuner writes it) and Qwen's
     with pytest.raises(Exception, match="unknown preset 'nope'.*test-shape"):
         main(BuildConfig(out=tmp_path / "n", preset="nope"))
+
+
+def test_device_makes_a_presets_weights_where_asked(tmp_path, monkeypatch):
+    """`--device cuda` makes a big preset's random weights on the GPU (seconds where the CPU takes minutes): the
+    build runs with that default device (here the meta device stands in for a GPU); asked for on a machine
+    without CUDA it says so before any work. Loaded parts are read where they are: --device is refused with
+    --llm/--vision."""
+    from llavatune import build
+    from llavatune.errors import LlavatuneError
+
+    monkeypatch.setattr(build, "_build", lambda cfg: torch.empty(1).device)
+    assert main(BuildConfig(out=tmp_path / "m", preset="tiny", device="meta")).type == "meta"
+    assert main(BuildConfig(out=tmp_path / "c", preset="tiny")).type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(LlavatuneError, match="--device cuda: no CUDA GPU here"):
+            main(BuildConfig(out=tmp_path / "gpu", preset="tiny", device="cuda"))
+    with pytest.raises(ValueError, match="--device makes a preset's random weights"):
+        BuildConfig(out=tmp_path / "x", llm="a", vision="b", device="cuda")

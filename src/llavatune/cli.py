@@ -63,6 +63,7 @@ def build(
     image_aspect: Optional[str] = typer.Option(None, help="pad (LLaVA-1.5, default) | resize | crop"),
     template: Optional[str] = typer.Option(None, help="conversation template (default: auto)"),
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
+    device: Optional[str] = typer.Option(None, help="cpu (default) | cuda: where a preset's random weights are made"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out"),
     config: Optional[Path] = CONFIG,
     overrides: Optional[list[str]] = settings("projector=linear"),
@@ -71,7 +72,7 @@ def build(
     from llavatune import build as verb
     verb.main(cfglib.load(verb.BuildConfig, config, overrides, dict(
         out=out, llm=llm, vision=vision, preset=preset, projector=projector, feature_layer=feature_layer,
-        feature_select=feature_select, image_aspect=image_aspect, template=template, dtype=dtype,
+        feature_select=feature_select, image_aspect=image_aspect, template=template, dtype=dtype, device=device,
         overwrite=overwrite or None)))
 
 
