@@ -391,7 +391,7 @@ def test_deepspeed_keeps_the_run_autocast_and_sizes_its_bucket(tiny_model_dir, s
     run = tmp_path / "run"
     train(train_config(tiny_model_dir, shapes_data, run, "steps=2", "save_every=0", f"strategy={strategy}",
                        "precision=bf16"))
-    assert len(losses(run)) == 2 and all(l == l for l in losses(run))
+    assert len(losses(run)) == 2 and torch.isfinite(torch.tensor(losses(run))).all()
     engine, optimizer = made[0][:2]
     assert engine.torch_autocast_enabled() and engine.torch_autocast_dtype() == torch.bfloat16
     # ZeRO-3 partitions each weight and keeps its whole size as ds_numel
