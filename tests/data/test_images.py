@@ -74,6 +74,19 @@ def test_images_are_read_from_a_zip_archive_as_from_a_folder(tmp_path):
         check_root(tmp_path / "none.zip")
 
 
+def test_a_relative_folder_is_found_from_the_working_directory_of_the_moment(tmp_path, monkeypatch):
+    """What the image folder is (folder, archive, table) is worked out once per folder, not per row; a relative
+    folder names another place after a change of directory, and is looked up there."""
+    for side, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        (tmp_path / side / "images").mkdir(parents=True)
+        Image.new("RGB", (4, 4), colour).save(tmp_path / side / "images" / f"{side}.png")
+    for side, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        monkeypatch.chdir(tmp_path / side)
+        other = "a.png" if side == "b" else "b.png"
+        assert exists(f"{side}.png", "images", "f:1") and not exists(other, "images", "f:1")
+        assert load(f"{side}.png", "images", "f:1").getpixel((0, 0)) == colour
+
+
 def test_processor_pads_with_the_mean_colour_like_llava(tiny_model_dir):
     """LLaVA-1.5 expand2square: pad to a square with the image-mean colour, then resize."""
     import numpy as np

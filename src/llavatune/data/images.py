@@ -65,14 +65,14 @@ def source(ref: str | bytes | TableImage, image_dir: Path | None, where: str) ->
     (hf://datasets/...). Missing, or outside the folder: a DataError naming the sample."""
     if not isinstance(ref, str):
         return io.BytesIO(embedded(ref, where))
-    root = _local(image_dir)
-    if _is_image_table(root):
+    root, kind = _kind(image_dir)
+    if kind == "table":
         index = _table_index(str(root))
         if ref not in index:
             example = next(iter(index), "nothing")
             raise DataError(f"{where}: image '{ref}' not found in {image_dir} (its ids look like '{example}').")
         return io.BytesIO(embedded(index[ref], where))
-    if _is_archive(root):
+    if kind == "archive":
         member, archive = _member(ref, root, where), _open_archive(str(root), os.getpid())
         try:
             return io.BytesIO(archive.read(member))
@@ -87,10 +87,10 @@ def source(ref: str | bytes | TableImage, image_dir: Path | None, where: str) ->
 
 def exists(ref: str, image_dir: Path | None, where: str) -> bool:
     """Whether `ref` names a file in the folder or archive (an error when it leaves it), without reading it."""
-    root = _local(image_dir)
-    if _is_image_table(root):
+    root, kind = _kind(image_dir)
+    if kind == "table":
         return ref in _table_index(str(root))
-    if _is_archive(root):
+    if kind == "archive":
         return _member(ref, root, where) in _names(str(root), os.getpid())
     return resolve(ref, root, where).is_file()
 
@@ -161,6 +161,22 @@ def _found(ref: str, image_dir: Path, where: str) -> bool:
 
 def _local(image_dir: Path | None) -> Path | None:
     return None if image_dir is None else hub.data_path(image_dir)
+
+
+def _kind(image_dir: Path | None) -> tuple[Path | None, str]:
+    """(the local root, "table" | "archive" | "folder") of an image folder argument, worked out once per folder
+    and working directory rather than once per row (a quarter of `data validate`'s time on 665K rows)."""
+    return (None, "folder") if image_dir is None else _kind_in(image_dir, os.getcwd())
+
+
+@functools.lru_cache(maxsize=16)
+def _kind_in(image_dir: Path | str, cwd: str) -> tuple[Path, str]:  # cwd: a relative folder moves with it
+    root = hub.data_path(image_dir)
+    if _is_image_table(root):
+        return root, "table"
+    if _is_archive(root):
+        return root, "archive"
+    return Path(os.path.abspath(root)), "folder"
 
 
 def _is_image_table(root: Path | None) -> bool:
