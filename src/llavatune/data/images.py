@@ -100,7 +100,7 @@ def check_root(image_dir: Path | None, key: str = "images") -> None:
     dropped."""
     if image_dir is None:
         return
-    root = _local(image_dir)
+    root = hub.data_path(image_dir)
     if _is_image_table(root):
         if not table_files(root):
             raise DataError(f"{key}={image_dir}: no file matches.")
@@ -157,10 +157,6 @@ def _found(ref: str, image_dir: Path, where: str) -> bool:
         return exists(ref, image_dir, where)
     except DataError:  # outside the folder: that sample's own error, when it is drawn
         return False
-
-
-def _local(image_dir: Path | None) -> Path | None:
-    return None if image_dir is None else hub.data_path(image_dir)
 
 
 def _kind(image_dir: Path | None) -> tuple[Path | None, str]:
